@@ -1,0 +1,52 @@
+# lumbar: make setup · test · data · train · local-score · (demo · kernel · bench: later issues)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch pair this project is tested with; installed first so pip does not pick another build.
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+DEFAULT_DATA := data/synthetic
+DATA ?= $(DEFAULT_DATA)
+RUN ?= runs/default
+MODEL ?= prior
+STUDIES ?= 200
+TEST_STUDIES ?= 20
+SEED ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast data train local-score validate clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install $(TORCH_PKGS)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Writes the synthetic folder only when DATA is the default; a real folder is never touched.
+data: setup
+ifeq ($(DATA),$(DEFAULT_DATA))
+	@if [ -f $(DATA)/synth_meta.json ]; then echo "data: $(DATA) exists (rm -r it to regenerate)"; \
+	else $(PY) -m lumbar synth --out $(DATA) --studies $(STUDIES) --test-studies $(TEST_STUDIES) --seed $(SEED); fi
+else
+	@echo "data: using $(DATA)"
+endif
+
+validate: setup
+	$(PY) -m lumbar validate $(DATA)
+
+train: data
+	$(PY) -m lumbar train --model $(MODEL) --data $(DATA) --run $(RUN) $(ARGS)
+
+local-score: setup
+	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --out reports/score.md
+
+clean:
+	rm -rf $(RUN) reports

@@ -1,0 +1,86 @@
+"""Dataclass configs: JSON load/save and `key=value` overrides from the command line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: str, typ: Any, key: str):
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={value}: expected a boolean (true/false)")
+    if typ in (int, float, str):
+        try:
+            return typ(value)
+        except ValueError:
+            raise ConfigError(f"{key}={value}: expected {typ.__name__}") from None
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(typ) or (str,)
+        items = [v for v in value.split(",") if v != ""]
+        out = [_coerce(v, inner, key) for v in items]
+        return tuple(out) if origin is tuple else out
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value.lower() in ("none", "null"):
+            return None
+        return _coerce(value, args[0], key)
+    return json.loads(value)
+
+
+def override(cfg: T, items: list[str]) -> T:
+    """Apply `key=value` strings to a dataclass config, with types taken from its fields."""
+    hints = typing.get_type_hints(type(cfg))
+    changes = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(cfg))
+            raise ConfigError(f"unknown config key {key!r} for {type(cfg).__name__}; known: {known}")
+        changes[key] = _coerce(value, hints[key], key)
+    return dataclasses.replace(cfg, **changes)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown keys {sorted(unknown)} for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    fixed = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in data.items()}
+    return cls(**fixed)
+
+
+def save(cfg, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_dict(cfg), indent=1))
+    tmp.replace(path)
+
+
+def load(cls: type[T], path: str | Path) -> T:
+    path = Path(path)
+    try:
+        return from_dict(cls, json.loads(path.read_text()))
+    except (json.JSONDecodeError, ConfigError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,148 @@
+"""The competition metric and the frames it reads.
+
+`score` follows the steps of Kaggle's scorer for this competition: a sample-weighted log loss per
+condition group (spinal, foraminal, subarticular), plus a binary log loss on "any severe spinal
+canal stenosis" per study, averaged. Written from those steps with numpy; tests compare it with a
+step-by-step sklearn reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import schema
+
+EPS = 1e-15
+
+
+class MetricError(ValueError):
+    """The submission or solution cannot be scored (what Kaggle reports as a participant error)."""
+
+
+def _group_losses(solution: pd.DataFrame, submission: pd.DataFrame, row_id_column_name: str):
+    cols = list(schema.PROB_COLUMNS)
+    for frame, name in ((solution, "solution"), (submission, "submission")):
+        missing = [c for c in [row_id_column_name, *cols] if c not in frame.columns]
+        if missing:
+            raise MetricError(f"{name} lacks columns {missing}")
+    if "sample_weight" not in solution.columns:
+        raise MetricError("solution lacks column 'sample_weight'")
+    try:
+        pred = submission[cols].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise MetricError(f"all submission values must be numeric ({e})") from None
+    if not np.isfinite(pred).all():
+        raise MetricError("all submission values must be finite")
+    if (pred < 0).any():
+        raise MetricError("submission values must be non-negative")
+    if solution[row_id_column_name].duplicated().any():
+        raise MetricError("solution has duplicated row ids")
+    if submission[row_id_column_name].duplicated().any():
+        dup = submission.loc[submission[row_id_column_name].duplicated(), row_id_column_name]
+        raise MetricError(f"submission has duplicated row ids, e.g. {dup.iloc[0]!r}")
+
+    sub = submission.set_index(row_id_column_name)
+    sol_ids = solution[row_id_column_name]
+    missing = ~sol_ids.isin(sub.index)
+    if missing.any():
+        raise MetricError(
+            f"submission lacks {int(missing.sum())} row ids of the solution, e.g. {sol_ids[missing].iloc[0]!r}")
+    pred = sub.loc[sol_ids, cols].to_numpy(dtype=np.float64)
+    true = solution[cols].to_numpy(dtype=np.float64)
+    weight = solution["sample_weight"].to_numpy(dtype=np.float64)
+
+    # As the scorer did: clip, then renormalise each row.
+    pred = np.clip(pred, EPS, 1 - EPS)
+    pred = pred / pred.sum(axis=1, keepdims=True)
+
+    parsed = [schema.parse_row_id(r) for r in sol_ids]
+    study = np.array([p[0] for p in parsed])
+    group = np.array([schema.group_of(p[1]) for p in parsed])
+
+    losses = {}
+    for g in schema.GROUPS:
+        m = group == g
+        if not m.any():
+            raise MetricError(f"solution has no rows of the {g} group")
+        row_loss = -(true[m] * np.log(pred[m])).sum(axis=1)
+        losses[g] = float((row_loss * weight[m]).sum() / weight[m].sum())
+
+    # Any severe spinal: per study, label = any severe level, weight = max weight,
+    # prediction = max predicted severe probability.
+    m = group == "spinal"
+    frame = pd.DataFrame({"study": study[m], "y": true[m, 2], "w": weight[m], "p": pred[m, 2]})
+    agg = frame.groupby("study").agg(y=("y", "max"), w=("w", "max"), p=("p", "max"))
+    p = np.clip(agg["p"].to_numpy(), EPS, 1 - EPS)
+    y = agg["y"].to_numpy()
+    w = agg["w"].to_numpy()
+    losses["any_severe_spinal"] = float(-(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum())
+    return losses
+
+
+def score(solution: pd.DataFrame, submission: pd.DataFrame, row_id_column_name: str = "row_id",
+          any_severe_scalar: float = 1.0) -> float:
+    """Kaggle's signature. Rows of the submission not in the solution are ignored."""
+    losses = _group_losses(solution, submission, row_id_column_name)
+    values = [losses[g] for g in schema.GROUPS] + [losses["any_severe_spinal"]]
+    return float(np.average(values, weights=[1.0, 1.0, 1.0, any_severe_scalar]))
+
+
+def score_groups(solution: pd.DataFrame, submission: pd.DataFrame,
+                 row_id_column_name: str = "row_id", any_severe_scalar: float = 1.0) -> dict[str, float]:
+    """Per-group losses and the overall score, for reports."""
+    losses = _group_losses(solution, submission, row_id_column_name)
+    values = [losses[g] for g in schema.GROUPS] + [losses["any_severe_spinal"]]
+    losses["overall"] = float(np.average(values, weights=[1.0, 1.0, 1.0, any_severe_scalar]))
+    return losses
+
+
+def labels_to_array(labels: pd.DataFrame) -> np.ndarray:
+    """train.csv-format frame -> int array [n, 25], -1 where a cell is missing."""
+    missing = [c for c in schema.LABEL_COLUMNS if c not in labels.columns]
+    if missing:
+        raise MetricError(f"labels lack columns {missing}")
+    out = np.full((len(labels), schema.N_LABELS), -1, dtype=np.int64)
+    for j, col in enumerate(schema.LABEL_COLUMNS):
+        values = labels[col]
+        known = values.notna().to_numpy()
+        out[known, j] = [schema.severity_index(v) for v in values[known]]
+    return out
+
+
+def solution_frame(study_ids, y: np.ndarray) -> pd.DataFrame:
+    """Integer labels [n, 25] (-1 missing) -> solution frame (one-hot + sample_weight), missing cells
+    dropped as the competition's solution file has them dropped."""
+    y = np.asarray(y)
+    ids = np.array(schema.row_ids(study_ids))
+    flat = y.reshape(-1)
+    keep = flat >= 0
+    onehot = np.eye(schema.N_CLASSES)[flat[keep]]
+    frame = pd.DataFrame(onehot, columns=list(schema.PROB_COLUMNS))
+    frame.insert(0, "row_id", ids[keep])
+    frame["sample_weight"] = np.asarray(schema.SEVERITY_WEIGHTS)[flat[keep]]
+    return frame
+
+
+def labels_to_solution(labels: pd.DataFrame) -> pd.DataFrame:
+    """train.csv / test_labels.csv frame -> solution frame."""
+    return solution_frame(labels["study_id"].tolist(), labels_to_array(labels))
+
+
+def probs_to_submission(study_ids, probs: np.ndarray) -> pd.DataFrame:
+    """Probabilities [n, 25, 3] -> submission frame (row_id, normal_mild, moderate, severe)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(study_ids), schema.N_LABELS, schema.N_CLASSES):
+        raise ValueError(f"probabilities of shape {probs.shape}, expected ({len(study_ids)}, 25, 3)")
+    frame = pd.DataFrame(probs.reshape(-1, 3), columns=list(schema.PROB_COLUMNS))
+    frame.insert(0, "row_id", schema.row_ids(study_ids))
+    return frame
+
+
+def submission_to_probs(frame: pd.DataFrame, study_ids) -> np.ndarray:
+    """Submission frame -> probabilities [n, 25, 3] for the given studies (all rows must exist)."""
+    ids = schema.row_ids(study_ids)
+    indexed = frame.set_index("row_id")
+    missing = [r for r in ids if r not in indexed.index]
+    if missing:
+        raise MetricError(f"{len(missing)} row ids missing from predictions, e.g. {missing[0]!r}")
+    return indexed.loc[ids, list(schema.PROB_COLUMNS)].to_numpy(dtype=np.float32).reshape(-1, 25, 3)

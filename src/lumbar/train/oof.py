@@ -1,0 +1,33 @@
+"""Out-of-fold predictions of a run: one submission-format CSV per model, written atomically."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..metric import probs_to_submission, submission_to_probs
+
+OOF_DIR = "oof"
+
+
+def write_oof(run_dir: str | Path, model: str, study_ids, probs: np.ndarray) -> Path:
+    probs = np.asarray(probs, dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise ValueError(f"{model}: OOF probabilities contain NaN or inf")
+    probs = probs / probs.sum(axis=-1, keepdims=True)
+    path = Path(run_dir) / OOF_DIR / f"{model}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    probs_to_submission(list(study_ids), probs).to_csv(tmp, index=False, float_format="%.8g")
+    tmp.replace(path)
+    return path
+
+
+def read_oof(run_dir: str | Path, model: str, study_ids) -> np.ndarray:
+    path = Path(run_dir) / OOF_DIR / f"{model}.csv"
+    return submission_to_probs(pd.read_csv(path), list(study_ids))
+
+
+def list_oof(run_dir: str | Path) -> list[str]:
+    return sorted(p.stem for p in (Path(run_dir) / OOF_DIR).glob("*.csv"))

@@ -1,0 +1,110 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import log_loss
+
+from lumbar import schema
+from lumbar.metric import (MetricError, labels_to_solution, probs_to_submission, score, score_groups,
+                           solution_frame, submission_to_probs)
+
+COLS = ["normal_mild", "moderate", "severe"]
+
+
+def reference_score(solution, submission, row_id_column_name="row_id", any_severe_scalar=1.0):
+    """The scorer's published steps, spelled out with pandas and sklearn.log_loss."""
+    solution = solution.sort_values(by=[row_id_column_name]).reset_index(drop=True)
+    submission = submission.sort_values(by=[row_id_column_name]).reset_index(drop=True)
+    submission = submission[submission[row_id_column_name].isin(solution[row_id_column_name])].reset_index(drop=True)
+    assert (solution[row_id_column_name].values == submission[row_id_column_name].values).all()
+    for frame in (solution, submission):
+        frame["study_id"] = frame[row_id_column_name].apply(lambda x: x.split("_")[0])
+        frame["location"] = frame[row_id_column_name].apply(lambda x: "_".join(x.split("_")[1:-2]))
+    losses, weights = [], []
+    for condition in ["spinal", "foraminal", "subarticular"]:
+        idx = solution.loc[solution["location"].str.contains(condition)].index.values
+        p = np.clip(submission.loc[idx, COLS].values, 1e-15, 1 - 1e-15)
+        p = p / p.sum(axis=1, keepdims=True)
+        losses.append(log_loss(solution.loc[idx, COLS].values, p, sample_weight=solution.loc[idx, "sample_weight"].values))
+        weights.append(1)
+    spinal_sol = solution.loc[solution["location"].str.contains("spinal")]
+    spinal_sub = submission.loc[submission["location"].str.contains("spinal")].copy()
+    p = np.clip(spinal_sub[COLS].values, 1e-15, 1 - 1e-15)
+    spinal_sub["severe"] = (p / p.sum(axis=1, keepdims=True))[:, 2]
+    labels = spinal_sol.groupby("study_id")["severe"].max()
+    w = spinal_sol.groupby("study_id")["sample_weight"].max()
+    preds = spinal_sub.groupby("study_id")["severe"].max()
+    losses.append(log_loss(labels.values, np.clip(preds.values, 1e-15, 1 - 1e-15), sample_weight=w.values, labels=[0, 1]))
+    weights.append(any_severe_scalar)
+    return np.average(losses, weights=weights)
+
+
+def random_case(rng, n_studies=12, missing=0.05, sharp=1.0):
+    y = rng.integers(0, 3, size=(n_studies, 25))
+    y[rng.random(y.shape) < missing] = -1
+    ids = rng.choice(np.arange(10_000, 10_000_000), n_studies, replace=False)
+    logits = rng.normal(0, 2 * sharp, size=(n_studies, 25, 3))
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return solution_frame(ids, y), probs_to_submission(ids, p), ids, y, p
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_matches_reference_on_random_inputs(seed):
+    rng = np.random.default_rng(seed)
+    sol, sub, *_ = random_case(rng, n_studies=int(rng.integers(3, 40)), sharp=rng.uniform(0.2, 4))
+    sub = sub.sample(frac=1.0, random_state=seed)  # row order must not matter
+    for scalar in (1.0, 0.5):
+        assert abs(score(sol, sub, "row_id", scalar) - reference_score(sol.copy(), sub.copy(), "row_id", scalar)) < 1e-9
+
+
+def test_unnormalised_and_extreme_rows_are_clipped_and_renormalised():
+    rng = np.random.default_rng(1)
+    sol, sub, ids, y, p = random_case(rng)
+    sub[COLS] = sub[COLS].values * rng.uniform(0.1, 10, size=(len(sub), 1))
+    sub.loc[:5, COLS] = [0.0, 0.0, 1.0]
+    assert abs(score(sol, sub) - reference_score(sol.copy(), sub.copy())) < 1e-9
+    assert np.isfinite(score(sol, sub))
+
+
+def test_perfect_prediction_scores_near_zero_and_uniform_near_log3():
+    rng = np.random.default_rng(2)
+    sol, sub, ids, y, p = random_case(rng, missing=0)
+    perfect = probs_to_submission(ids, np.eye(3)[y])
+    assert score(sol, perfect) < 1e-6
+    uniform = probs_to_submission(ids, np.full((len(ids), 25, 3), 1 / 3))
+    groups = score_groups(sol, uniform)
+    for g in schema.GROUPS:
+        assert groups[g] == pytest.approx(np.log(3), abs=1e-9)
+
+
+def test_missing_row_ids_are_an_error():
+    rng = np.random.default_rng(3)
+    sol, sub, *_ = random_case(rng)
+    with pytest.raises(MetricError, match="lacks .* row ids"):
+        score(sol, sub.iloc[1:])
+    bad = sub.copy()
+    bad.loc[0, "row_id"] = bad.loc[1, "row_id"]
+    with pytest.raises(MetricError, match="duplicated"):
+        score(sol, bad)
+    nan = sub.copy()
+    nan.loc[3, "severe"] = np.nan
+    with pytest.raises(MetricError, match="finite"):
+        score(sol, nan)
+
+
+def test_solution_drops_missing_cells_and_weights_by_severity():
+    labels = pd.DataFrame({"study_id": [11, 12]})
+    for j, col in enumerate(schema.LABEL_COLUMNS):
+        labels[col] = ["Normal/Mild", "Severe"] if j else [None, "Moderate"]
+    sol = labels_to_solution(labels)
+    assert len(sol) == 49
+    assert "11_spinal_canal_stenosis_l1_l2" not in set(sol.row_id)
+    row = sol.set_index("row_id").loc["12_spinal_canal_stenosis_l1_l2"]
+    assert row.moderate == 1 and row.sample_weight == 2
+    assert sol.set_index("row_id").loc["12_right_subarticular_stenosis_l5_s1"].sample_weight == 4
+
+
+def test_probs_round_trip():
+    rng = np.random.default_rng(4)
+    _, sub, ids, _, p = random_case(rng)
+    back = submission_to_probs(sub.sample(frac=1.0, random_state=0), ids)
+    np.testing.assert_allclose(back, p, atol=1e-6)
