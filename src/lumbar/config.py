@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +34,7 @@ def _coerce(value: str, typ: Any, key: str):
         items = [v for v in value.split(",") if v != ""]
         out = [_coerce(v, inner, key) for v in items]
         return tuple(out) if origin is tuple else out
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union or origin is getattr(types, "UnionType", None):  # Optional[X], X | None
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value.lower() in ("none", "null"):
             return None

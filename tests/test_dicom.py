@@ -1,0 +1,160 @@
+import shutil
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from lumbar.data.dicom import DicomError, DicomWarning, read_series, read_series_stacks
+from lumbar.data.synth import SliceGeom, write_dicom
+
+VARIANTS = ["MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm",
+            "MR_small_RLE.dcm", "MR_small_padded.dcm"]
+
+
+def _series_of(tmp_path, name, files):
+    folder = tmp_path / name
+    folder.mkdir()
+    for i, f in enumerate(files):
+        shutil.copy(f, folder / f"{i + 1}.dcm")
+    return folder
+
+
+def _testfile(name):
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} not available")
+    return path
+
+
+def test_real_mr_transfer_syntaxes_give_identical_pixels(tmp_path):
+    ref = None
+    for name in VARIANTS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MR_small_padded warns about its padding
+            v = read_series(_series_of(tmp_path, name.replace(".", "_"), [_testfile(name)]))
+        assert v.pixels.shape == (1, 64, 64) and v.pixels.dtype == np.float32
+        if ref is None:
+            ref = v
+        np.testing.assert_array_equal(v.pixels, ref.pixels, err_msg=name)
+        np.testing.assert_allclose(v.positions, ref.positions)
+        np.testing.assert_allclose(v.pixel_spacing, ref.pixel_spacing)
+    ds = pydicom.dcmread(_testfile("MR_small.dcm"))
+    np.testing.assert_array_equal(ref.pixels[0], ds.pixel_array.astype(np.float32))
+    assert ref.instance_numbers.tolist() == [int(ds.InstanceNumber)]
+
+
+def test_jpeg2000_lossless_matches_when_a_decoder_is_installed(tmp_path):
+    folder = _series_of(tmp_path, "j2k", [_testfile("MR_small_jp2klossless.dcm")])
+    try:
+        v = read_series(folder)
+    except DicomError as e:  # no JPEG 2000 plugin here: the error must say which decoder to install
+        assert "decoder" in str(e) and "j2k" in str(e)
+        return
+    ref = read_series(_series_of(tmp_path, "ref", [_testfile("MR_small.dcm")]))
+    np.testing.assert_array_equal(v.pixels, ref.pixels)
+
+
+def test_missing_decoder_error_names_folder_and_decoder(tmp_path, monkeypatch):
+    folder = _series_of(tmp_path, "jls", [_testfile("MR_small_jpeg_ls_lossless.dcm")])
+    try:
+        pydicom.dcmread(folder / "1.dcm").pixel_array
+        pytest.skip("a JPEG-LS decoder is installed here")
+    except Exception:
+        pass
+    with pytest.raises(DicomError) as err:
+        read_series(folder)
+    msg = str(err.value)
+    assert str(folder) in msg and "JPEG-LS" in msg and "install" in msg
+
+
+def test_truncated_file_alone_is_a_clear_error(tmp_path):
+    folder = _series_of(tmp_path, "trunc", [_testfile("MR_truncated.dcm")])
+    with pytest.warns(DicomWarning, match="1.dcm"):
+        with pytest.raises(DicomError, match=str(folder)):
+            read_series(folder)
+
+
+def test_truncated_file_among_good_ones_is_skipped_with_a_warning(tmp_path):
+    folder = _series_of(tmp_path, "mix", [_testfile("MR_small.dcm"), _testfile("MR_truncated.dcm")])
+    (folder / "3.dcm").write_bytes(b"not a dicom file at all")
+    with pytest.warns(DicomWarning) as record:
+        v = read_series(folder)
+    assert len(v) == 1
+    text = " ".join(str(w.message) for w in record)
+    assert "2.dcm" in text and "3.dcm" in text
+
+
+def test_missing_or_empty_folder_errors(tmp_path):
+    with pytest.raises(DicomError, match="does not exist"):
+        read_series(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DicomError, match="no .dcm files"):
+        read_series(tmp_path / "empty")
+
+
+def _sagittal(tmp_path, name, n=6, instances=None, sizes=None, spacing=1.0, slope=1.0, intercept=0.0, iop=None):
+    """A tiny sagittal series written by the project's writer; pixel value = 100 * slice position index."""
+    folder = tmp_path / name
+    row, col = (np.array(iop[:3]), np.array(iop[3:])) if iop else (np.array([0, 1.0, 0]), np.array([0, 0, -1.0]))
+    instances = instances if instances is not None else list(range(1, n + 1))
+    for k in range(n):
+        size = sizes[k] if sizes else 32
+        sp = spacing * 32 / size  # same field of view
+        g = SliceGeom(np.array([-10.0 + 4 * k, -16.0, 16.0]), row, col, sp, size, size)
+        value = np.full((size, size), 100 * (k + 1), dtype=np.float64)
+        value[: size // 2] += 7  # top half brighter, to check geometry survives resampling
+        stored = np.round((value - intercept) / slope).astype(np.uint16)
+        write_dicom(folder / f"{instances[k]}.dcm", stored, g, instances[k], 1, 2, "Sagittal T1", 3.5, slope, intercept)
+    return folder
+
+
+def test_sorted_by_position_not_instance_number(tmp_path):
+    forward = read_series(_sagittal(tmp_path, "fwd"))
+    backward = read_series(_sagittal(tmp_path, "bwd", instances=[10, 8, 7, 5, 3, 1]))
+    np.testing.assert_array_equal(forward.pixels, backward.pixels)
+    assert np.all(np.diff(backward.depth) > 0)
+    # slice k sits at x = -10 + 4k; the normal of this orientation points to -x (patient right)
+    assert forward.normal[0] == pytest.approx(-1)
+    assert backward.instance_numbers.tolist() == [1, 3, 5, 7, 8, 10]
+    assert backward.index_of_instance(7) == 3
+    assert [float(forward.pixels[i].min()) for i in range(6)] == [100.0 * (6 - i) for i in range(6)]
+    with pytest.raises(KeyError, match="no instance 99"):
+        backward.index_of_instance(99)
+
+
+def test_rescale_slope_intercept_applied(tmp_path):
+    v = read_series(_sagittal(tmp_path, "resc", slope=2.0, intercept=-50.0))
+    plain = read_series(_sagittal(tmp_path, "plain"))
+    np.testing.assert_allclose(v.pixels, plain.pixels, atol=1.0)
+
+
+def test_mixed_shapes_resampled_to_most_common(tmp_path):
+    v = read_series(_sagittal(tmp_path, "mixed", sizes=[32, 32, 32, 32, 48, 48]))
+    assert v.pixels.shape == (6, 32, 32)
+    np.testing.assert_allclose(v.pixel_spacing, [1.0, 1.0])
+    # the resampled slices keep their content and geometry: top half still brighter by 7
+    for img in v.pixels:
+        assert img[:14].mean() - img[18:].mean() == pytest.approx(7, abs=0.6)
+
+
+def test_second_orientation_dropped_with_warning(tmp_path):
+    folder = _sagittal(tmp_path, "two", n=5)
+    other = _sagittal(tmp_path, "axial", n=2, instances=[20, 21], iop=[1, 0, 0, 0, 1, 0])
+    for f in other.glob("*.dcm"):
+        shutil.copy(f, folder / f.name)
+    stacks = read_series_stacks(folder)
+    assert [len(s) for s in stacks] == [5, 2]
+    with pytest.warns(DicomWarning, match="2 slice"):
+        v = read_series(folder)
+    assert len(v) == 5 and 20 not in v.instance_numbers
+
+
+def test_synthetic_series_read_back(synth_dir):
+    import pandas as pd
+    series = pd.read_csv(synth_dir / "train_series_descriptions.csv").iloc[0]
+    v = read_series(synth_dir / "train_images" / str(series.study_id) / str(series.series_id))
+    assert v.pixels.ndim == 3 and len(v) >= 10
+    assert np.all(np.diff(v.depth) > 0)
+    assert np.isclose(np.linalg.norm(v.normal), 1)
