@@ -1,0 +1,84 @@
+"""Per-study cache: `cache/<version>/<study_id>/<name>.npz`, written atomically, never trusted blindly.
+
+The version is a hash of the preprocessing config, so changing how something is computed starts a
+fresh cache instead of mixing old and new entries. An entry that fails to load (truncated by a kill,
+corrupted on disk) is deleted and rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def config_hash(*parts) -> str:
+    """A short stable hash of JSON-serialisable parts (configs, version numbers)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an npz file, fully read (so a truncated member fails here, not later)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+class StudyCache:
+    def __init__(self, root: str | Path | None, version: str):
+        self.root = Path(root) / version if root is not None else None
+        self.version = version
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, study_id: int, name: str) -> Path:
+        if self.root is None:
+            raise ValueError("cache is disabled")
+        return self.root / str(study_id) / f"{name}.npz"
+
+    def load(self, study_id: int, name: str) -> dict[str, np.ndarray] | None:
+        if self.root is None:
+            return None
+        path = self.path(study_id, name)
+        if not path.exists():
+            return None
+        try:
+            return load_npz(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            warnings.warn(f"{path}: corrupt cache entry ({type(e).__name__}); rebuilding", stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+
+    def save(self, study_id: int, name: str, arrays: dict[str, np.ndarray]) -> None:
+        if self.root is not None:
+            atomic_save_npz(self.path(study_id, name), arrays)
+
+    def get(self, study_id: int, name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The cached entry, or build() saved as the entry."""
+        hit = self.load(study_id, name)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        arrays = build()
+        self.save(study_id, name, arrays)
+        return arrays

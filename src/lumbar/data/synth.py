@@ -1,0 +1,505 @@
+"""A synthetic competition folder: the real layout and formats, a phantom lumbar spine, exact oracle.
+
+Patient coordinates are DICOM's LPS: +x is the patient's left, +y posterior, +z superior. The phantom
+is analytic: every pixel of every slice is mapped to its 3D position and labelled with the tissue
+there, so any slice geometry (rotation, spacing, shape) renders exactly. Each (condition, level) has a
+latent severity (labelmodel.py); its structure narrows with it, only at its level and on its side:
+- spinal canal stenosis: the disc bulges and the ligamentum flavum thickens into the central canal;
+- neural foraminal narrowing: the fat-filled foramen (bright on T1) in the pedicle column shrinks;
+- subarticular stenosis: the facet grows into the lateral recess of the canal.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import gaussian_filter
+from tqdm.auto import tqdm
+
+from .. import schema
+from .labelmodel import DEFAULT_RATER_NOISE, LabelModel, real_stats
+
+# Tissues and their (T1, T2) signal, in [0, 1] before scanner scaling.
+AIR, SOFT, MARROW, DISC, CSF, BONE, FAT, NERVE, LIGAMENT, FACET = range(10)
+SIGNAL = np.array([
+    [0.00, 0.00], [0.35, 0.25], [0.60, 0.40], [0.30, 0.85], [0.10, 1.00],
+    [0.45, 0.30], [0.95, 0.60], [0.22, 0.35], [0.12, 0.10], [0.50, 0.32],
+])
+SYNTH_VERSION = 1
+
+
+@dataclass
+class SynthConfig:
+    out: str = "data/synthetic"
+    studies: int = 200
+    test_studies: int = 20
+    seed: int = 0
+    sag_size: int = 192
+    axial_size: int = 128
+    rater_noise: float = DEFAULT_RATER_NOISE
+    coord_fraction: float = 0.7
+    # Real rates of the irregularities (shared/rsna2024_label_stats.json and typical DICOM exports).
+    reversed_rate: float = 0.3
+    gap_rate: float = 0.05
+    mixed_shape_rate: float = 0.01
+    rescale_rate: float = 0.2
+    # With >= 8 studies, give each irregularity to at least one study so every folder exercises them.
+    ensure_irregularities: bool = True
+    workers: int = 2
+
+
+@dataclass
+class StudySpec:
+    """Which series a study has and which irregularities each one shows."""
+    n_t1: int = 1
+    n_t2: int = 1
+    n_axial: int = 1
+    reversed: dict = field(default_factory=dict)  # series index -> bool
+    gaps: dict = field(default_factory=dict)
+    mixed: dict = field(default_factory=dict)
+    rescale: dict = field(default_factory=dict)
+    coordinates: bool = True
+
+
+class Phantom:
+    """One study's anatomy: sizes, positions and narrowing of every structure."""
+
+    def __init__(self, narrowing: np.ndarray, rng: np.random.Generator):
+        s = self.s = rng.uniform(0.9, 1.1)
+        self.f = narrowing  # [25] in schema.LABEL_COLUMNS order
+        self.H, self.D = 26 * s, 9 * s
+        pitch = self.H + self.D
+        self.z_disc = np.array([2 * pitch - k * pitch for k in range(5)]) + rng.uniform(-5, 5)
+        self.z_vert = np.concatenate([self.z_disc + pitch / 2, [self.z_disc[-1] - pitch / 2]])
+        self.z_mid = float(self.z_disc[2])
+        self.y0 = rng.uniform(-8, 8)
+        self.lordosis = rng.uniform(4, 14) * s
+        self.cr_x, self.cr_y = 11 * s, 7 * s  # canal half-widths
+        self.body_a, self.body_b = 22 * s, 17 * s
+
+    def y_body(self, z):
+        return self.y0 + self.lordosis * ((z - self.z_mid) / (2.2 * (self.H + self.D))) ** 2
+
+    def y_canal(self, z):
+        return self.y_body(z) + self.body_b + 2 * self.s + self.cr_y
+
+    def f_of(self, condition: str, k: int) -> float:
+        return float(self.f[schema.label_index(condition, schema.LEVELS[k])])
+
+    def landmark(self, condition: str, k: int) -> np.ndarray:
+        """The 3D point a radiologist would mark for (condition, level k)."""
+        s, z = self.s, self.z_disc[k]
+        yc = self.y_canal(z)
+        side = 1.0 if condition.startswith("left") else -1.0
+        if condition == "spinal_canal_stenosis":
+            return np.array([0.0, yc, z])
+        if "foraminal" in condition:
+            return np.array([side * 18 * s, yc - 3 * s, z + 4 * s])
+        return np.array([side * (self.cr_x - 1 * s), yc + 2 * s, z])
+
+    def center(self) -> np.ndarray:
+        return np.array([0.0, self.y_canal(self.z_mid) - 10 * self.s, self.z_mid])
+
+    def tissue(self, p: np.ndarray) -> np.ndarray:
+        """Tissue label of each point p [N, 3]. Later structures paint over earlier ones."""
+        x, y, z = p[:, 0], p[:, 1], p[:, 2]
+        s = self.s
+        yb = self.y_body(z)
+        yc = self.y_canal(z)
+        t = np.zeros(len(p), dtype=np.uint8)
+        t[(x / 140) ** 2 + ((y - yb - 25) / 105) ** 2 <= 1] = SOFT
+
+        lumbar = (z < self.z_vert[0] + self.H / 2 + 4 * s) & (z > self.z_vert[-1] - self.H)
+        # Posterior arch around the canal, spinous processes, pedicle/facet columns.
+        t[((x / (self.cr_x + 7 * s)) ** 2 + ((y - yc) / (self.cr_y + 6 * s)) ** 2 <= 1) & lumbar] = BONE
+        for zv in self.z_vert[:5]:
+            spine = (np.abs(x) < 4 * s) & (y > yc) & (y < yc + self.cr_y + 28 * s) & (np.abs(z - zv - 3 * s) < 0.35 * self.H)
+            t[spine] = BONE
+        ax = np.abs(x)
+        t[(ax > 12 * s) & (ax < 24 * s) & (y > yb + 12 * s) & (y < yc + self.cr_y + 4 * s) & lumbar] = BONE
+
+        # Per-level structures only touch points near their disc: work on those points alone.
+        bands = [np.flatnonzero(np.abs(z - zd) < 20 * s) for zd in self.z_disc]
+
+        # Neural foramina: fat with the exiting root at the top; they shrink with the latent.
+        for k, idx in enumerate(bands):
+            if len(idx) == 0:
+                continue
+            zd = self.z_disc[k]
+            xi, yi, zi = x[idx], y[idx], z[idx]
+            for side, cond in ((1.0, "left_neural_foraminal_narrowing"), (-1.0, "right_neural_foraminal_narrowing")):
+                f = self.f_of(cond, k)
+                ry, rz = (6.5 - 4.0 * f) * s, (9.0 - 6.0 * f) * s
+                cx, cy, cz = side * 18 * s, self.y_canal(zd) - 3 * s, zd + 4 * s
+                fm = ((xi - cx) / (7 * s)) ** 2 + ((yi - cy) / ry) ** 2 + ((zi - cz) / rz) ** 2 <= 1
+                t[idx[fm]] = FAT
+                root = fm & (((yi - cy) / (1.8 * s)) ** 2 + ((zi - cz - 0.55 * rz) / (1.8 * s)) ** 2 <= 1)
+                t[idx[root]] = NERVE
+
+        # Central canal and lateral recesses (CSF).
+        t[((x / self.cr_x) ** 2 + ((y - yc) / self.cr_y) ** 2 <= 1) & lumbar] = CSF
+        for k, idx in enumerate(bands):
+            zd = self.z_disc[k]
+            xi, yi, zi = x[idx], y[idx] - yc[idx] - 2 * s, z[idx] - zd
+            for side in (1.0, -1.0):
+                rec = ((xi - side * 11 * s) / (5.5 * s)) ** 2 + (yi / (4 * s)) ** 2 + (zi / (8 * s)) ** 2 <= 1
+                t[idx[rec]] = CSF
+
+        # Vertebral bodies and discs.
+        body = (x / self.body_a) ** 2 + ((y - yb) / self.body_b) ** 2 <= 1
+        for zv in self.z_vert:
+            t[body & (np.abs(z - zv) <= self.H / 2)] = MARROW
+        for zd in self.z_disc:
+            t[body & (np.abs(z - zd) < self.D / 2)] = DISC
+
+        for k, idx in enumerate(bands):
+            if len(idx) == 0:
+                continue
+            zd = self.z_disc[k]
+            xi, yi, zi = x[idx], y[idx], z[idx] - zd
+            yk = self.y_canal(zd)
+            # Spinal canal stenosis: disc bulge from the front, ligamentum flavum from the back.
+            f = self.f_of("spinal_canal_stenosis", k)
+            bulge = ((xi / (9 * s)) ** 2 + ((yi - (yk - self.cr_y - 2 * s)) / ((2.5 + 9 * f) * s)) ** 2
+                     + (zi / (self.D / 2 + 1.5 * s)) ** 2 <= 1)
+            t[idx[bulge]] = DISC
+            flavum = ((xi / (9 * s)) ** 2 + ((yi - (yk + self.cr_y)) / ((1.2 + 5.5 * f) * s)) ** 2
+                      + ((zi - 2 * s) / (7 * s)) ** 2 <= 1)
+            t[idx[flavum]] = LIGAMENT
+            # Subarticular stenosis: the facet grows into the recess on its side.
+            for side, cond in ((1.0, "left_subarticular_stenosis"), (-1.0, "right_subarticular_stenosis")):
+                f = self.f_of(cond, k)
+                r = (3 + 9 * f) * s
+                facet = (((xi - side * (self.cr_x + 6 * s)) / r) ** 2 + ((yi - yk - 4 * s) / ((3 + 4 * f) * s)) ** 2
+                         + (zi / (8 * s)) ** 2 <= 1)
+                t[idx[facet]] = FACET
+        return t
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    a, b, c = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@dataclass
+class SliceGeom:
+    ipp: np.ndarray  # ImagePositionPatient
+    row_dir: np.ndarray  # IOP[:3]: direction of increasing column index
+    col_dir: np.ndarray  # IOP[3:]: direction of increasing row index
+    spacing: float  # square pixels, mm
+    rows: int
+    cols: int
+
+    def points(self) -> np.ndarray:
+        r, c = np.mgrid[0:self.rows, 0:self.cols].astype(np.float64)
+        return (self.ipp[None, :] + (c.reshape(-1, 1) * self.row_dir + r.reshape(-1, 1) * self.col_dir) * self.spacing)
+
+    def project(self, p: np.ndarray) -> tuple[float, float, float]:
+        """(distance to the plane, column x, row y) of a 3D point."""
+        d = p - self.ipp
+        normal = np.cross(self.row_dir, self.col_dir)
+        return float(d @ normal), float(d @ self.row_dir / self.spacing), float(d @ self.col_dir / self.spacing)
+
+
+def _stack(center, row_dir, col_dir, step_dir, n, step, size, fov, mixed_rng=None) -> list[SliceGeom]:
+    out = []
+    for k in range(n):
+        rows = cols = size
+        if mixed_rng is not None and k >= n - 2:  # the last slices acquired at another matrix size
+            rows = cols = size + 32
+        sp = fov / cols
+        c = center + (k - (n - 1) / 2) * step * step_dir
+        ipp = c - (cols / 2) * sp * row_dir - (rows / 2) * sp * col_dir
+        out.append(SliceGeom(ipp, row_dir, col_dir, sp, rows, cols))
+    return out
+
+
+def render(ph: Phantom, g: SliceGeom, seq: int, look: dict) -> np.ndarray:
+    """One slice as float signal in [0, ~1.2]: tissue signal, blur, bias field, Rician noise."""
+    t = ph.tissue(g.points()).reshape(g.rows, g.cols)
+    img = (SIGNAL[:, seq] * look["jitter"][:, seq])[t]
+    img = gaussian_filter(img, look["blur"])
+    yy, xx = np.mgrid[0:g.rows, 0:g.cols] / max(g.rows, g.cols) - 0.5
+    img = img * (1 + look["bias"][0] * xx + look["bias"][1] * yy)
+    n1 = look["rng"].normal(0, look["noise"], img.shape)
+    n2 = look["rng"].normal(0, look["noise"], img.shape)
+    return np.sqrt((img + n1) ** 2 + n2 ** 2)
+
+
+def _uid(*parts) -> str:
+    return "1.2.826.0.1.3680043.8.498." + ".".join(str(int(p)) for p in parts)
+
+
+class SeriesWriter:
+    """Writes the slices of one MR series as DICOM Part 10 files (16-bit MONOCHROME2, explicit VR
+    little endian). The series-level tags are built once; each slice sets only what differs."""
+
+    def __init__(self, study_id: int, series_id: int, description: str, thickness: float,
+                 slope: float = 1.0, intercept: float = 0.0):
+        import pydicom
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian
+
+        self._pydicom3 = int(pydicom.__version__.split(".")[0]) >= 3
+        self.study_id, self.series_id = study_id, series_id
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.Modality = "MR"
+        ds.StudyInstanceUID = _uid(study_id)
+        ds.SeriesInstanceUID = _uid(study_id, series_id)
+        ds.PatientID = str(study_id)
+        ds.StudyID = str(study_id)
+        ds.SeriesNumber = int(series_id % 100000)
+        ds.SeriesDescription = description
+        ds.SliceThickness = round(float(thickness), 3)
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        if slope != 1.0 or intercept != 0.0:
+            ds.RescaleSlope = slope
+            ds.RescaleIntercept = intercept
+        if not self._pydicom3:
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+        self.ds = ds
+
+    def write(self, path: Path, pixels: np.ndarray, g: SliceGeom, instance: int) -> None:
+        import pydicom
+
+        ds = self.ds
+        uid = _uid(self.study_id, self.series_id, instance)
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.SOPInstanceUID = uid
+        ds.InstanceNumber = int(instance)
+        ds.ImagePositionPatient = [round(float(v), 4) for v in g.ipp]
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*g.row_dir, *g.col_dir)]
+        ds.PixelSpacing = [round(g.spacing, 6), round(g.spacing, 6)]
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self._pydicom3:
+            pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        else:  # pydicom 2.x
+            ds.save_as(path, write_like_original=False)
+
+
+def write_dicom(path: Path, pixels: np.ndarray, g: SliceGeom, instance: int, study_id: int, series_id: int,
+                description: str, thickness: float, slope: float = 1.0, intercept: float = 0.0) -> None:
+    """One slice as its own series file (tests build small series with this)."""
+    SeriesWriter(study_id, series_id, description, thickness, slope, intercept).write(path, pixels, g, instance)
+
+
+def unique_ids(rng: np.random.Generator, n: int, low: int, high: int) -> np.ndarray:
+    """n distinct random integers in [low, high), like the competition's study and series ids."""
+    out: list[int] = []
+    seen: set[int] = set()
+    while len(out) < n:
+        v = int(rng.integers(low, high))
+        if v not in seen:
+            seen.add(v)
+            out.append(v)
+    return np.array(out, dtype=np.int64)
+
+
+def _axial_groups(n_axial: int) -> list[list[int]]:
+    """Which levels each axial series covers: one covers all; several split the spine."""
+    return [list(a) for a in np.array_split(np.arange(5), n_axial)] if n_axial > 1 else [list(range(5))]
+
+
+def make_study(root: Path, study_id: int, narrowing: np.ndarray, spec: StudySpec, seed: int,
+               sag_size: int = 192, axial_size: int = 128) -> tuple[list[dict], list[dict]]:
+    """Render and write one study's series under root/<study_id>/; returns (series rows, coordinate rows)."""
+    rng = np.random.default_rng(seed)
+    ph = Phantom(narrowing, rng)
+    rot = _rotation(rng, 4.0)
+    ex, ey, ez = rot @ np.array([1.0, 0, 0]), rot @ np.array([0, 1.0, 0]), rot @ np.array([0, 0, 1.0])
+    series_rows, coord_rows = [], []
+    sid_iter = iter(int(v) for v in unique_ids(rng, 16, 10 ** 7, 4 * 10 ** 9))
+
+    plan = []  # (description, seq, geometries, levels covered)
+    sag_center = ph.center() + np.array([0.0, rng.uniform(-15, 15), rng.uniform(-15, 15)])
+    sag_fov = rng.uniform(250, 300) * ph.s
+    for description, seq, count in ((schema.SAG_T1, 0, spec.n_t1), (schema.SAG_T2, 1, spec.n_t2)):
+        for _ in range(count):
+            n = int(rng.integers(13, 18))
+            step = rng.uniform(3.6, 4.4) * ph.s
+            plan.append((description, seq, n, step, sag_center + ex * rng.uniform(-2, 2), ey, -ez, ex,
+                         sag_size, sag_fov, None))
+    for levels in _axial_groups(spec.n_axial)[:spec.n_axial] if spec.n_axial else []:
+        z_hi = ph.z_disc[levels[0]] + 14 * ph.s
+        z_lo = ph.z_disc[levels[-1]] - 14 * ph.s
+        step = rng.uniform(4.0, 5.0)
+        n = int(np.floor((z_hi - z_lo) / step)) + 1
+        center = np.array([rng.uniform(-5, 5), ph.y_canal((z_hi + z_lo) / 2) - 20 * ph.s + rng.uniform(-8, 8),
+                           (z_hi + z_lo) / 2])
+        plan.append((schema.AXIAL, 1, n, step, center, ex, ey, ez, axial_size, rng.uniform(150, 190) * ph.s, levels))
+
+    first_of = {}
+    for idx, (description, seq, n, step, center, row_dir, col_dir, step_dir, size, fov, levels) in enumerate(plan):
+        series_id = next(sid_iter)
+        mixed = spec.mixed.get(idx, False)
+        geoms = _stack(center, row_dir, col_dir, step_dir, n, step, size, fov, mixed_rng=rng if mixed else None)
+        instances = np.arange(1, n + 1)
+        if spec.gaps.get(idx, False):
+            cut = int(rng.integers(1, n))
+            instances[cut:] += int(rng.integers(2, 6))
+            instances += int(rng.integers(0, 3))
+        if spec.reversed.get(idx, False):
+            instances = instances[::-1].copy()
+        slope, intercept = (1.0, 0.0)
+        if spec.rescale.get(idx, False):
+            slope, intercept = float(rng.choice([0.5, 1.0, 2.0])), float(rng.choice([-100.0, 0.0, 50.0]))
+        look = {"jitter": 1 + rng.normal(0, 0.05, SIGNAL.shape), "blur": rng.uniform(0.4, 0.8),
+                "bias": rng.uniform(-0.25, 0.25, 2), "noise": rng.uniform(0.02, 0.05), "rng": rng}
+        scale = rng.uniform(400, 3000)
+        writer = SeriesWriter(study_id, series_id, description, step * 0.9, slope, intercept)
+        for g, inst in zip(geoms, instances):
+            value = render(ph, g, seq, look) * scale
+            stored = np.clip(np.round((value - intercept) / slope), 0, 65535).astype(np.uint16)
+            writer.write(root / str(study_id) / str(series_id) / f"{inst}.dcm", stored, g, int(inst))
+        series_rows.append({"study_id": study_id, "series_id": series_id, "series_description": description})
+        if description == schema.AXIAL:
+            for k in levels:
+                first_of.setdefault((description, k), (series_id, geoms, instances))
+        else:
+            first_of.setdefault(description, (series_id, geoms, instances))
+
+    if spec.coordinates:
+        for condition in schema.CONDITIONS:
+            stype = schema.CONDITION_SERIES[condition]
+            for k, level_name in enumerate(schema.LEVEL_NAMES):
+                key = (stype, k) if stype == schema.AXIAL else stype
+                if key not in first_of:
+                    continue
+                series_id, geoms, instances = first_of[key]
+                p = ph.landmark(condition, k)
+                proj = [g.project(p) for g in geoms]
+                j = int(np.argmin([abs(d) for d, _, _ in proj]))
+                coord_rows.append({"study_id": study_id, "series_id": series_id, "instance_number": int(instances[j]),
+                                   "condition": schema.condition_name(condition), "level": level_name,
+                                   "x": round(proj[j][1], 3), "y": round(proj[j][2], 3)})
+    return series_rows, coord_rows
+
+
+def _study_specs(cfg: SynthConfig, n: int, rng: np.random.Generator, offset: int) -> list[StudySpec]:
+    comp = real_stats()["series_composition_counts"]
+    keys = list(comp)
+    p = np.array([comp[k] for k in keys], dtype=float)
+    p /= p.sum()
+    specs = []
+    for i in range(n):
+        t1, t2, ax = (int(part.split("x")[0]) for part in keys[rng.choice(len(keys), p=p)].split("+"))
+        n_series = t1 + t2 + ax
+        spec = StudySpec(n_t1=t1, n_t2=t2, n_axial=ax,
+                         reversed={j: bool(rng.random() < cfg.reversed_rate) for j in range(n_series)},
+                         gaps={j: bool(rng.random() < cfg.gap_rate) for j in range(n_series)},
+                         mixed={j: bool(rng.random() < cfg.mixed_shape_rate) for j in range(n_series)},
+                         rescale={j: bool(rng.random() < cfg.rescale_rate) for j in range(n_series)},
+                         coordinates=bool(rng.random() < cfg.coord_fraction))
+        specs.append(spec)
+    if cfg.ensure_irregularities and n >= 8:
+        # Studies offset.. get one irregularity each (series index 0 = first sagittal T1 / T2).
+        specs[0].n_axial = 2
+        specs[1].n_t1 = 0
+        specs[2].n_t2 = 0
+        specs[3].reversed[0] = True
+        specs[4].gaps[0] = True
+        specs[5].mixed[0] = True
+        specs[6].n_axial = 3
+        specs[7].n_t1 = 2
+        specs[3].coordinates = specs[4].coordinates = specs[5].coordinates = True
+    return specs
+
+
+def _job(args):
+    root, study_id, narrowing, spec, seed, sag, ax = args
+    return make_study(Path(root), study_id, narrowing, spec, seed, sag, ax)
+
+
+def generate(cfg: SynthConfig, progress: bool = True) -> Path:
+    """Write the whole folder; returns its path. Deterministic for cfg.seed."""
+    out = Path(cfg.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model = LabelModel.default(cfg.rater_noise)
+    rng = np.random.default_rng(cfg.seed)
+    n_total = cfg.studies + cfg.test_studies
+    study_ids = unique_ids(rng, n_total, 10 ** 6, 4 * 10 ** 9)
+    z = model.draw_latent(n_total, rng)
+    labels = model.draw_labels(z, rng)
+    if cfg.ensure_irregularities and cfg.studies >= 8 and not (labels[:cfg.studies] < 0).any():
+        labels[9 % cfg.studies, schema.label_index("left_subarticular_stenosis", "l1_l2")] = -1
+    oracle = model.oracle(z)
+    narrowing = model.narrowing(z)
+    train_ids, test_ids = study_ids[:cfg.studies], study_ids[cfg.studies:]
+    specs = _study_specs(cfg, cfg.studies, rng, 0) + _study_specs(cfg, cfg.test_studies, rng, 0)
+    for spec in specs[cfg.studies:]:
+        spec.coordinates = False
+    seeds = rng.integers(0, 2 ** 31, size=n_total)
+
+    jobs = []
+    for i, sid in enumerate(study_ids):
+        part = "train_images" if i < cfg.studies else "test_images"
+        jobs.append((str(out / part), int(sid), narrowing[i], specs[i], int(seeds[i]), cfg.sag_size, cfg.axial_size))
+    results = []
+    bar = tqdm(total=len(jobs), desc="synth studies", disable=not progress)
+    if cfg.workers > 1:
+        with get_context("spawn" if _torch_loaded() else "fork").Pool(cfg.workers) as pool:
+            for r in pool.imap(_job, jobs):
+                results.append(r)
+                bar.update()
+    else:
+        for j in jobs:
+            results.append(_job(j))
+            bar.update()
+    bar.close()
+
+    series = [row for r in results for row in r[0]]
+    coords = [row for r in results for row in r[1]]
+    series_df = pd.DataFrame(series, columns=["study_id", "series_id", "series_description"])
+    series_df[series_df.study_id.isin(train_ids)].to_csv(out / "train_series_descriptions.csv", index=False)
+    series_df[series_df.study_id.isin(test_ids)].to_csv(out / "test_series_descriptions.csv", index=False)
+    pd.DataFrame(coords, columns=["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]).to_csv(
+        out / "train_label_coordinates.csv", index=False)
+    labels_frame(train_ids, labels[:cfg.studies]).to_csv(out / "train.csv", index=False)
+    labels_frame(test_ids, labels[cfg.studies:]).to_csv(out / "test_labels.csv", index=False)
+    sample = pd.DataFrame({"row_id": schema.row_ids(test_ids)})
+    for c in schema.PROB_COLUMNS:
+        sample[c] = 1 / 3
+    sample.to_csv(out / "sample_submission.csv", index=False)
+    from ..metric import probs_to_submission
+    probs_to_submission(study_ids, oracle).to_csv(out / "oracle.csv", index=False, float_format="%.10g")
+    meta = {"synth_version": SYNTH_VERSION, "config": asdict(cfg)}
+    (out / "synth_meta.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def _torch_loaded() -> bool:
+    import sys
+    return "torch" in sys.modules  # forking after torch's thread pools start can deadlock
+
+
+def labels_frame(study_ids, y: np.ndarray) -> pd.DataFrame:
+    """Integer labels [n, 25] (-1 missing) -> train.csv-format frame."""
+    frame = pd.DataFrame({"study_id": np.asarray(study_ids, dtype=np.int64)})
+    names = np.array(schema.SEVERITIES, dtype=object)
+    for j, col in enumerate(schema.LABEL_COLUMNS):
+        v = names[np.clip(y[:, j], 0, 2)]
+        v[y[:, j] < 0] = None
+        frame[col] = v
+    return frame
