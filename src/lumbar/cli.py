@@ -1,4 +1,4 @@
-"""`python -m lumbar <command>`: synth · validate · train · score."""
+"""`python -m lumbar <command>`: synth · validate · train · score · show."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,31 @@ def _cmd_score(a) -> int:
     return 0
 
 
+def _cmd_show(a) -> int:
+    from .data.cache import StudyCache
+    from .data.catalog import load_studies
+    from .data.volumes import study_volumes
+    from .plots import show_study
+    from .preprocess.pipeline import cache_version, load_stage_one, preprocess_study
+
+    study = None
+    for split in ("train", "test"):
+        try:
+            study = next((s for s in load_studies(a.data, split) if s.study_id == a.study), None)
+        except FileNotFoundError:
+            continue
+        if study is not None:
+            break
+    if study is None:
+        raise ValueError(f"{a.data}: no study {a.study} in train or test")
+    selector, sel_id, regions, cfg = load_stage_one(a.run)
+    cache = StudyCache(a.cache, cache_version())
+    entry = preprocess_study(study, selector, sel_id, regions, cfg, cache)
+    out = show_study(study, study_volumes(study, cache), entry, a.out)
+    print(f"show: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lumbar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -77,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--run", default="runs/default")
     c.add_argument("--out", default=None, help="also write the table (markdown) here")
     c.set_defaults(fn=_cmd_score)
+
+    sh = sub.add_parser("show", help="figure of a study's chosen slices, crop boxes, points and crops")
+    sh.add_argument("--data", default="data/synthetic")
+    sh.add_argument("--study", type=int, required=True)
+    sh.add_argument("--out", required=True)
+    sh.add_argument("--run", default="runs/default")
+    sh.add_argument("--cache", default="cache")
+    sh.set_defaults(fn=_cmd_show)
     return p
 
 

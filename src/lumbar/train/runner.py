@@ -65,3 +65,7 @@ def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = 
     if model not in TRAINERS:
         raise ValueError(f"unknown model {model!r}; known: {sorted(TRAINERS)}")
     return TRAINERS[model](data, run, rc or RunConfig(), overrides or [])
+
+
+# Trainers register themselves on import.
+from . import preprocess_stage  # noqa: E402,F401

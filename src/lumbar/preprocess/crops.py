@@ -1,0 +1,158 @@
+"""Crop boxes around where the labels are, and the mapping of points into and out of crops.
+
+Axial boxes are fitted from training coordinates (where labelled points fall, as fractions of the
+image, with a margin). Sagittal boxes are found from the image itself: the column of the vertebral
+column is where horizontal edges (disc/body interfaces) pile up; the box sits at fitted offsets from
+it. When that heuristic fails (no clear peak, or a column outside what training saw) the box falls
+back to the fitted absolute position.
+
+Coordinates are continuous pixel positions with pixel centres at integers. A box (x0, y0, x1, y1)
+resized to S x S samples output pixel u at source x = x0 + (u + 0.5) * (x1 - x0) / S - 0.5, and
+points map with exactly that affine map, so map-then-unmap is the identity.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates, sobel
+
+from .. import schema
+
+# name -> (series type, selector class, label columns of its points)
+CROPS: dict[str, tuple[str, int, list[int]]] = {
+    "sag_t2": (schema.SAG_T2, 1, [schema.label_index("spinal_canal_stenosis", lv) for lv in schema.LEVELS]),
+    "sag_t1_left": (schema.SAG_T1, 1, [schema.label_index("left_neural_foraminal_narrowing", lv) for lv in schema.LEVELS]),
+    "sag_t1_right": (schema.SAG_T1, 2, [schema.label_index("right_neural_foraminal_narrowing", lv) for lv in schema.LEVELS]),
+}
+for _k, _lv in enumerate(schema.LEVELS):
+    CROPS[f"axial_{_lv}"] = (schema.AXIAL, _k + 1, [schema.label_index("left_subarticular_stenosis", _lv),
+                                                    schema.label_index("right_subarticular_stenosis", _lv)])
+CROP_NAMES = tuple(CROPS)
+SAGITTAL_CROPS = ("sag_t2", "sag_t1_left", "sag_t1_right")
+
+
+def find_spine_column(img: np.ndarray) -> tuple[float, float]:
+    """(column as a fraction of the width, peak prominence) of the vertebral column on a sagittal slice."""
+    h, w = img.shape
+    sm = gaussian_filter(img.astype(np.float32), 1.5)
+    gy = np.abs(sobel(sm, axis=0))
+    profile = gy[int(0.15 * h):int(0.85 * h)].mean(axis=0)
+    profile = gaussian_filter(profile, max(w / 64, 1.0))
+    lo, hi = int(0.1 * w), int(0.9 * w)
+    col = lo + int(np.argmax(profile[lo:hi]))
+    prominence = float(profile[col] / (np.median(profile[lo:hi]) + 1e-6))
+    return col / w, prominence
+
+
+def _span(values: np.ndarray, margin: float) -> tuple[float, float]:
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    return float(lo - margin), float(hi + margin)
+
+
+@dataclass
+class CropRegions:
+    """Fitted crop geometry, all in fractions of the image width (x) and height (y)."""
+    margin: float = 0.04
+    axial_x: tuple[float, float] = (0.3, 0.7)
+    axial_y: tuple[float, float] = (0.4, 0.8)
+    sag: dict = field(default_factory=dict)  # name -> {"dx": [lo, hi], "y": [lo, hi], "x": [lo, hi]}
+    spine: tuple[float, float] = (0.5, 0.1)  # mean, sd of the detected column
+    min_prominence: float = 1.5
+
+    @classmethod
+    def fit(cls, samples: list[tuple[str, np.ndarray, np.ndarray]], margin: float = 0.04) -> "CropRegions":
+        """samples: (crop name, chosen slice [h, w], points [K, 2] in its pixels, NaN if unknown)."""
+        reg = cls(margin=margin)
+        ax_x, ax_y = [], []
+        sag: dict[str, dict[str, list]] = {n: {"dx": [], "y": [], "x": []} for n in SAGITTAL_CROPS}
+        spines = []
+        for name, img, pts in samples:
+            h, w = img.shape
+            ok = np.isfinite(pts).all(axis=1)
+            if not ok.any():
+                continue
+            x, y = pts[ok, 0] / w, pts[ok, 1] / h
+            if name in SAGITTAL_CROPS:
+                col, prom = find_spine_column(img)
+                if prom >= reg.min_prominence:
+                    spines.append(col)
+                    sag[name]["dx"] += (x - col).tolist()
+                sag[name]["x"] += x.tolist()
+                sag[name]["y"] += y.tolist()
+            else:
+                ax_x += x.tolist()
+                ax_y += y.tolist()
+        if ax_x:
+            reg.axial_x, reg.axial_y = _span(np.array(ax_x), margin), _span(np.array(ax_y), margin)
+        for name, d in sag.items():
+            if d["x"]:
+                reg.sag[name] = {"x": _span(np.array(d["x"]), margin), "y": _span(np.array(d["y"]), margin),
+                                 "dx": _span(np.array(d["dx"]), margin) if d["dx"] else None}
+        if spines:
+            reg.spine = (float(np.mean(spines)), float(np.std(spines) + 0.01))
+        return reg
+
+    def box(self, name: str, img: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(box [x0, y0, x1, y1] in pixels, square, and whether the image heuristic placed it)."""
+        h, w = img.shape
+        from_image = False
+        if name in SAGITTAL_CROPS:
+            r = self.sag.get(name)
+            if r is None:
+                x, y = (0.3, 0.7), (0.1, 0.9)
+            else:
+                x, y = r["x"], r["y"]
+                col, prom = find_spine_column(img)
+                if r["dx"] is not None and prom >= self.min_prominence and abs(col - self.spine[0]) < 4 * self.spine[1]:
+                    x = (col + r["dx"][0], col + r["dx"][1])
+                    from_image = True
+        else:
+            x, y = self.axial_x, self.axial_y
+        x0, x1, y0, y1 = x[0] * w, x[1] * w, y[0] * h, y[1] * h
+        side = max(x1 - x0, y1 - y0)  # square, so a resize does not distort anatomy
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]), from_image
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CropRegions":
+        d = json.loads(Path(path).read_text())
+        d["axial_x"], d["axial_y"], d["spine"] = tuple(d["axial_x"]), tuple(d["axial_y"]), tuple(d["spine"])
+        return cls(**d)
+
+
+def map_points(pts: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """Image pixel coordinates [K, 2] -> crop pixel coordinates of an S x S crop of box."""
+    pts = np.asarray(pts, dtype=np.float64)
+    scale = size / np.array([box[2] - box[0], box[3] - box[1]])
+    return (pts + 0.5 - box[:2]) * scale - 0.5
+
+
+def unmap_points(pts: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """Crop pixel coordinates -> image pixel coordinates (inverse of map_points)."""
+    pts = np.asarray(pts, dtype=np.float64)
+    scale = np.array([box[2] - box[0], box[3] - box[1]]) / size
+    return (pts + 0.5) * scale + box[:2] - 0.5
+
+
+def crop_resize(stack: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """[C, h, w] -> [C, S, S] sampling box bilinearly; outside the image is 0."""
+    u = np.arange(size, dtype=np.float64)
+    xs = box[0] + (u + 0.5) * (box[2] - box[0]) / size - 0.5
+    ys = box[1] + (u + 0.5) * (box[3] - box[1]) / size - 0.5
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([map_coordinates(c, [yy, xx], order=1, mode="constant", cval=0.0) for c in stack]).astype(np.float32)
+
+
+def three_slices(n: int, i: int) -> list[int]:
+    """The chosen slice and its neighbours, clamped at the series ends."""
+    return [min(max(j, 0), n - 1) for j in (i - 1, i, i + 1)]

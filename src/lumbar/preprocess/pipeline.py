@@ -1,0 +1,255 @@
+"""Stage one of the multitask model, per study: features -> chosen slices -> three-slice crops.
+
+Everything goes through the per-study cache. A study's crops are keyed by a hash of the config, its
+selection and the crop regions, so a second run over the same data is a file read per study.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import schema
+from ..data.cache import StudyCache, config_hash
+from ..data.catalog import Study
+from ..data.dicom import Volume
+from ..data.volumes import DECODE_VERSION, normalise, study_volumes
+from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points, three_slices
+from .slice_select import FEATURE_VERSION, N_CLASSES, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
+
+PREPROCESS_VERSION = 1
+
+
+@dataclass
+class PreprocessConfig:
+    sag_size: int = 128
+    axial_size: int = 96
+    margin: float = 0.04
+
+
+def cache_version(cfg: PreprocessConfig | None = None) -> str:
+    """The cache folder name: decode, feature and preprocessing versions (crops add their own keys)."""
+    return f"v{DECODE_VERSION}.{FEATURE_VERSION}.{PREPROCESS_VERSION}"
+
+
+@dataclass
+class SeriesFeatures:
+    series_id: int
+    volume: Volume
+    features: np.ndarray
+
+
+def study_features(study: Study, cache: StudyCache | None,
+                   volumes: dict[str, list[tuple[int, Volume]]] | None = None) -> dict[str, list[SeriesFeatures]]:
+    """Series type -> per-series slice features (cached), computed on the study's decoded volumes."""
+    vols = volumes if volumes is not None else study_volumes(study, cache)
+    ref = (vols.get(schema.SAG_T2) or vols.get(schema.SAG_T1) or [None])[0]
+    extent = sagittal_extent(ref[1]) if ref is not None else None
+    out: dict[str, list[SeriesFeatures]] = {}
+    for stype, items in vols.items():
+        for sid, v in items:
+            def build(v=v):
+                return {"x": slice_features(v, extent if stype == schema.AXIAL else None)}
+            feats = cache.get(study.study_id, f"feat_{sid}", build)["x"] if cache else build()["x"]
+            out.setdefault(stype, []).append(SeriesFeatures(sid, v, feats))
+    return out
+
+
+def training_rows(study: Study, feats: dict[str, list[SeriesFeatures]]):
+    """(series type, features, classes) for each series with coordinates."""
+    for stype, items in feats.items():
+        for sf in items:
+            y = slice_targets(stype, sf.volume, sf.series_id, study.coords)
+            if y is not None:
+                yield stype, sf.features, y
+
+
+Selection = dict[str, tuple[int, int]]  # crop name -> (series_id, slice index)
+
+
+def select(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | None, member: str | None = None,
+           naive: bool = False) -> Selection:
+    """For each crop, the (series, slice) where its class is most probable across the study's series
+    of that type. With naive=True, the naive rule instead; with no fitted selector, naive too."""
+    ref = (feats.get(schema.SAG_T2) or feats.get(schema.SAG_T1) or [None])[0]
+    extent = sagittal_extent(ref.volume) if ref is not None else None
+    best: dict[str, tuple[float, int, int]] = {}
+    for stype, items in feats.items():
+        for sf in items:
+            proba = None if naive or selector is None else selector.predict_proba(stype, sf.features, member)
+            naive_idx = naive_choice(stype, sf.volume, extent) if proba is None else None
+            for name, (t, cls, _) in CROPS.items():
+                if t != stype:
+                    continue
+                if proba is None:
+                    idx, score = naive_idx[cls], -1.0
+                else:
+                    idx = int(np.argmax(proba[:, cls]))
+                    score = float(proba[idx, cls])
+                if name not in best or score > best[name][0]:
+                    best[name] = (score, sf.series_id, idx)
+    return {name: (sid, idx) for name, (_, sid, idx) in best.items()}
+
+
+def labelled_slices(study: Study, feats: dict[str, list[SeriesFeatures]]) -> list[tuple[str, int, int]]:
+    """(crop name, series_id, slice index) of every labelled (condition, level) of the study."""
+    out = []
+    if not len(study.coords):
+        return out
+    index = {sf.series_id: sf.volume for items in feats.values() for sf in items}
+    for r in study.coords.itertuples(index=False):
+        v = index.get(int(r.series_id))
+        if v is None:
+            continue
+        j = schema.label_index(schema.condition_slug(r.condition), schema.level_slug(r.level))
+        name = next(n for n, (_, _, cols) in CROPS.items() if j in cols)
+        try:
+            out.append((name, int(r.series_id), v.index_of_instance(int(r.instance_number))))
+        except KeyError:
+            continue
+    return out
+
+
+def true_selection(study: Study, feats: dict[str, list[SeriesFeatures]]) -> Selection:
+    """Per crop, the labelled (series, slice) most of its levels share (the median slice)."""
+    per: dict[str, list[tuple[int, int]]] = {}
+    for name, sid, idx in labelled_slices(study, feats):
+        per.setdefault(name, []).append((sid, idx))
+    out: Selection = {}
+    for name, items in per.items():
+        sid = max(set(s for s, _ in items), key=[s for s, _ in items].count)
+        idxs = sorted(i for s, i in items if s == sid)
+        out[name] = (sid, idxs[len(idxs) // 2])
+    return out
+
+
+def _points_for(study: Study, name: str, series_id: int) -> np.ndarray:
+    """The crop's labelled points [K, 2] in the series' pixels (NaN where unlabelled or another series)."""
+    cols = CROPS[name][2]
+    pts = np.full((len(cols), 2), np.nan)
+    if not len(study.coords):
+        return pts
+    rows = study.coords[study.coords["series_id"] == series_id]
+    for r in rows.itertuples(index=False):
+        j = schema.label_index(schema.condition_slug(r.condition), schema.level_slug(r.level))
+        if j in cols:
+            pts[cols.index(j)] = (float(r.x), float(r.y))
+    return pts
+
+
+def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selection: Selection,
+                regions: CropRegions, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    """The cache entry of a study's crops: sagittal [3, 3, S, S] and axial [5, 3, S, S] images
+    (float16), points in crop pixels (NaN unknown), presence, boxes, series and slices."""
+    n = len(CROP_NAMES)
+    sag = np.zeros((3, 3, cfg.sag_size, cfg.sag_size), np.float16)
+    axial = np.zeros((5, 3, cfg.axial_size, cfg.axial_size), np.float16)
+    sag_pts = np.full((3, 5, 2), np.nan, np.float32)
+    ax_pts = np.full((5, 2, 2), np.nan, np.float32)
+    present = np.zeros(n, bool)
+    boxes = np.zeros((n, 4), np.float32)
+    series = np.full(n, -1, np.int64)
+    slices = np.full(n, -1, np.int64)
+    instances = np.full(n, -1, np.int64)
+    true_instances = np.full(n, -1, np.int64)
+    from_image = np.zeros(n, bool)
+    mm_per_px = np.zeros(n, np.float32)
+    by_id = {sid: v for items in vols.values() for sid, v in items}
+    normed: dict[int, np.ndarray] = {}
+    for i, name in enumerate(CROP_NAMES):
+        if name not in selection or selection[name][0] not in by_id:
+            continue
+        sid, idx = selection[name]
+        v = by_id[sid]
+        if sid not in normed:
+            normed[sid] = normalise(v.pixels)
+        px = normed[sid]
+        size = cfg.sag_size if i < 3 else cfg.axial_size
+        box, from_image[i] = regions.box(name, px[idx])
+        img = crop_resize(px[three_slices(len(px), idx)], box, size)
+        pts = map_points(_points_for(study, name, sid), box, size).astype(np.float32)
+        if i < 3:
+            sag[i], sag_pts[i] = img, pts
+        else:
+            axial[i - 3], ax_pts[i - 3] = img, pts
+        present[i], boxes[i], series[i], slices[i] = True, box, sid, idx
+        instances[i] = v.instance_numbers[idx]
+        mm_per_px[i] = float(v.pixel_spacing[0]) * (box[2] - box[0]) / size
+        if len(study.coords):
+            rows = study.coords[(study.coords["series_id"] == sid)
+                                & study.coords["condition"].isin([schema.condition_name(schema.LABEL_COLUMNS[j][:-6]) for j in CROPS[name][2]])]
+            if name.startswith("axial"):
+                rows = rows[rows["level"] == schema.LEVEL_NAMES[i - 3]]
+            if len(rows):
+                true_instances[i] = int(rows["instance_number"].mode().iloc[0])
+    return {"sag_image": sag, "axial_image": axial, "sag_points": sag_pts, "axial_points": ax_pts,
+            "present": present, "boxes": boxes, "series_id": series, "slice": slices, "instance": instances,
+            "true_instance": true_instances, "from_image": from_image, "mm_per_px": mm_per_px}
+
+
+def crops_key(cfg: PreprocessConfig, selection: Selection, regions: CropRegions) -> str:
+    return "crops_" + config_hash(asdict(cfg), sorted((k, list(v)) for k, v in selection.items()), asdict(regions))
+
+
+def study_crops(study: Study, selection: Selection, regions: CropRegions, cfg: PreprocessConfig,
+                cache: StudyCache | None) -> dict[str, np.ndarray]:
+    """Cached build_crops: decodes the study only on a miss."""
+    def build():
+        return build_crops(study, study_volumes(study, cache), selection, regions, cfg)
+    return cache.get(study.study_id, crops_key(cfg, selection, regions), build) if cache else build()
+
+
+def selection_to_arrays(sel: Selection) -> dict[str, np.ndarray]:
+    return {"series_id": np.array([sel.get(n, (-1, -1))[0] for n in CROP_NAMES], np.int64),
+            "slice": np.array([sel.get(n, (-1, -1))[1] for n in CROP_NAMES], np.int64)}
+
+
+def arrays_to_selection(a: dict[str, np.ndarray]) -> Selection:
+    return {n: (int(s), int(i)) for n, s, i in zip(CROP_NAMES, a["series_id"], a["slice"]) if s >= 0}
+
+
+def preprocess_study(study: Study, selector: SliceSelector | None, selector_id: str, regions: CropRegions,
+                     cfg: PreprocessConfig, cache: StudyCache | None) -> dict[str, np.ndarray]:
+    """Inference path: choose slices (cached per selector) and crop (cached per selection)."""
+    def build_selection():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # sklearn feature-name chatter
+            return selection_to_arrays(select(study_features(study, cache), selector))
+    sel_arrays = cache.get(study.study_id, f"sel_{selector_id}", build_selection) if cache else build_selection()
+    return study_crops(study, arrays_to_selection(sel_arrays), regions, cfg, cache)
+
+
+__all__ = ["PreprocessConfig", "study_features", "training_rows", "select", "true_selection", "build_crops",
+           "study_crops", "preprocess_study", "cache_version", "N_CLASSES"]
+
+
+def folder_fingerprint(folder) -> str:
+    """sha1 over a folder's files (names and bytes): names cache entries after what produced them."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha1()
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def load_stage_one(run):
+    """(selector, selector id, crop regions, preprocess config) saved by `train --model slice_select`
+    and `train --model crops` in a run directory; clear errors when a stage has not been trained."""
+    import json
+    from pathlib import Path
+
+    run = Path(run)
+    model = run / "slice_select" / "model"
+    if not (model / "selector.json").exists():
+        raise FileNotFoundError(f"{model}: no slice selector; run `python -m lumbar train --model slice_select` first")
+    regions_path = run / "crops" / "regions.json"
+    if not regions_path.exists():
+        raise FileNotFoundError(f"{regions_path}: no crop regions; run `python -m lumbar train --model crops` first")
+    cfg_data = json.loads((run / "crops" / "config.json").read_text())
+    cfg = PreprocessConfig(**{k: cfg_data[k] for k in ("sag_size", "axial_size", "margin")})
+    return SliceSelector.load(model), folder_fingerprint(model), CropRegions.load(regions_path), cfg

@@ -1,0 +1,288 @@
+"""Which instance shows each (condition, level): per-slice scikit-image features and a soft-vote
+ensemble of RandomForest, SVM, MLP and XGBoost.
+
+One classifier per series type, the classes being what a slice can be:
+- Sagittal T2/STIR: 0 = other, 1 = the spinal canal slice;
+- Sagittal T1: 0 = other, 1 = left foramen slice, 2 = right foramen slice;
+- Axial T2: 0 = other, k + 1 = the slice of level k (subarticular, both sides).
+A series then takes, for each class, the slice where that class is most probable. Axial slices first
+get their level from geometry: their height relative to the sagittal stack's field of view (the
+sagittal series spans the lumbar spine), a feature no image texture can give.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import schema
+from ..data.catalog import Study
+from ..data.dicom import Volume
+from ..data.volumes import normalise
+
+FEATURE_VERSION = 1
+MEMBERS = ("rf", "svm", "mlp", "xgb")
+N_CLASSES = {schema.SAG_T2: 2, schema.SAG_T1: 3, schema.AXIAL: 6}
+# (condition, class) pairs each series type's classes stand for.
+TARGETS: dict[str, list[tuple[str, int]]] = {
+    schema.SAG_T2: [("spinal_canal_stenosis", 1)],
+    schema.SAG_T1: [("left_neural_foraminal_narrowing", 1), ("right_neural_foraminal_narrowing", 2)],
+    schema.AXIAL: [("left_subarticular_stenosis", 0), ("right_subarticular_stenosis", 0)],
+}
+STYPE_KEY = {schema.SAG_T2: "sag_t2", schema.SAG_T1: "sag_t1", schema.AXIAL: "axial"}
+
+
+def _lateral_sign(v: Volume) -> float:
+    """+1 if depth along the normal increases toward the patient's left (+x in LPS)."""
+    return 1.0 if v.normal[0] >= 0 else -1.0
+
+
+def sagittal_extent(v: Volume) -> tuple[float, float]:
+    """(top z, bottom z) in patient mm of a sagittal slice's field of view."""
+    col = v.orientation[3:]
+    top = float(v.positions[:, 2].mean())
+    bottom = top + v.pixels.shape[1] * float(v.pixel_spacing[0]) * float(col[2])
+    return top, bottom
+
+
+def slice_features(v: Volume, sag_extent: tuple[float, float] | None = None) -> np.ndarray:
+    """Per-slice features [n, F]: HOG, LBP histogram, intensity and edge statistics of the centre,
+    difference to the neighbours, and the slice's position (lateral for sagittal, craniocaudal for axial)."""
+    from skimage.feature import hog, local_binary_pattern
+    from skimage.filters import sobel
+    from skimage.transform import resize
+
+    px = normalise(v.pixels)
+    n = len(px)
+    small = np.stack([resize(p, (64, 64), anti_aliasing=True, preserve_range=True) for p in px]).astype(np.float32)
+    centre = small[:, 16:48, 16:48]
+    feats = []
+    for i in range(n):
+        h = hog(small[i], orientations=8, pixels_per_cell=(16, 16), cells_per_block=(2, 2), feature_vector=True)
+        lbp = local_binary_pattern((np.clip(centre[i], 0, 1) * 255).astype(np.uint8), P=8, R=1, method="uniform")
+        lbp_hist = np.bincount(lbp.astype(int).ravel(), minlength=10)[:10] / lbp.size
+        c = centre[i]
+        stats = [c.mean(), c.std(), *np.percentile(c, [10, 50, 90, 99]), sobel(c).mean()]
+        prev_d = np.abs(c - centre[max(i - 1, 0)]).mean()
+        next_d = np.abs(c - centre[min(i + 1, n - 1)]).mean()
+        feats.append(np.concatenate([h, lbp_hist, stats, [prev_d, next_d]]))
+    feats = np.asarray(feats, dtype=np.float32)
+
+    depth = v.depth
+    centre_d = (depth.max() + depth.min()) / 2
+    half = max((depth.max() - depth.min()) / 2, 1e-3)
+    if abs(v.normal[2]) > 0.7:  # axial: height of the slice within the sagittal field of view
+        z = v.positions[:, 2]
+        if sag_extent is not None:
+            top, bottom = sag_extent
+            rel = (top - z) / (top - bottom if top != bottom else 1.0)
+        else:
+            rel = (z.max() - z) / max(z.max() - z.min(), 1e-3)
+        pos = np.stack([rel, (depth - centre_d) / half, np.full(n, n / 40.0)], 1)
+    else:
+        lat = (depth - centre_d) * _lateral_sign(v)
+        pos = np.stack([lat / half, lat / 20.0, np.abs(lat) / 20.0], 1)
+    return np.concatenate([feats, pos.astype(np.float32)], 1)
+
+
+def slice_targets(stype: str, v: Volume, series_id: int, coords) -> np.ndarray | None:
+    """Class of each slice from a study's coordinate rows, or None if this series has none."""
+    rows = coords[coords["series_id"] == series_id] if len(coords) else coords
+    if len(rows) == 0:
+        return None
+    y = np.zeros(len(v), dtype=np.int64)
+    for r in rows.itertuples(index=False):
+        cond = schema.condition_slug(r.condition)
+        try:
+            idx = v.index_of_instance(int(r.instance_number))
+        except KeyError:
+            continue
+        if stype == schema.AXIAL:
+            y[idx] = schema.LEVEL_NAMES.index(r.level) + 1
+        else:
+            for c, cls in TARGETS[stype]:
+                if c == cond:
+                    y[idx] = cls
+    return y if y.any() else None
+
+
+N_POSITION = 3  # the last feature columns: the slice's position
+
+
+class Emphasise:
+    """Scales the last n columns (after standardising) so distance-based members weigh position as
+    much as the hundreds of texture columns; trees do not need it."""
+
+    def __init__(self, n: int = N_POSITION, factor: float = 6.0):
+        self.n, self.factor = n, factor
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        X = np.array(X, dtype=np.float64, copy=True)
+        X[:, -self.n:] *= self.factor
+        return X
+
+    def get_params(self, deep=True):
+        return {"n": self.n, "factor": self.factor}
+
+    def set_params(self, **params):
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+
+def _make_member(name: str, n_classes: int, seed: int):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    if name == "rf":
+        return RandomForestClassifier(n_estimators=150, min_samples_leaf=2, class_weight="balanced_subsample",
+                                      n_jobs=2, random_state=seed)
+    if name == "svm":
+        return make_pipeline(StandardScaler(), Emphasise(), SVC(C=3.0, probability=True, class_weight="balanced",
+                                                               random_state=seed))
+    if name == "mlp":
+        return make_pipeline(StandardScaler(), Emphasise(), MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-2,
+                                                                          max_iter=400, random_state=seed))
+    if name == "xgb":
+        from xgboost import XGBClassifier
+        return XGBClassifier(n_estimators=120, max_depth=4, learning_rate=0.1, subsample=0.9, colsample_bytree=0.5,
+                             n_jobs=2, random_state=seed, tree_method="hist",
+                             objective="multi:softprob" if n_classes > 2 else "binary:logistic")
+    raise ValueError(f"unknown member {name!r}")
+
+
+def _proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    p = model.predict_proba(X)
+    classes = getattr(model, "classes_", np.arange(p.shape[1]))
+    out = np.zeros((len(X), n_classes), dtype=np.float64)
+    out[:, np.asarray(classes, dtype=int)] = p
+    return out
+
+
+@dataclass
+class SliceSelector:
+    """Per series type, the fitted members; predict_proba averages the members' probabilities."""
+    members: dict[str, dict[str, object]] = field(default_factory=dict)  # stype -> member -> model
+    seed: int = 0
+
+    def fit(self, X: dict[str, np.ndarray], y: dict[str, np.ndarray], members=MEMBERS) -> "SliceSelector":
+        for stype, Xs in X.items():
+            ys = y[stype]
+            k = N_CLASSES[stype]
+            if len(np.unique(ys)) < 2:
+                warnings.warn(f"slice selector: {stype} has one class only; not fitted", stacklevel=2)
+                continue
+            self.members[stype] = {}
+            for m in members:
+                model = _make_member(m, k, self.seed)
+                if m == "xgb":
+                    # xgboost wants classes 0..K-1 all present: pad with one zero-weight copy of each missing class.
+                    missing = [c for c in range(k) if c not in set(ys.tolist())]
+                    Xf = np.concatenate([Xs, np.repeat(Xs[:1], len(missing), 0)]) if missing else Xs
+                    yf = np.concatenate([ys, missing]) if missing else ys
+                    w = np.concatenate([np.ones(len(ys)), np.zeros(len(missing))])
+                    model.fit(Xf, yf, sample_weight=w)
+                else:
+                    model.fit(Xs, ys)
+                self.members[stype][m] = model
+        return self
+
+    def predict_proba(self, stype: str, X: np.ndarray, member: str | None = None) -> np.ndarray | None:
+        """[n, classes] for one member, or the soft vote of all; None if the type was never fitted."""
+        models = self.members.get(stype)
+        if not models:
+            return None
+        k = N_CLASSES[stype]
+        if member is not None:
+            return _proba(models[member], X, k)
+        return np.mean([_proba(m, X, k) for m in models.values()], axis=0)
+
+    # Persistence: XGBoost in its JSON format, sklearn members pickled with their library version.
+    def save(self, folder: str | Path) -> None:
+        import sklearn
+        import xgboost
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = {"sklearn": sklearn.__version__, "xgboost": xgboost.__version__, "types": {}}
+        for stype, models in self.members.items():
+            key = STYPE_KEY[stype]
+            names = []
+            for m, model in models.items():
+                path = folder / f"{key}_{m}.{'json' if m == 'xgb' else 'pkl'}"
+                tmp = folder / f".tmp.{path.name}"  # keeps the extension: xgboost picks its format by it
+                if m == "xgb":
+                    model.save_model(str(tmp))
+                else:
+                    tmp.write_bytes(pickle.dumps(model))
+                tmp.replace(path)
+                names.append(m)
+            manifest["types"][stype] = names
+        tmp = folder / "selector.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(folder / "selector.json")
+
+    @classmethod
+    def load(cls, folder: str | Path, strict: bool = False) -> "SliceSelector":
+        """Loads every member. A pickled member that the installed scikit-learn cannot read is an
+        error naming the version to install (strict) or is left out with that warning, the portable
+        XGBoost member carrying the vote alone."""
+        import sklearn
+        from xgboost import XGBClassifier
+
+        folder = Path(folder)
+        manifest = json.loads((folder / "selector.json").read_text())
+        sel = cls()
+        for stype, names in manifest["types"].items():
+            sel.members[stype] = {}
+            for m in names:
+                path = folder / f"{STYPE_KEY[stype]}_{m}.{'json' if m == 'xgb' else 'pkl'}"
+                if m == "xgb":
+                    model = XGBClassifier()
+                    model.load_model(str(path))
+                    sel.members[stype][m] = model
+                    continue
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("error" if manifest["sklearn"] != sklearn.__version__ else "ignore")
+                        model = pickle.loads(path.read_bytes())
+                except Exception as e:
+                    msg = (f"{path}: fitted with scikit-learn {manifest['sklearn']}, cannot be loaded by the installed "
+                           f"{sklearn.__version__} ({type(e).__name__}); install scikit-learn=={manifest['sklearn']} "
+                           "or retrain the slice selector with this version")
+                    if strict:
+                        raise RuntimeError(msg) from None
+                    warnings.warn(msg + "; using the remaining members", stacklevel=2)
+                    continue
+                sel.members[stype][m] = model
+        return sel
+
+
+def choose(stype: str, proba: np.ndarray) -> dict[int, int]:
+    """Class -> slice index with the highest probability of that class (classes 1..K-1)."""
+    return {c: int(np.argmax(proba[:, c])) for c in range(1, proba.shape[1])}
+
+
+def naive_choice(stype: str, v: Volume, sag_extent: tuple[float, float] | None = None) -> dict[int, int]:
+    """The rule a newcomer would write: middle slice for the canal, the typical lateral offset for the
+    foramina (+-18 mm), evenly spread levels for axial."""
+    n = len(v)
+    if stype == schema.SAG_T2:
+        return {1: n // 2}
+    if stype == schema.SAG_T1:
+        depth = v.depth
+        lat = (depth - (depth.max() + depth.min()) / 2) * _lateral_sign(v)
+        return {1: int(np.argmin(np.abs(lat - 18))), 2: int(np.argmin(np.abs(lat + 18)))}
+    z = v.positions[:, 2]
+    order = np.argsort(-z)  # superior first
+    return {k + 1: int(order[min(n - 1, int((k + 0.5) * n / 5))]) for k in range(5)}

@@ -1,0 +1,195 @@
+import json
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lumbar import schema
+from lumbar.cli import main
+from lumbar.data.cache import StudyCache
+from lumbar.data.catalog import load_studies
+from lumbar.preprocess import pipeline
+from lumbar.preprocess.crops import CROP_NAMES, CropRegions, crop_resize, find_spine_column, map_points, three_slices, unmap_points
+from lumbar.preprocess.pipeline import PreprocessConfig, cache_version, preprocess_study, select, study_features
+from lumbar.preprocess.slice_select import SliceSelector
+from lumbar.train.runner import RunConfig, train
+
+boxes = st.tuples(st.floats(-50, 200), st.floats(-50, 200), st.floats(10, 400), st.floats(10, 400))
+
+
+@settings(max_examples=200, deadline=None)
+@given(box=boxes, size=st.integers(8, 256), x=st.floats(-100, 600), y=st.floats(-100, 600))
+def test_map_then_unmap_is_identity(box, size, x, y):
+    b = np.array([box[0], box[1], box[0] + box[2], box[1] + box[3]])
+    p = np.array([[x, y]])
+    back = unmap_points(map_points(p, b, size), b, size)
+    assert np.abs(back - p).max() < 0.5
+    assert np.abs(back - p).max() < 1e-6  # exact up to rounding
+
+
+@pytest.mark.parametrize("box,size", [((10, 20, 74, 84), 64), ((5.5, 7.25, 101.5, 103.25), 48), ((20, 30, 60, 70), 90)])
+def test_crop_puts_a_dot_where_map_points_says(box, size):
+    img = np.zeros((128, 128), np.float32)
+    img[50, 40] = 1.0  # (x=40, y=50)
+    b = np.array(box, dtype=float)
+    crop = crop_resize(img[None], b, size)[0]
+    expected = map_points(np.array([[40.0, 50.0]]), b, size)[0]
+    peak = np.unravel_index(np.argmax(crop), crop.shape)
+    assert abs(peak[1] - expected[0]) <= 1.0 and abs(peak[0] - expected[1]) <= 1.0
+
+
+def test_three_slices_clamped():
+    assert three_slices(10, 0) == [0, 0, 1]
+    assert three_slices(10, 9) == [8, 9, 9]
+    assert three_slices(1, 0) == [0, 0, 0]
+
+
+def test_spine_column_found_on_synthetic_sagittal(synth_dir):
+    studies = load_studies(synth_dir, "train")
+    cache = StudyCache(None, "x")
+    found = 0
+    for study in studies:
+        if not study.has_coords or not study.series_of(schema.SAG_T2):
+            continue
+        feats = study_features(study, cache)
+        sf = feats[schema.SAG_T2][0]
+        rows = study.coords[study.coords.condition == "Spinal Canal Stenosis"]
+        if not len(rows) or int(rows.series_id.iloc[0]) != sf.series_id:
+            continue
+        v = sf.volume
+        img = v.pixels[v.index_of_instance(int(rows.instance_number.iloc[0]))]
+        col, prom = find_spine_column(img / img.max())
+        canal_x = rows.x.mean() / img.shape[1]
+        # the vertebral bodies lie just anterior (image left) of the canal, within ~1/8 of the width
+        assert 0 < canal_x - col < 0.15 and prom > 1.5
+        found += 1
+    assert found >= 3
+
+
+def test_cache_atomic_and_truncated_entry_rebuilt(tmp_path):
+    cache = StudyCache(tmp_path, "v1")
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"a": np.arange(1000.0), "b": np.ones((3, 3))}
+
+    first = cache.get(7, "thing", build)
+    again = cache.get(7, "thing", build)
+    assert len(calls) == 1 and cache.hits == 1
+    np.testing.assert_array_equal(first["a"], again["a"])
+    assert not [p for p in (tmp_path / "v1" / "7").iterdir() if p.name.endswith(".tmp")]
+    path = cache.path(7, "thing")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a kill mid-write of a non-atomic writer
+    with pytest.warns(UserWarning, match="corrupt cache entry"):
+        rebuilt = cache.get(7, "thing", build)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(rebuilt["a"], first["a"])
+    assert StudyCache(tmp_path, "v2").load(7, "thing") is None  # another version never sees it
+
+
+@pytest.fixture(scope="module")
+def stage_one(synth_dir, tmp_path_factory):
+    """slice_select + crops trained on the small synthetic folder (2 folds, two fast members)."""
+    run = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    rc = RunConfig(n_folds=2, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train("slice_select", synth_dir, run, rc, [f"cache_dir={cache}", "members=rf,xgb", "workers=1"])
+        result = train("crops", synth_dir, run, rc, [f"cache_dir={cache}", "sag_size=64", "axial_size=48"])
+    return run, cache, result
+
+
+def test_slice_select_report_and_artefacts(stage_one):
+    run, cache, _ = stage_one
+    report = pd.read_csv(run / "slice_select" / "report.csv")
+    assert set(report.method) == {"rf", "xgb", "ensemble", "naive"}
+    assert set(report.series_type) == set(schema.SERIES_TYPES)
+    assert ((report.exact >= 0) & (report.exact <= report.within1) & (report.within1 <= 1)).all()
+    manifest = json.loads((run / "slice_select" / "model" / "selector.json").read_text())
+    assert "sklearn" in manifest and "xgboost" in manifest
+    assert (run / "slice_select" / "model" / "axial_xgb.json").exists()
+    oof = json.loads((run / "slice_select" / "oof_selection.json").read_text())
+    assert len(oof) == 10
+
+
+def test_crops_report_and_every_study_gets_crops(stage_one, synth_dir):
+    run, cache, result = stage_one
+    assert 0 < result["containment"] <= 1
+    selector, sel_id, regions, cfg = pipeline.load_stage_one(run)
+    assert cfg.sag_size == 64
+    c = StudyCache(cache, cache_version())
+    for split in ("train", "test"):
+        for study in load_studies(synth_dir, split):
+            entry = preprocess_study(study, selector, sel_id, regions, cfg, c)
+            assert entry["sag_image"].shape == (3, 3, 64, 64) and entry["axial_image"].shape == (5, 3, 48, 48)
+            for i, name in enumerate(CROP_NAMES):
+                stype = pipeline.CROPS[name][0]
+                assert entry["present"][i] == bool(study.series_of(stype)), (study.study_id, name)
+                img = entry["sag_image"][i] if i < 3 else entry["axial_image"][i - 3]
+                assert np.isfinite(img.astype(np.float32)).all()
+                if entry["present"][i]:
+                    assert img.astype(np.float32).std() > 0.01
+                else:
+                    assert not img.any()
+            if split == "test" or not study.has_coords:
+                assert np.isnan(entry["sag_points"]).all() and np.isnan(entry["axial_points"]).all()
+
+
+def test_second_run_reads_the_cache(stage_one, synth_dir, monkeypatch):
+    run, cache, _ = stage_one
+    selector, sel_id, regions, cfg = pipeline.load_stage_one(run)
+    c = StudyCache(cache, cache_version())
+    studies = load_studies(synth_dir, "test")
+    first = [preprocess_study(s, selector, sel_id, regions, cfg, c) for s in studies]
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded again")
+    monkeypatch.setattr(pipeline, "study_volumes", no_decode)
+    monkeypatch.setattr(pipeline, "study_features", no_decode)
+    second = [preprocess_study(s, selector, sel_id, regions, cfg, c) for s in studies]
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a["sag_image"], b["sag_image"])
+
+
+def test_selector_round_trip_and_version_guard(stage_one, synth_dir, tmp_path):
+    run, cache, _ = stage_one
+    model = run / "slice_select" / "model"
+    sel = SliceSelector.load(model, strict=True)
+    study = load_studies(synth_dir, "train")[0]
+    feats = study_features(study, StudyCache(cache, cache_version()))
+    sf = feats[schema.AXIAL][0]
+    p = sel.predict_proba(schema.AXIAL, sf.features)
+    assert p.shape == (len(sf.features), 6) and np.allclose(p.sum(1), 1, atol=1e-5)
+    # a pickle from another scikit-learn that cannot be read: a clear error, or the XGBoost member alone
+    broken = tmp_path / "model"
+    broken.mkdir()
+    for f in model.iterdir():
+        broken.joinpath(f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((broken / "selector.json").read_text())
+    manifest["sklearn"] = "1.2.2"
+    (broken / "selector.json").write_text(json.dumps(manifest))
+    (broken / "axial_rf.pkl").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(RuntimeError, match=r"install scikit-learn==1\.2\.2"):
+        SliceSelector.load(broken, strict=True)
+    with pytest.warns(UserWarning, match="axial_rf.pkl"):
+        lenient = SliceSelector.load(broken)
+    assert list(lenient.members[schema.AXIAL]) == ["xgb"]
+    np.testing.assert_allclose(lenient.predict_proba(schema.AXIAL, sf.features),
+                               sel.predict_proba(schema.AXIAL, sf.features, "xgb"), atol=1e-6)
+
+
+def test_show_figure(stage_one, synth_dir, tmp_path):
+    run, cache, _ = stage_one
+    study = load_studies(synth_dir, "train")[0].study_id
+    out = tmp_path / "show.png"
+    assert main(["show", "--data", str(synth_dir), "--study", str(study), "--out", str(out), "--run", str(run),
+                 "--cache", str(cache)]) == 0
+    assert out.stat().st_size > 10_000
+    assert main(["show", "--data", str(synth_dir), "--study", "12345", "--out", str(out), "--run", str(run)]) == 2
