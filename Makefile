@@ -7,13 +7,13 @@ TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 DEFAULT_DATA := data/synthetic
 DATA ?= $(DEFAULT_DATA)
 RUN ?= runs/default
-MODEL ?= prior
+MODEL ?= all
 STUDIES ?= 200
 TEST_STUDIES ?= 20
 SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast data train local-score validate clean
+.PHONY: setup test test-fast data train train-stage-one local-score validate bench show clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,18 @@ validate: setup
 
 train: data
 	$(PY) -m lumbar train --model $(MODEL) --data $(DATA) --run $(RUN) $(ARGS)
+
+# The multitask model's stage one: slice selector, then crops (both write into $(RUN)).
+train-stage-one: data
+	$(PY) -m lumbar train --model slice_select --data $(DATA) --run $(RUN)
+	$(PY) -m lumbar train --model crops --data $(DATA) --run $(RUN)
+
+STUDY ?=
+show: setup
+	$(PY) -m lumbar show --data $(DATA) --run $(RUN) --study $(STUDY) --out reports/show_$(STUDY).png
+
+bench: setup
+	$(PY) -m lumbar bench --data $(DATA) --run $(RUN) --out reports/bench.md
 
 local-score: setup
 	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --out reports/score.md

@@ -1,4 +1,4 @@
-"""`python -m lumbar <command>`: synth · validate · train · score · show."""
+"""`python -m lumbar <command>`: synth · validate · train · score · show · bench."""
 from __future__ import annotations
 
 import argparse
@@ -70,6 +70,16 @@ def _cmd_show(a) -> int:
     return 0
 
 
+def _cmd_bench(a) -> int:
+    from .bench import run_bench
+    text = "\n".join(run_bench(a.data, a.run, a.studies))
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lumbar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--run", default="runs/default")
     sh.add_argument("--cache", default="cache")
     sh.set_defaults(fn=_cmd_show)
+
+    b = sub.add_parser("bench", help="decode vs I/O floor, preprocessing cold vs warm cache (ratios, one run)")
+    b.add_argument("--data", default="data/synthetic")
+    b.add_argument("--run", default="runs/default")
+    b.add_argument("--studies", type=int, default=10)
+    b.add_argument("--out", default=None)
+    b.set_defaults(fn=_cmd_bench)
     return p
 
 

@@ -185,6 +185,7 @@ class SliceSelector:
             self.members[stype] = {}
             for m in members:
                 model = _make_member(m, k, self.seed)
+                warnings.filterwarnings("ignore", message=".*`probability` parameter was deprecated.*")
                 if m == "xgb":
                     # xgboost wants classes 0..K-1 all present: pad with one zero-weight copy of each missing class.
                     missing = [c for c in range(k) if c not in set(ys.tolist())]

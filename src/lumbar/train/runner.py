@@ -60,10 +60,18 @@ def train_prior(data: str | Path, run: str | Path, rc: RunConfig, overrides: lis
     return {"oof": str(path)}
 
 
+# `train --model all`: every stage, in the order the data flows.
+ALL = ("prior", "slice_select", "crops")
+
+
 def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = None,
           overrides: list[str] | None = None) -> dict:
+    if model == "all":
+        if overrides:
+            raise ValueError("key=value overrides need one --model; `all` trains each stage with its defaults")
+        return {name: TRAINERS[name](data, run, rc or RunConfig(), []) for name in ALL}
     if model not in TRAINERS:
-        raise ValueError(f"unknown model {model!r}; known: {sorted(TRAINERS)}")
+        raise ValueError(f"unknown model {model!r}; known: all, {', '.join(sorted(TRAINERS))}")
     return TRAINERS[model](data, run, rc or RunConfig(), overrides or [])
 
 

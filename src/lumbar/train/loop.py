@@ -1,0 +1,264 @@
+"""The one training loop for every torch model.
+
+A model takes a batch dict and returns a dict holding `loss` (and, in eval mode, `probs` [B, 25, 3]).
+The loop does the rest: AMP (fp16 autocast + GradScaler on CUDA, fp32 on CPU) with gradients unscaled
+before clipping, gradient accumulation, optional EMA of the weights, a checkpoint per epoch written
+atomically (a killed run resumes from it), early stopping on the validation fold's competition
+metric, DDP when launched by torchrun (gloo on CPU, nccl on CUDA), tqdm bars, a CSV log and a PNG of
+the curves.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    accum_steps: int = 1
+    clip_grad: float = 2.0
+    amp: bool = True  # fp16 autocast on CUDA; CPU always trains in fp32
+    ema: float = 0.0  # decay; 0 turns EMA off
+    patience: int = 3  # epochs without a better validation score before stopping
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+
+# --- distributed ---------------------------------------------------------------------------------
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when not distributed."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def setup_distributed() -> bool:
+    rank, world, local = dist_info()
+    if world <= 1:
+        return False
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend)
+    return True
+
+
+def is_main() -> bool:
+    return dist_info()[0] == 0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", dist_info()[2])
+    return torch.device("cpu")
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@dataclass
+class FitResult:
+    best_score: float
+    best_epoch: int
+    epochs_run: int
+    resumed_from: int  # epoch the run resumed after, -1 if it started fresh
+    val_probs: np.ndarray | None  # [n_val, 25, 3] of the best weights
+
+
+def predict(model: torch.nn.Module, dataset, collate, batch_size: int, device: torch.device, amp: bool,
+            desc: str = "predict") -> np.ndarray:
+    """Probabilities [n, 25, 3] in dataset order."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main()):
+            batch = _to(batch, device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+                res = model(batch)
+            out.append(res["probs"].float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 25, 3), np.float32)
+
+
+def fit(model: torch.nn.Module, train_set, val_set, cfg: TrainConfig, out_dir: str | Path, collate: Callable,
+        score_fn: Callable[[np.ndarray], float], name: str = "model") -> FitResult:
+    """Train with early stopping on score_fn(validation probabilities) (lower is better).
+    out_dir gets last.pt (resume state), best.pt (weights), log.csv and curves.png."""
+    out_dir = Path(out_dir)
+    distributed = setup_distributed()
+    rank, world, _ = dist_info()
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed + rank)
+    model = model.to(device)
+    use_amp = cfg.amp and device.type == "cuda"
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / max(cfg.epochs, 1))) * 0.95 + 0.05)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    start, best, best_epoch, bad, history, resumed = 0, float("inf"), -1, 0, [], -1
+
+    last = out_dir / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.shadow = state["ema"]
+        start, best, best_epoch, bad, history = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad"], state["history"]
+        resumed = state["epoch"]
+        if is_main():
+            print(f"{name}: resumed from {last} after epoch {resumed}")
+
+    train_model = model
+    sampler = None
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data.distributed import DistributedSampler
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        collate_fn=collate, num_workers=cfg.num_workers, drop_last=len(train_set) > cfg.batch_size,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+
+    epoch = start - 1
+    for epoch in range(start, cfg.epochs):
+        if bad >= cfg.patience:
+            break
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train_model.train()
+        t0, losses = time.time(), []
+        opt.zero_grad(set_to_none=True)
+        bar = tqdm(loader, desc=f"{name} epoch {epoch}", leave=False, disable=not is_main())
+        for step, batch in enumerate(bar):
+            batch = _to(batch, device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = train_model(batch)["loss"] / cfg.accum_steps
+            scaler.scale(loss).backward()
+            if (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader):
+                scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(model)
+            losses.append(float(loss) * cfg.accum_steps)
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        sched.step()
+
+        # Validation and bookkeeping on the main process; the others wait for its verdict.
+        stop = torch.zeros(1)
+        if is_main():
+            eval_model = model
+            if ema is not None:
+                eval_model = copy.deepcopy(model)
+                eval_model.load_state_dict(ema.shadow)
+            probs = predict(eval_model, val_set, collate, cfg.batch_size, device, cfg.amp, desc=f"{name} val")
+            score = float(score_fn(probs))
+            improved = score < best - 1e-5
+            if improved:
+                best, best_epoch, bad = score, epoch, 0
+                atomic_torch_save({"model": eval_model.state_dict(), "epoch": epoch, "score": score}, out_dir / "best.pt")
+            else:
+                bad += 1
+            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                            "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0})
+            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                               "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
+                               "best": best, "best_epoch": best_epoch, "bad": bad, "history": history}, last)
+            write_log(history, out_dir, name)
+            stop[0] = float(bad >= cfg.patience)
+        if distributed:
+            import torch.distributed as dist
+            dist.broadcast(stop, src=0)
+            bad = cfg.patience if stop.item() else bad
+        if stop.item():
+            break
+
+    val_probs = None
+    if is_main():
+        best_state = torch.load(out_dir / "best.pt", map_location=device, weights_only=True)
+        model.load_state_dict(best_state["model"])
+        val_probs = predict(model, val_set, collate, cfg.batch_size, device, cfg.amp, desc=f"{name} oof")
+    if distributed:
+        import torch.distributed as dist
+        dist.barrier()
+    return FitResult(best, best_epoch, epoch + 1, resumed, val_probs)
+
+
+def write_log(history: list[dict], out_dir: Path, name: str) -> None:
+    if not history:
+        return
+    tmp = out_dir / ".log.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, out_dir / "log.csv")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        ep = [h["epoch"] for h in history]
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+        ax[0].plot(ep, [h["train_loss"] for h in history], marker="o")
+        ax[0].set_title(f"{name}: train loss")
+        ax[1].plot(ep, [h["val_score"] for h in history], marker="o", color="C1")
+        ax[1].set_title("validation score (competition metric)")
+        for a in ax:
+            a.set_xlabel("epoch")
+        fig.tight_layout()
+        fig.savefig(out_dir / "curves.png", dpi=80)
+        plt.close(fig)
+    except Exception as e:  # a figure must never stop training
+        print(f"{name}: could not draw curves ({e})")
