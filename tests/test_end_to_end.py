@@ -36,3 +36,20 @@ def test_prior_and_oracle_scores(default_data, tmp_path):
     table = local_score(out, run)
     assert 0.75 <= table.loc["prior", "overall"] <= 0.90  # the real data's prior scores 0.79
     assert 0.30 <= table.loc["oracle", "overall"] <= 0.40
+
+
+def test_stage_one_beats_naive_and_crops_contain_points(default_data, tmp_path):
+    """Slice selector and crops on the default folder (5 folds), the numbers quoted in the README."""
+    out, _ = default_data
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    for model in ("slice_select", "crops"):
+        subprocess.run([sys.executable, "-m", "lumbar", "train", "--model", model, "--data", str(out), "--run", str(run),
+                        f"cache_dir={cache}"], check=True, capture_output=True)
+    report = pd.read_csv(run / "slice_select" / "report.csv").set_index(["series_type", "method"])
+    for stype in report.index.get_level_values(0).unique():
+        ens, naive = report.loc[(stype, "ensemble")], report.loc[(stype, "naive")]
+        assert ens.exact > naive.exact, stype
+        assert ens.within1 >= naive.within1, stype
+    contained = pd.read_csv(run / "crops" / "containment.csv")
+    overall = (contained["mean"] * contained["size"]).sum() / contained["size"].sum()
+    assert overall >= 0.98
