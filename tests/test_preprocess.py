@@ -93,19 +93,6 @@ def test_cache_atomic_and_truncated_entry_rebuilt(tmp_path):
     assert StudyCache(tmp_path, "v2").load(7, "thing") is None  # another version never sees it
 
 
-@pytest.fixture(scope="module")
-def stage_one(synth_dir, tmp_path_factory):
-    """slice_select + crops trained on the small synthetic folder (2 folds, two fast members)."""
-    run = tmp_path_factory.mktemp("run")
-    cache = tmp_path_factory.mktemp("cache")
-    rc = RunConfig(n_folds=2, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        train("slice_select", synth_dir, run, rc, [f"cache_dir={cache}", "members=rf,xgb", "workers=1"])
-        result = train("crops", synth_dir, run, rc, [f"cache_dir={cache}", "sag_size=64", "axial_size=48"])
-    return run, cache, result
-
-
 def test_slice_select_report_and_artefacts(stage_one):
     run, cache, _ = stage_one
     report = pd.read_csv(run / "slice_select" / "report.csv")

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one model on every fold, writing OOF predictions")
     t.add_argument("--model", required=True)
     t.add_argument("--data", default="data/synthetic")
-    t.add_argument("--run", default="runs/default")
+    # --run-dir: the same; torchrun's own parser mistakes a bare --run for its --run-path
+    t.add_argument("--run", "--run-dir", dest="run", default="runs/default")
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("overrides", nargs="*", help="config overrides, key=value")

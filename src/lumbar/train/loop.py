@@ -107,7 +107,6 @@ class FitResult:
     best_epoch: int
     epochs_run: int
     resumed_from: int  # epoch the run resumed after, -1 if it started fresh
-    val_probs: np.ndarray | None  # [n_val, 25, 3] of the best weights
 
 
 def predict(model: torch.nn.Module, dataset, collate, batch_size: int, device: torch.device, amp: bool,
@@ -125,10 +124,12 @@ def predict(model: torch.nn.Module, dataset, collate, batch_size: int, device: t
     return np.concatenate(out) if out else np.zeros((0, 25, 3), np.float32)
 
 
-def fit(model: torch.nn.Module, train_set, val_set, cfg: TrainConfig, out_dir: str | Path, collate: Callable,
-        score_fn: Callable[[np.ndarray], float], name: str = "model") -> FitResult:
-    """Train with early stopping on score_fn(validation probabilities) (lower is better).
-    out_dir gets last.pt (resume state), best.pt (weights), log.csv and curves.png."""
+def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path, collate: Callable,
+        evaluate: Callable[[torch.nn.Module, torch.device], float], name: str = "model", run_key: str = "") -> FitResult:
+    """Train with early stopping on evaluate(model, device), the validation score (lower is better:
+    the competition metric for classifiers). out_dir gets last.pt (resume state), best.pt (weights),
+    log.csv and curves.png; on return the model holds the best weights. A checkpoint written under
+    another run_key (another config or data) is not resumed from: training starts afresh."""
     out_dir = Path(out_dir)
     distributed = setup_distributed()
     rank, world, _ = dist_info()
@@ -145,8 +146,12 @@ def fit(model: torch.nn.Module, train_set, val_set, cfg: TrainConfig, out_dir: s
     start, best, best_epoch, bad, history, resumed = 0, float("inf"), -1, 0, [], -1
 
     last = out_dir / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
+    state = torch.load(last, map_location=device, weights_only=False) if last.exists() else None
+    if state is not None and state.get("run_key", "") != run_key:
+        if is_main():
+            print(f"{name}: {last} belongs to another config; starting afresh")
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -192,7 +197,7 @@ def fit(model: torch.nn.Module, train_set, val_set, cfg: TrainConfig, out_dir: s
                 opt.zero_grad(set_to_none=True)
                 if ema is not None:
                     ema.update(model)
-            losses.append(float(loss) * cfg.accum_steps)
+            losses.append(float(loss.detach()) * cfg.accum_steps)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         sched.step()
 
@@ -203,8 +208,8 @@ def fit(model: torch.nn.Module, train_set, val_set, cfg: TrainConfig, out_dir: s
             if ema is not None:
                 eval_model = copy.deepcopy(model)
                 eval_model.load_state_dict(ema.shadow)
-            probs = predict(eval_model, val_set, collate, cfg.batch_size, device, cfg.amp, desc=f"{name} val")
-            score = float(score_fn(probs))
+            eval_model.eval()
+            score = float(evaluate(eval_model, device))
             improved = score < best - 1e-5
             if improved:
                 best, best_epoch, bad = score, epoch, 0
@@ -215,7 +220,8 @@ def fit(model: torch.nn.Module, train_set, val_set, cfg: TrainConfig, out_dir: s
                             "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0})
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
-                               "best": best, "best_epoch": best_epoch, "bad": bad, "history": history}, last)
+                               "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
+                               "run_key": run_key}, last)
             write_log(history, out_dir, name)
             stop[0] = float(bad >= cfg.patience)
         if distributed:
@@ -225,15 +231,13 @@ def fit(model: torch.nn.Module, train_set, val_set, cfg: TrainConfig, out_dir: s
         if stop.item():
             break
 
-    val_probs = None
-    if is_main():
-        best_state = torch.load(out_dir / "best.pt", map_location=device, weights_only=True)
-        model.load_state_dict(best_state["model"])
-        val_probs = predict(model, val_set, collate, cfg.batch_size, device, cfg.amp, desc=f"{name} oof")
     if distributed:
         import torch.distributed as dist
         dist.barrier()
-    return FitResult(best, best_epoch, epoch + 1, resumed, val_probs)
+    best_state = torch.load(out_dir / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(best_state["model"])
+    model.eval()
+    return FitResult(best, best_epoch, epoch + 1, resumed)
 
 
 def write_log(history: list[dict], out_dir: Path, name: str) -> None:

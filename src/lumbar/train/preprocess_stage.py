@@ -221,3 +221,20 @@ def col_condition(col: int) -> tuple[str, str]:
 
 
 
+
+
+def load_crop_entries(data, run, rc: RunConfig, cache_dir: str, cfg: PreprocessConfig | None = None):
+    """(studies, crop entries) of every training study: each built from its held-out slice selection
+    and its fold's crop regions, exactly as `train --model crops` cached them."""
+    if cfg is None:
+        saved = Path(run) / CROPS_DIR / "config.json"
+        if not saved.exists():
+            raise FileNotFoundError(f"{saved}: no crops in this run; run `train --model crops` first")
+        d = json.loads(saved.read_text())
+        cfg = PreprocessConfig(sag_size=d["sag_size"], axial_size=d["axial_size"], margin=d["margin"])
+    oof_sel = read_oof_selection(run)
+    studies, cache = load_train(data, run, rc, cache_dir)
+    regions = {k: CropRegions.load(Path(run) / CROPS_DIR / f"regions_fold{k}.json") for k in range(rc.n_folds)}
+    entries = [study_crops(st, oof_sel.get(st.study_id, {}), regions[st.fold], cfg, cache)
+               for st in tqdm(studies, desc="load crops")]
+    return studies, entries

@@ -61,7 +61,7 @@ def train_prior(data: str | Path, run: str | Path, rc: RunConfig, overrides: lis
 
 
 # `train --model all`: every stage, in the order the data flows.
-ALL = ("prior", "slice_select", "crops")
+ALL = ("prior", "slice_select", "crops", "superres", "multitask")
 
 
 def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = None,
@@ -76,4 +76,4 @@ def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = 
 
 
 # Trainers register themselves on import.
-from . import preprocess_stage  # noqa: E402,F401
+from . import preprocess_stage, torch_stages  # noqa: E402,F401

@@ -1,0 +1,180 @@
+"""Model one: keypoints on the stage-one crops, patches around them, super-resolved, per-column heads.
+
+Shapes for a batch of B studies (tiny config: S = 128 sagittal, Sa = 96 axial crops):
+  sag_image [B, 3, 3, S, S] (T2; T1 left; T1 right — each three slices as channels)
+  axial_image [B, 5, 3, Sa, Sa] (one crop per level)
+  -> all 8 crops resized to kp_input, one timm backbone (features_only, stride 8) -> heatmaps:
+     5 per sagittal crop (one per level), 2 per axial crop (left, right) -> soft-argmax points
+  -> 25 patches, one per label column, cut around its point from the crop at native resolution
+     (grid_sample), super-resolved x2 by the frozen ESPCN, resized to patch_input
+  -> a second timm backbone (pooled features) -> per-(condition, level) linear heads -> [B, 25, 3].
+Loss: class-weighted cross entropy (1/2/4, the metric's weights) over present, labelled columns +
+kp_weight x L1 of the normalised points where labelled. Training feeds the true points to the patch
+cutter with probability teacher_forcing (per study); evaluation uses predicted points only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import schema
+from ..train.loop import TrainConfig
+from .registry import register_model
+from .superres import ESPCN
+
+# For each label column: (crop group, crop index within the group, point index within the crop).
+COLUMN_SOURCE: list[tuple[str, int, int]] = []
+for _c in schema.CONDITIONS:
+    for _k in range(5):
+        if _c == "spinal_canal_stenosis":
+            COLUMN_SOURCE.append(("sag", 0, _k))
+        elif _c == "left_neural_foraminal_narrowing":
+            COLUMN_SOURCE.append(("sag", 1, _k))
+        elif _c == "right_neural_foraminal_narrowing":
+            COLUMN_SOURCE.append(("sag", 2, _k))
+        elif _c == "left_subarticular_stenosis":
+            COLUMN_SOURCE.append(("axial", _k, 0))
+        else:
+            COLUMN_SOURCE.append(("axial", _k, 1))
+# Index of each column's crop in CROP_NAMES order (3 sagittal, then 5 axial), for the presence mask.
+COLUMN_CROP = [i if g == "sag" else 3 + i for g, i, _ in COLUMN_SOURCE]
+
+
+@dataclass
+class MultitaskConfig(TrainConfig):
+    # The tiny CPU config (tests, demo); configs/multitask_gpu.json is the real-data one.
+    epochs: int = 14
+    batch_size: int = 8
+    patience: int = 4
+    backbone: str = "test_efficientnet"
+    pretrained: bool = False
+    kp_input: int = 96
+    kp_level: int = 2  # features_only level of the heatmaps (stride 8 for most timm CNNs)
+    patch_sag: int = 24  # patch side around a point, sagittal crop pixels
+    patch_axial: int = 32  # axial crop pixels
+    patch_input: int = 48  # classifier input side after super-resolution
+    sr_scale: int = 2
+    sr_channels: int = 48
+    teacher_forcing: float = 0.5
+    kp_weight: float = 2.0
+    dropout: float = 0.2
+    augment: bool = True
+    cache_dir: str = "cache"
+    only_fold: int = -1  # >= 0: train that fold alone (a quick look; no OOF file is written)
+
+
+def soft_argmax(heat: torch.Tensor) -> torch.Tensor:
+    """[N, K, h, w] logits -> [N, K, 2] (x, y) normalised to [0, 1] (pixel centres at (i + 0.5) / size)."""
+    n, k, h, w = heat.shape
+    p = heat.reshape(n, k, h * w).softmax(-1).reshape(n, k, h, w)
+    xs = (torch.arange(w, device=heat.device, dtype=p.dtype) + 0.5) / w
+    ys = (torch.arange(h, device=heat.device, dtype=p.dtype) + 0.5) / h
+    return torch.stack([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], -1)
+
+
+def cut_patches(images: torch.Tensor, centres: torch.Tensor, side: int, out: int) -> torch.Tensor:
+    """images [N, C, H, W], centres [N, K, 2] normalised -> patches [N, K, C, out, out] of `side` pixels."""
+    n, c, h, w = images.shape
+    k = centres.shape[1]
+    theta = torch.zeros(n * k, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = side / w
+    theta[:, 1, 1] = side / h
+    theta[:, :, 2] = centres.reshape(n * k, 2) * 2 - 1
+    grid = F.affine_grid(theta, (n * k, c, out, out), align_corners=False)
+    src = images.repeat_interleave(k, dim=0)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False).reshape(n, k, c, out, out)
+
+
+class MultitaskModel(nn.Module):
+    def __init__(self, cfg: MultitaskConfig):
+        super().__init__()
+        import timm
+
+        self.cfg = cfg
+        self.kp_backbone = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, features_only=True,
+                                             out_indices=(cfg.kp_level,))
+        ch = self.kp_backbone.feature_info.channels()[-1]
+        self.kp_heads = nn.ModuleDict({"sag_t2": nn.Conv2d(ch, 5, 1), "sag_t1": nn.Conv2d(ch, 5, 1),
+                                       "axial": nn.Conv2d(ch, 2, 1)})
+        self.sr = ESPCN(cfg.sr_scale, cfg.sr_channels)
+        for p in self.sr.parameters():
+            p.requires_grad_(False)  # its own training stage; frozen here
+        self.cls_backbone = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=0)
+        nf = self.cls_backbone.num_features
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head_w = nn.Parameter(torch.randn(schema.N_LABELS, nf, 3) * 0.01)
+        self.head_b = nn.Parameter(torch.zeros(schema.N_LABELS, 3))
+        self.register_buffer("class_w", torch.tensor(schema.SEVERITY_WEIGHTS))
+        self.register_buffer("column_crop", torch.tensor(COLUMN_CROP))
+
+    def keypoints(self, sag: torch.Tensor, axial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised points: sagittal [B, 3, 5, 2], axial [B, 5, 2, 2]."""
+        b = sag.shape[0]
+        size = self.cfg.kp_input
+        x = torch.cat([F.interpolate(sag.flatten(0, 1), size=(size, size), mode="bilinear", align_corners=False),
+                       F.interpolate(axial.flatten(0, 1), size=(size, size), mode="bilinear", align_corners=False)])
+        fmap = self.kp_backbone(x)[-1]
+        fs, fa = fmap[:b * 3].unflatten(0, (b, 3)), fmap[b * 3:]
+        t2 = soft_argmax(self.kp_heads["sag_t2"](fs[:, 0]))
+        t1 = soft_argmax(self.kp_heads["sag_t1"](fs[:, 1:].flatten(0, 1))).unflatten(0, (b, 2))
+        ax = soft_argmax(self.kp_heads["axial"](fa)).unflatten(0, (b, 5))
+        return torch.cat([t2[:, None], t1], 1), ax
+
+    def forward(self, batch: dict) -> dict:
+        cfg = self.cfg
+        sag, axial = batch["sag_image"].float(), batch["axial_image"].float()
+        b, s, sa = sag.shape[0], sag.shape[-1], axial.shape[-1]
+        sag_kp, ax_kp = self.keypoints(sag, axial)
+        true_sag = (batch["sag_points"] + 0.5) / s
+        true_ax = (batch["axial_points"] + 0.5) / sa
+        kp_loss = sag.new_zeros(())
+        m_sag, m_ax = torch.isfinite(true_sag).all(-1), torch.isfinite(true_ax).all(-1)
+        n_kp = m_sag.sum() + m_ax.sum()
+        if n_kp > 0:
+            kp_loss = ((sag_kp - true_sag.nan_to_num()).abs().sum(-1) * m_sag).sum() \
+                + ((ax_kp - true_ax.nan_to_num()).abs().sum(-1) * m_ax).sum()
+            kp_loss = kp_loss / n_kp
+
+        c_sag, c_ax = sag_kp.detach(), ax_kp.detach()
+        if self.training and cfg.teacher_forcing > 0:
+            use = (torch.rand(b, device=sag.device) < cfg.teacher_forcing)
+            c_sag = torch.where(use[:, None, None, None] & m_sag[..., None], true_sag.nan_to_num(), c_sag)
+            c_ax = torch.where(use[:, None, None, None] & m_ax[..., None], true_ax.nan_to_num(), c_ax)
+
+        scale = cfg.sr_scale
+        p_sag = cut_patches(sag.flatten(0, 1), c_sag.flatten(0, 1), cfg.patch_sag, cfg.patch_sag)  # [B*3, 5, 3, P, P]
+        p_ax = cut_patches(axial.flatten(0, 1), c_ax.flatten(0, 1), cfg.patch_axial, cfg.patch_axial)  # [B*5, 2, ...]
+        with torch.no_grad():
+            p_sag = self.sr(p_sag.flatten(0, 1))
+            p_ax = self.sr(p_ax.flatten(0, 1))
+        size = (cfg.patch_input, cfg.patch_input)
+        if p_sag.shape[-1] != cfg.patch_input:
+            p_sag = F.interpolate(p_sag, size=size, mode="bilinear", align_corners=False)
+        if p_ax.shape[-1] != cfg.patch_input:
+            p_ax = F.interpolate(p_ax, size=size, mode="bilinear", align_corners=False)
+        p_sag = p_sag.reshape(b, 3, 5, 3, *size)
+        p_ax = p_ax.reshape(b, 5, 2, 3, *size)
+        # Label-column order: spinal (T2), left / right foraminal (T1), left / right subarticular (axial).
+        patches = torch.cat([p_sag[:, 0], p_sag[:, 1], p_sag[:, 2], p_ax[:, :, 0], p_ax[:, :, 1]], 1)
+        feats = self.drop(self.cls_backbone(patches.flatten(0, 1)).unflatten(0, (b, schema.N_LABELS)))
+        logits = torch.einsum("bjf,jfc->bjc", feats, self.head_w) + self.head_b
+        out = {"logits": logits, "probs": logits.float().softmax(-1),
+               "sag_kp": (sag_kp * s - 0.5).detach(), "axial_kp": (ax_kp * sa - 0.5).detach(), "kp_loss": kp_loss.detach()}
+        if "labels" in batch:
+            y = batch["labels"]
+            present = batch["present"][:, self.column_crop]
+            mask = (y >= 0) & present
+            w = self.class_w[y.clamp(min=0)] * mask
+            ce = F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none").view(b, -1)
+            cls_loss = (ce * w).sum() / w.sum().clamp(min=1.0)
+            out["loss"] = cls_loss + cfg.kp_weight * kp_loss
+            out["cls_loss"] = cls_loss.detach()
+        return out
+
+
+@register_model("multitask", MultitaskConfig)
+def build_multitask(cfg: MultitaskConfig) -> MultitaskModel:
+    return MultitaskModel(cfg)

@@ -1,0 +1,36 @@
+"""A timm-style factory: builders register under a name; `create_model(name, cfg)` builds one."""
+from __future__ import annotations
+
+from typing import Callable
+
+_BUILDERS: dict[str, tuple[Callable, type]] = {}
+
+
+def register_model(name: str, config_cls: type):
+    def deco(fn):
+        _BUILDERS[name] = (fn, config_cls)
+        return fn
+    return deco
+
+
+def list_models() -> list[str]:
+    _load_all()
+    return sorted(_BUILDERS)
+
+
+def model_config(name: str):
+    """The default config of a registered model."""
+    _load_all()
+    return _BUILDERS[name][1]()
+
+
+def create_model(name: str, cfg=None):
+    _load_all()
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; registered: {sorted(_BUILDERS)}")
+    fn, cls = _BUILDERS[name]
+    return fn(cfg if cfg is not None else cls())
+
+
+def _load_all() -> None:
+    from . import multitask, superres  # noqa: F401  (register on import)

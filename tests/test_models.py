@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from lumbar import schema
+from lumbar.models.multitask import COLUMN_CROP, COLUMN_SOURCE, MultitaskConfig, cut_patches, soft_argmax
+from lumbar.models.registry import create_model, list_models, model_config
+from lumbar.models.superres import ESPCN, downscale
+
+
+def random_batch(b=2, s=64, sa=48):
+    g = torch.Generator().manual_seed(0)
+    sag_pts = torch.rand(b, 3, 5, 2, generator=g) * s
+    ax_pts = torch.rand(b, 5, 2, 2, generator=g) * sa
+    sag_pts[0, 1] = float("nan")  # unlabelled points
+    labels = torch.randint(0, 3, (b, 25), generator=g)
+    labels[1, :3] = -1
+    present = torch.ones(b, 8, dtype=torch.bool)
+    present[1, 3:] = False  # a study without axial series
+    return {"sag_image": torch.rand(b, 3, 3, s, s, generator=g), "axial_image": torch.rand(b, 5, 3, sa, sa, generator=g),
+            "sag_points": sag_pts, "axial_points": ax_pts, "present": present, "labels": labels,
+            "hr": torch.rand(b, 1, 32, 32, generator=g)}
+
+
+TINY = MultitaskConfig(kp_input=64, patch_sag=16, patch_axial=16, patch_input=32)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_runs_once(name):
+    cfg = TINY if name == "multitask" else model_config(name)
+    model = create_model(name, cfg)
+    out = model(random_batch())
+    assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
+    out["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    if "probs" in out:
+        assert out["probs"].shape == (2, 25, 3)
+        torch.testing.assert_close(out["probs"].sum(-1), torch.ones(2, 25))
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="registered"):
+        create_model("nope")
+
+
+def test_column_sources_follow_label_order():
+    assert len(COLUMN_SOURCE) == 25
+    assert COLUMN_SOURCE[schema.label_index("spinal_canal_stenosis", "l3_l4")] == ("sag", 0, 2)
+    assert COLUMN_SOURCE[schema.label_index("right_neural_foraminal_narrowing", "l1_l2")] == ("sag", 2, 0)
+    assert COLUMN_SOURCE[schema.label_index("left_subarticular_stenosis", "l4_l5")] == ("axial", 3, 0)
+    assert COLUMN_SOURCE[schema.label_index("right_subarticular_stenosis", "l5_s1")] == ("axial", 4, 1)
+    assert COLUMN_CROP[schema.label_index("right_subarticular_stenosis", "l5_s1")] == 7
+
+
+def test_soft_argmax_finds_a_peak():
+    heat = torch.full((1, 1, 16, 20), -50.0)
+    heat[0, 0, 5, 12] = 50.0
+    xy = soft_argmax(heat)[0, 0]
+    torch.testing.assert_close(xy, torch.tensor([(12 + 0.5) / 20, (5 + 0.5) / 16]))
+
+
+def test_cut_patches_centres_the_point():
+    img = torch.zeros(1, 1, 64, 64)
+    img[0, 0, 40, 20] = 1.0  # (x=20, y=40)
+    centre = torch.tensor([[[(20 + 0.5) / 64, (40 + 0.5) / 64]]])
+    patch = cut_patches(img, centre, side=16, out=16)[0, 0, 0]
+    assert tuple(np.unravel_index(int(patch.argmax()), patch.shape)) in {(7, 7), (8, 8), (7, 8), (8, 7)}
+    assert patch.max() > 0.2
+
+
+def test_missing_crops_add_nothing_to_the_loss():
+    model = create_model("multitask", TINY).eval()
+    batch = random_batch()
+    base = model(batch)["loss"]
+    changed = dict(batch)
+    labels = batch["labels"].clone()
+    labels[1, 15:] = (labels[1, 15:] + 1) % 3  # study 1's axial labels change; its axial crops are absent
+    changed["labels"] = labels
+    torch.testing.assert_close(model(changed)["loss"], base)
+
+
+def test_superres_starts_as_bicubic_and_keeps_shape():
+    net = ESPCN(2, 16)
+    x = torch.rand(3, 2, 10, 10)
+    y = net(x)
+    assert y.shape == (3, 2, 20, 20)
+    bicubic = torch.nn.functional.interpolate(x.reshape(6, 1, 10, 10), scale_factor=2, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(y.reshape(6, 1, 20, 20), bicubic)
+    assert downscale(y, 2).shape == x.shape

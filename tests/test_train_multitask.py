@@ -1,0 +1,116 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lumbar import schema
+from lumbar.cv import read_folds
+from lumbar.models.multitask import COLUMN_CROP
+from lumbar.models.prior import fit_prior
+from lumbar.train.oof import read_oof
+from lumbar.train.runner import RunConfig, train
+
+TINY = ["epochs=2", "kp_input=48", "patch_sag=16", "patch_axial=16", "patch_input=32", "batch_size=4", "patience=5"]
+
+
+def _cli(run, data, cache, *extra, folds=2):
+    return [sys.executable, "-m", "lumbar", "train", "--model", "multitask", "--data", str(data), "--run", str(run),
+            "--folds", str(folds), f"cache_dir={cache}", *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(stage_one, synth_dir, tmp_path_factory):
+    run, cache, _ = stage_one
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sr = train("superres", synth_dir, run, RunConfig(n_folds=2), [f"cache_dir={cache}", "epochs=2", "channels=16",
+                                                                       "patches_per_image=4"])
+        res = train("multitask", synth_dir, run, RunConfig(n_folds=2), [f"cache_dir={cache}", *TINY])
+    return run, cache, sr, res
+
+
+def test_superres_report(trained):
+    run, _, sr, _ = trained
+    assert set(sr) >= {"psnr_network", "psnr_bicubic", "gain_db"}
+    assert (run / "superres" / "net.pt").exists()
+    assert sr["gain_db"] > -0.05  # residual over bicubic: it does not get worse than bicubic
+
+
+def test_multitask_oof_complete_and_missing_series_fall_back_to_prior(trained, synth_dir):
+    run, cache, _, res = trained
+    labels = pd.read_csv(synth_dir / "train.csv")
+    ids = labels.study_id.tolist()
+    oof = read_oof(run, "multitask", ids)
+    assert np.isfinite(oof).all() and np.allclose(oof.sum(-1), 1, atol=1e-5)
+    assert np.isfinite(res["median_keypoint_error_mm"])
+    series = pd.read_csv(synth_dir / "train_series_descriptions.csv")
+    folds = read_folds(run)
+    from lumbar.metric import labels_to_array
+    y = labels_to_array(labels)
+    fold = np.array([folds[s] for s in ids])
+    checked = 0
+    for i, sid in enumerate(ids):
+        types = set(series[series.study_id == sid].series_description)
+        missing_crops = [c for c, (name, stype) in enumerate(zip(range(8), [schema.SAG_T2, schema.SAG_T1, schema.SAG_T1] + [schema.AXIAL] * 5)) if stype not in types]
+        if not missing_crops:
+            continue
+        prior = fit_prior(y[fold != fold[i]])
+        cols = [j for j in range(25) if COLUMN_CROP[j] in missing_crops]
+        np.testing.assert_allclose(oof[i, cols], prior[cols], atol=1e-6)
+        others = [j for j in range(25) if j not in cols]
+        assert not np.allclose(oof[i, others], prior[others], atol=1e-4)  # the model predicted the rest
+        checked += 1
+    assert checked >= 2  # the small folder has a study without sagittal T1 and one without T2
+
+
+def test_killed_run_resumes_from_its_checkpoint(trained, synth_dir, tmp_path):
+    run, cache, _, _ = trained
+    fresh = tmp_path / "run"
+    fresh.mkdir()
+    for item in ("folds.csv", "slice_select", "crops", "superres"):
+        src = run / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, fresh / item)
+    cmd = _cli(fresh, synth_dir, cache, "epochs=4", "only_fold=0")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = fresh / "multitask" / "fold0" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), "no checkpoint was written"
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-epoch 1: epoch 0 is checkpointed, epoch 1 is running
+    proc.wait()
+    log = pd.read_csv(fresh / "multitask" / "fold0" / "log.csv")
+    done_before = int(log.epoch.max())
+    assert done_before < 3
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resumed from {last} after epoch {done_before}" in r.stdout
+    log = pd.read_csv(fresh / "multitask" / "fold0" / "log.csv")
+    assert log.epoch.tolist() == list(range(4))  # continued, not restarted: every epoch once
+
+
+def test_torchrun_two_processes_gloo(trained, synth_dir, tmp_path):
+    run, cache, _, _ = trained
+    fresh = tmp_path / "run"
+    fresh.mkdir()
+    for item in ("folds.csv", "slice_select", "crops", "superres"):
+        src = run / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, fresh / item)
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torchrun not found next to the interpreter"
+    args = _cli(fresh, synth_dir, cache, "epochs=1", "only_fold=0")[3:]
+    args[args.index("--run")] = "--run-dir"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "lumbar", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    log = pd.read_csv(fresh / "multitask" / "fold0" / "log.csv")
+    assert log.epoch.tolist() == [0]
+    assert "best val score" in r.stdout
