@@ -5,6 +5,7 @@ import torch
 from lumbar import schema
 from lumbar.models.multitask import COLUMN_CROP, COLUMN_SOURCE, MultitaskConfig, cut_patches, soft_argmax
 from lumbar.models.registry import create_model, list_models, model_config
+from lumbar.models.sequence import SequenceConfig
 from lumbar.models.superres import ESPCN, downscale
 
 
@@ -19,15 +20,18 @@ def random_batch(b=2, s=64, sa=48):
     present[1, 3:] = False  # a study without axial series
     return {"sag_image": torch.rand(b, 3, 3, s, s, generator=g), "axial_image": torch.rand(b, 5, 3, sa, sa, generator=g),
             "sag_points": sag_pts, "axial_points": ax_pts, "present": present, "labels": labels,
-            "hr": torch.rand(b, 1, 32, 32, generator=g)}
+            "hr": torch.rand(b, 1, 32, 32, generator=g),
+            "frames": torch.rand(b, 3, 4, 32, 32, generator=g), "positions": torch.rand(b, 3, 4, generator=g),
+            "mask": torch.tensor([[True, True, True], [True, True, False]])}
 
 
 TINY = MultitaskConfig(kp_input=64, patch_sag=16, patch_axial=16, patch_input=32)
+SEQ_TINY = SequenceConfig(n_frames=4, frame_size=32, d_model=32, layers=1, heads=2)
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_runs_once(name):
-    cfg = TINY if name == "multitask" else model_config(name)
+    cfg = {"multitask": TINY, "sequence": SEQ_TINY}.get(name) or model_config(name)
     model = create_model(name, cfg)
     out = model(random_batch())
     assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
@@ -88,3 +92,45 @@ def test_superres_starts_as_bicubic_and_keeps_shape():
     bicubic = torch.nn.functional.interpolate(x.reshape(6, 1, 10, 10), scale_factor=2, mode="bicubic", align_corners=False)
     torch.testing.assert_close(y.reshape(6, 1, 20, 20), bicubic)
     assert downscale(y, 2).shape == x.shape
+
+
+@pytest.mark.parametrize("name,cls_path", [("multitask", "lumbar.models.multitask:MultitaskConfig"),
+                                            ("superres", "lumbar.models.superres:SuperResConfig"),
+                                            ("crops", "lumbar.train.preprocess_stage:CropsConfig"),
+                                            ("sequence", "lumbar.models.sequence:SequenceConfig")])
+def test_gpu_configs_fit_their_dataclasses(name, cls_path):
+    import importlib
+    from pathlib import Path
+
+    from lumbar import config
+    from lumbar.cli import config_file_overrides
+
+    mod, cls = cls_path.split(":")
+    path = Path(__file__).parents[1] / "configs" / f"{name}_gpu.json"
+    cfg = config.override(getattr(importlib.import_module(mod), cls)(), config_file_overrides(str(path)))
+    if name == "multitask":
+        assert cfg.pretrained is True and cfg.backbone == "efficientnet_b2" and cfg.amp is True
+
+
+def test_backbone_from_a_local_checkpoint(tmp_path):
+    import timm
+
+    ref = timm.create_model("test_efficientnet", num_classes=0)
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    cfg = MultitaskConfig(kp_input=64, patch_sag=16, patch_axial=16, patch_input=32,
+                          backbone_checkpoint=str(tmp_path / "w.pth"))
+    model = create_model("multitask", cfg)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(model.cls_backbone.state_dict()[k], v)
+
+
+def test_sequence_ignores_missing_series_frames():
+    model = create_model("sequence", SEQ_TINY).eval()
+    batch = random_batch()
+    base = model(batch)["probs"]
+    changed = dict(batch)
+    frames = batch["frames"].clone()
+    frames[1, 2] = torch.rand_like(frames[1, 2]) * 5  # study 1's axial series is masked as missing
+    changed["frames"] = frames
+    torch.testing.assert_close(model(changed)["probs"], base)
+    assert base.shape == (2, 25, 3)

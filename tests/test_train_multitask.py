@@ -50,7 +50,7 @@ def test_multitask_oof_complete_and_missing_series_fall_back_to_prior(trained, s
     ids = labels.study_id.tolist()
     oof = read_oof(run, "multitask", ids)
     assert np.isfinite(oof).all() and np.allclose(oof.sum(-1), 1, atol=1e-5)
-    assert np.isfinite(res["median_keypoint_error_mm"])
+    assert np.isfinite(res["median_keypoint_error_mm"]) and np.isfinite(res["median_keypoint_error_px"])
     series = pd.read_csv(synth_dir / "train_series_descriptions.csv")
     folds = read_folds(run)
     from lumbar.metric import labels_to_array

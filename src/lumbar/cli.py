@@ -26,10 +26,31 @@ def _cmd_validate(a) -> int:
     return 1 if problems else 0
 
 
+def config_file_overrides(path: str) -> list[str]:
+    """A JSON config file as key=value overrides (lists joined by commas), applied before the command line's."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON config ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file holds one JSON object")
+    out = []
+    for k, v in data.items():
+        if isinstance(v, (list, tuple)):
+            v = ",".join(str(x) for x in v)
+        elif isinstance(v, bool):
+            v = "true" if v else "false"
+        out.append(f"{k}={v}")
+    return out
+
+
 def _cmd_train(a) -> int:
     from .train.runner import RunConfig, train
     t = time.time()
-    result = train(a.model, a.data, a.run, RunConfig(n_folds=a.folds, seed=a.seed), a.overrides)
+    overrides = (config_file_overrides(a.config) if a.config else []) + a.overrides
+    result = train(a.model, a.data, a.run, RunConfig(n_folds=a.folds, seed=a.seed), overrides)
     print(f"train {a.model}: done in {time.time() - t:.0f}s; " + ", ".join(f"{k}={v}" for k, v in result.items()))
     return 0
 
@@ -105,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run", "--run-dir", dest="run", default="runs/default")
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--config", default=None, help="JSON file of config values (e.g. configs/multitask_gpu.json)")
     t.add_argument("overrides", nargs="*", help="config overrides, key=value")
     t.set_defaults(fn=_cmd_train)
 

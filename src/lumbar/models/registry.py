@@ -33,4 +33,4 @@ def create_model(name: str, cfg=None):
 
 
 def _load_all() -> None:
-    from . import multitask, superres  # noqa: F401  (register on import)
+    from . import multitask, sequence, superres  # noqa: F401  (register on import)

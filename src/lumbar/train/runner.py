@@ -61,11 +61,12 @@ def train_prior(data: str | Path, run: str | Path, rc: RunConfig, overrides: lis
 
 
 # `train --model all`: every stage, in the order the data flows.
-ALL = ("prior", "slice_select", "crops", "superres", "multitask")
+ALL = ("prior", "slice_select", "crops", "superres", "multitask", "sequence")
 
 
 def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = None,
           overrides: list[str] | None = None) -> dict:
+    load_trainers()
     if model == "all":
         if overrides:
             raise ValueError("key=value overrides need one --model; `all` trains each stage with its defaults")
@@ -75,5 +76,7 @@ def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = 
     return TRAINERS[model](data, run, rc or RunConfig(), overrides or [])
 
 
-# Trainers register themselves on import.
-from . import preprocess_stage, torch_stages  # noqa: E402,F401
+def load_trainers() -> dict[str, Callable]:
+    """Every trainer (they register themselves on import; imported here, late, to keep imports acyclic)."""
+    from . import preprocess_stage, sequence_stage, torch_stages  # noqa: F401
+    return TRAINERS

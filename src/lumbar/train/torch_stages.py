@@ -101,29 +101,68 @@ def fill_missing(probs: np.ndarray, present: np.ndarray, prior: np.ndarray) -> n
     return out
 
 
-def keypoint_errors(model, dataset, entries, device) -> np.ndarray:
-    """Per labelled point, the distance between predicted and labelled point in millimetres."""
+def keypoint_errors(model, dataset, entries, device) -> tuple[np.ndarray, np.ndarray]:
+    """Per labelled point, the distance between predicted and labelled point: (millimetres, pixels of
+    the original slice)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False, collate_fn=collate)
-    errs, i = [], 0
+    errs, errs_px, i = [], [], 0
     model.eval()
     with torch.no_grad():
         for batch in loader:
             res = model({k: v.to(device) for k, v in batch.items()})
             for b in range(len(batch["labels"])):
                 mm = entries[i]["mm_per_px"]
+                boxes = entries[i]["boxes"]
                 for key, pred, off in (("sag_points", res["sag_kp"][b], 0), ("axial_points", res["axial_kp"][b], 3)):
                     true = batch[key][b].numpy()
                     d = np.linalg.norm(pred.cpu().numpy() - true, axis=-1)
+                    size = batch["sag_image" if off == 0 else "axial_image"].shape[-1]
                     for c in range(d.shape[0]):
                         ok = np.isfinite(d[c])
                         errs += (d[c][ok] * mm[off + c]).tolist()
+                        errs_px += (d[c][ok] * (boxes[off + c][2] - boxes[off + c][0]) / size).tolist()
                 i += 1
-    return np.array(errs)
+    return np.array(errs), np.array(errs_px)
 
 
 def superres_config(run) -> SuperResConfig | None:
     path = Path(run) / SR_DIR / "config.json"
     return cfgmod.load(SuperResConfig, path) if path.exists() and (path.parent / "net.pt").exists() else None
+
+
+def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndarray, n_folds: int, out: Path,
+                   make_sets, make_model, postprocess, on_fold=None) -> tuple[np.ndarray, list[float]]:
+    """Every fold through the one loop: OOF probabilities [n, 25, 3] (post-processed with the fold's
+    prior, e.g. for missing series) and each fold's best validation score. Folds other than
+    cfg.only_fold are skipped when it is set."""
+    oof = np.zeros((len(ids), 25, 3), np.float32)
+    tcfg, scores = _train_config(cfg), []
+    for k in range(n_folds):
+        if getattr(cfg, "only_fold", -1) >= 0 and k != cfg.only_fold:
+            continue
+        tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        prior = fit_prior(y[tr])
+        sol = solution_frame(ids[va], y[va])
+        train_set, val_set = make_sets(tr, va)
+        torch.manual_seed(cfg.seed + k)
+        model = make_model()
+
+        def evaluate(m, device, va=va, val_set=val_set, prior=prior, sol=sol) -> float:
+            probs = predict(m, val_set, collate, cfg.batch_size, device, cfg.amp, desc="val")
+            return score(sol, probs_to_submission(ids[va], postprocess(probs, va, prior)))
+
+        res = fit(model, train_set, tcfg, out / f"fold{k}", collate, evaluate, name=f"{name} fold {k}",
+                  run_key=config_hash(asdict(cfg), ids[tr].tolist()))
+        if not is_main():
+            continue
+        device = pick_device(cfg.device)
+        oof[va] = postprocess(predict(model, val_set, collate, cfg.batch_size, device, cfg.amp, desc="oof"), va, prior)
+        write_oof(out / f"fold{k}", "oof", ids[va], oof[va])
+        if on_fold is not None:
+            on_fold(model, val_set, va, device)
+        scores.append(res.best_score)
+        print(f"{name} fold {k}: best val score {res.best_score:.4f} at epoch {res.best_epoch}")
+    return oof, scores
 
 
 @register("multitask")
@@ -139,51 +178,43 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     y = np.stack([s.labels for s in studies])
     fold = np.array([s.fold for s in studies])
     present = np.stack([e["present"] for e in entries])
-    sr_path = Path(run) / SR_DIR / "net.pt"
     out = Path(run) / MT_DIR
-    oof = np.zeros((len(ids), 25, 3), np.float32)
-    tcfg = _train_config(cfg)
-    kp_errs, fold_scores = [], []
-    for k in range(rc.n_folds):
-        if cfg.only_fold >= 0 and k != cfg.only_fold:
-            continue
-        tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        prior = fit_prior(y[tr])
-        sol = solution_frame(ids[va], y[va])
-        val_set = CropDataset([entries[i] for i in va], y[va])
-        train_set = CropDataset([entries[i] for i in tr], y[tr], augment=cfg.augment, seed=cfg.seed + k)
-        torch.manual_seed(cfg.seed + k)
+    kp_errs, kp_px = [], []
+
+    def make_model():
         model = create_model("multitask", cfg)
         if sr_cfg is not None:
-            model.sr.load_state_dict(torch.load(sr_path, map_location="cpu", weights_only=True))
+            model.sr.load_state_dict(torch.load(Path(run) / SR_DIR / "net.pt", map_location="cpu", weights_only=True))
+        return model
 
-        def evaluate(m, device, va=va, val_set=val_set, prior=prior, sol=sol) -> float:
-            probs = predict(m, val_set, collate, cfg.batch_size, device, cfg.amp, desc="val")
-            return score(sol, probs_to_submission(ids[va], fill_missing(probs, present[va], prior)))
+    def make_sets(tr, va):
+        return (CropDataset([entries[i] for i in tr], y[tr], augment=cfg.augment, seed=cfg.seed),
+                CropDataset([entries[i] for i in va], y[va]))
 
-        res = fit(model, train_set, tcfg, out / f"fold{k}", collate, evaluate, name=f"multitask fold {k}",
-                  run_key=config_hash(asdict(cfg), ids[tr].tolist()))
-        if not is_main():
-            continue
-        device = pick_device(cfg.device)
-        probs = predict(model, val_set, collate, cfg.batch_size, device, cfg.amp, desc="oof")
-        oof[va] = fill_missing(probs, present[va], prior)
-        kp_errs.append(keypoint_errors(model, val_set, [entries[i] for i in va], device))
-        fold_scores.append(res.best_score)
-        print(f"multitask fold {k}: best val score {res.best_score:.4f} at epoch {res.best_epoch}")
+    def on_fold(model, val_set, va, device):
+        mm, px = keypoint_errors(model, val_set, [entries[i] for i in va], device)
+        kp_errs.append(mm)
+        kp_px.append(px)
+
+    oof, fold_scores = cross_validate("multitask", cfg, ids, y, fold, rc.n_folds, out, make_sets, make_model,
+                                      lambda probs, va, prior: fill_missing(probs, present[va], prior), on_fold)
     if not is_main():
         return {}
     if cfg.only_fold >= 0:
         return {"fold": cfg.only_fold, "val_score": round(fold_scores[0], 4),
-                "median_keypoint_error_mm": round(float(np.median(np.concatenate(kp_errs))), 2)}
+                "median_keypoint_error_px": round(float(np.median(np.concatenate(kp_px))), 2)}
     cfgmod.save(cfg, out / "config.json")
     path = write_oof(run, "multitask", ids, oof)
     errs = np.concatenate(kp_errs) if kp_errs else np.array([np.nan])
+    errs_px = np.concatenate(kp_px) if kp_px else np.array([np.nan])
     oof_score = score(solution_frame(ids, y), probs_to_submission(ids, oof))
     report = {"oof_score": round(oof_score, 4), "fold_scores": [round(s, 4) for s in fold_scores],
-              "median_keypoint_error_mm": round(float(np.median(errs)), 2), "keypoints": int(len(errs)),
+              "median_keypoint_error_mm": round(float(np.median(errs)), 2),
+              "median_keypoint_error_px": round(float(np.median(errs_px)), 2), "keypoints": int(len(errs)),
               "config": asdict(cfg)}
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    print(f"multitask: OOF score {oof_score:.4f}; held-out median keypoint error {np.median(errs):.2f} mm "
-          f"over {len(errs)} points")
-    return {"oof": str(path), "oof_score": round(oof_score, 4), "median_keypoint_error_mm": round(float(np.median(errs)), 2)}
+    print(f"multitask: OOF score {oof_score:.4f}; held-out median keypoint error {np.median(errs_px):.2f} px "
+          f"({np.median(errs):.2f} mm) over {len(errs)} points")
+    return {"oof": str(path), "oof_score": round(oof_score, 4),
+            "median_keypoint_error_px": round(float(np.median(errs_px)), 2),
+            "median_keypoint_error_mm": round(float(np.median(errs)), 2)}

@@ -1,0 +1,87 @@
+"""Model two: whole series, slice by slice, then a transformer over every frame of the study.
+
+Shapes for a batch of B studies (tiny config: N = 10 frames of 64², 3 series types):
+  frames [B, 3, N, S, S] -> each frame through one timm feature extractor (shared weights, all frames
+  of all series batched together, in_chans=1) -> [B, 3N, F] -> linear to d_model
+  + embedding of the series type + embedding of the slice position (its place along the normal, binned)
+  -> a transformer encoder over the 3N tokens and one [CLS] token, missing series masked out of attention
+  -> [CLS] -> one head -> [B, 25, 3].
+Loss: class-weighted cross entropy (1/2/4) over all label columns, masked where a label is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import schema
+from ..train.loop import TrainConfig
+from .registry import register_model
+
+
+@dataclass
+class SequenceConfig(TrainConfig):
+    # Tiny CPU config (tests, demo); configs/sequence_gpu.json is the real-data one.
+    epochs: int = 14
+    batch_size: int = 8
+    patience: int = 4
+    backbone: str = "test_efficientnet"
+    pretrained: bool = False
+    n_frames: int = 10
+    frame_size: int = 64
+    pick: str = "most_levels"
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 4
+    position_bins: int = 16
+    dropout: float = 0.1
+    augment: bool = True
+    cache_dir: str = "cache"
+    only_fold: int = -1
+
+
+class SequenceModel(nn.Module):
+    def __init__(self, cfg: SequenceConfig):
+        super().__init__()
+        import timm
+
+        self.cfg = cfg
+        self.encoder = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=0, in_chans=1)
+        self.proj = nn.Linear(self.encoder.num_features, cfg.d_model)
+        self.type_emb = nn.Embedding(len(schema.SERIES_TYPES), cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.position_bins, cfg.d_model)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.heads, dim_feedforward=2 * cfg.d_model,
+                                           dropout=cfg.dropout, batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, schema.N_LABELS * schema.N_CLASSES)
+        self.register_buffer("class_w", torch.tensor(schema.SEVERITY_WEIGHTS))
+
+    def forward(self, batch: dict) -> dict:
+        frames = batch["frames"].float()  # [B, T, N, S, S]
+        b, t, n, s, _ = frames.shape
+        feats = self.encoder(frames.reshape(b * t * n, 1, s, s))
+        tokens = self.proj(feats).view(b, t * n, -1)
+        types = torch.arange(t, device=frames.device).repeat_interleave(n)
+        bins = (batch["positions"].clamp(0, 1) * (self.cfg.position_bins - 1)).round().long().view(b, t * n)
+        tokens = tokens + self.type_emb(types)[None] + self.pos_emb(bins)
+        pad = ~batch["mask"].bool().repeat_interleave(n, dim=1)  # True = ignore (missing series)
+        x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1)
+        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=pad.device), pad], 1)
+        x = self.transformer(x, src_key_padding_mask=pad)
+        logits = self.head(self.norm(x[:, 0])).view(b, schema.N_LABELS, schema.N_CLASSES)
+        out = {"logits": logits, "probs": logits.float().softmax(-1)}
+        if "labels" in batch:
+            y = batch["labels"]
+            w = self.class_w[y.clamp(min=0)] * (y >= 0)
+            ce = F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none").view(b, -1)
+            out["loss"] = (ce * w).sum() / w.sum().clamp(min=1.0)
+        return out
+
+
+@register_model("sequence", SequenceConfig)
+def build_sequence(cfg: SequenceConfig) -> SequenceModel:
+    return SequenceModel(cfg)

@@ -1,0 +1,113 @@
+"""The sequence model's input: per series type, N evenly spaced frames ordered along the slice normal.
+
+Each frame is a crop of the region holding the spine, found in the image (edge energy), resized and
+normalised per volume (scanners differ in range). When a study has several series of a type, `pick`
+chooses the one covering the most (the widest span along its normal; for axial, the most levels) or
+merges them into one stack ordered by position. A missing series type gives zero frames and a mask.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, sobel
+
+from .. import schema
+from ..data.cache import StudyCache, config_hash
+from ..data.catalog import Study
+from ..data.dicom import Volume
+from ..data.volumes import normalise, study_volumes
+from .crops import crop_resize, find_spine_column
+
+FRAMES_VERSION = 1
+
+
+@dataclass
+class FramesConfig:
+    n_frames: int = 10
+    size: int = 64
+    pick: str = "most_levels"  # or "merge"
+    sag_box: float = 0.7  # sagittal box side, fraction of the image
+    axial_box: float = 0.55
+
+
+def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray, np.ndarray, Volume]:
+    """(normalised pixels [n, h, w] ordered along the normal, positions [n], reference volume)."""
+    if pick not in ("most_levels", "merge"):
+        raise ValueError(f"pick must be 'most_levels' or 'merge', not {pick!r}")
+    if pick == "most_levels" or len(vols) == 1:
+        _, v = max(vols, key=lambda item: (np.ptp(item[1].depth), len(item[1])))
+        return normalise(v.pixels), v.depth, v
+    ref = vols[0][1]
+    shape = ref.pixels.shape[1:]
+    pixels, pos = [], []
+    for _, v in vols:
+        px = normalise(v.pixels)
+        if px.shape[1:] != shape:
+            from scipy.ndimage import zoom
+            px = np.stack([zoom(p, (shape[0] / p.shape[0], shape[1] / p.shape[1]), order=1) for p in px])
+        pixels.append(px)
+        pos.append(v.positions @ ref.normal)
+    pixels, pos = np.concatenate(pixels), np.concatenate(pos)
+    order = np.argsort(pos, kind="stable")
+    return pixels[order], pos[order], ref
+
+
+def even_indices(n: int, k: int) -> np.ndarray:
+    """k indices spread evenly over 0..n-1 (repeats when n < k)."""
+    return np.round(np.linspace(0, n - 1, k)).astype(int) if n > 0 else np.zeros(0, int)
+
+
+def spine_box(img: np.ndarray, sagittal: bool, side_frac: float) -> np.ndarray:
+    """A square box around the spine: on sagittal slices the vertebral column (horizontal edges pile up
+    there); on axial slices the centre of edge energy in the central part of the image."""
+    h, w = img.shape
+    side = side_frac * max(h, w)
+    if sagittal:
+        col, prom = find_spine_column(img)
+        cx = col * w + 0.08 * w if prom >= 1.5 else w / 2  # the canal lies just behind the bodies
+        cy = h / 2
+    else:
+        sm = gaussian_filter(img, 1.5)
+        energy = np.hypot(sobel(sm, 0), sobel(sm, 1))
+        y0, y1, x0, x1 = int(0.2 * h), int(0.8 * h), int(0.2 * w), int(0.8 * w)
+        e = energy[y0:y1, x0:x1]
+        total = e.sum()
+        if total <= 0:
+            cx, cy = w / 2, h / 2
+        else:
+            yy, xx = np.mgrid[y0:y1, x0:x1]
+            cx, cy = float((e * xx).sum() / total), float((e * yy).sum() / total)
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig) -> dict[str, np.ndarray]:
+    """frames [3, N, S, S] float16 (series types in schema order), mask [3], positions [3, N] in [0, 1]."""
+    n, s = cfg.n_frames, cfg.size
+    frames = np.zeros((len(schema.SERIES_TYPES), n, s, s), np.float16)
+    mask = np.zeros(len(schema.SERIES_TYPES), bool)
+    positions = np.zeros((len(schema.SERIES_TYPES), n), np.float32)
+    for t, stype in enumerate(schema.SERIES_TYPES):
+        items = vols.get(stype)
+        if not items:
+            continue
+        pixels, pos, ref = choose_series(items, cfg.pick)
+        idx = even_indices(len(pixels), n)
+        sagittal = stype != schema.AXIAL
+        box = spine_box(pixels[len(pixels) // 2], sagittal, cfg.sag_box if sagittal else cfg.axial_box)
+        frames[t] = crop_resize(pixels[idx], box, s).astype(np.float16)
+        span = np.ptp(pos) or 1.0
+        positions[t] = (pos[idx] - pos.min()) / span
+        mask[t] = True
+    return {"frames": frames, "mask": mask, "positions": positions}
+
+
+def frames_key(cfg: FramesConfig) -> str:
+    return f"frames{FRAMES_VERSION}_" + config_hash(asdict(cfg))
+
+
+def study_frames(study: Study, cfg: FramesConfig, cache: StudyCache | None) -> dict[str, np.ndarray]:
+    """A study's frames through the per-study cache (decoded volumes shared with the multitask model)."""
+    def build():
+        return build_frames(study_volumes(study, cache), cfg)
+    return cache.get(study.study_id, frames_key(cfg), build) if cache else build()

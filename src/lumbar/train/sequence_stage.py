@@ -1,0 +1,86 @@
+"""`train --model sequence`: frames per series type, the sequence model, the same folds and loop."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .. import config as cfgmod
+from ..metric import probs_to_submission, score, solution_frame
+from ..models.registry import create_model
+from ..models.sequence import SequenceConfig
+from ..preprocess.frames import FramesConfig, study_frames
+from .oof import write_oof
+from .preprocess_stage import load_train
+from .runner import RunConfig, register
+from .torch_stages import cross_validate
+from .loop import is_main
+
+SEQ_DIR = "sequence"
+
+
+def frames_config(cfg: SequenceConfig) -> FramesConfig:
+    return FramesConfig(n_frames=cfg.n_frames, size=cfg.frame_size, pick=cfg.pick)
+
+
+class FramesDataset(Dataset):
+    """One study per item: frames [3, N, S, S], mask [3], positions [3, N], labels [25].
+    Augmentation: intensity gain/gamma and a small shift of each series' frames (no flips: a
+    left-right flip would swap the left and right labels)."""
+
+    def __init__(self, entries: list[dict], labels: np.ndarray | None = None, augment: bool = False, seed: int = 0):
+        self.entries = entries
+        self.labels = labels if labels is not None else np.full((len(entries), 25), -1, np.int64)
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> dict:
+        e = self.entries[i]
+        frames = e["frames"].astype(np.float32)
+        if self.augment:
+            for t in range(len(frames)):
+                dx, dy = self.rng.integers(-4, 5, size=2)
+                frames[t] = np.roll(frames[t], (int(dy), int(dx)), axis=(-2, -1))
+            frames = np.clip(frames, 0, None) ** self.rng.uniform(0.85, 1.15) * self.rng.uniform(0.85, 1.15)
+        return {"frames": torch.from_numpy(np.ascontiguousarray(frames)), "mask": torch.from_numpy(e["mask"].astype(bool)),
+                "positions": torch.from_numpy(e["positions"].astype(np.float32)),
+                "labels": torch.from_numpy(self.labels[i].astype(np.int64))}
+
+
+@register("sequence")
+def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
+    cfg = cfgmod.override(SequenceConfig(), overrides)
+    studies, cache = load_train(data, run, rc, cfg.cache_dir)
+    fcfg = frames_config(cfg)
+    entries = [study_frames(st, fcfg, cache) for st in tqdm(studies, desc="frames")]
+    ids = np.array([s.study_id for s in studies])
+    y = np.stack([s.labels for s in studies])
+    fold = np.array([s.fold for s in studies])
+    out = Path(run) / SEQ_DIR
+
+    def make_sets(tr, va):
+        return (FramesDataset([entries[i] for i in tr], y[tr], augment=cfg.augment, seed=cfg.seed),
+                FramesDataset([entries[i] for i in va], y[va]))
+
+    oof, fold_scores = cross_validate("sequence", cfg, ids, y, fold, rc.n_folds, out, make_sets,
+                                      lambda: create_model("sequence", cfg), lambda probs, va, prior: probs)
+    if not is_main():
+        return {}
+    if cfg.only_fold >= 0:
+        return {"fold": cfg.only_fold, "val_score": round(fold_scores[0], 4)}
+    cfgmod.save(cfg, out / "config.json")
+    path = write_oof(run, "sequence", ids, oof)
+    oof_score = score(solution_frame(ids, y), probs_to_submission(ids, oof))
+    (out / "report.json").write_text(json.dumps({"oof_score": round(oof_score, 4),
+                                                 "fold_scores": [round(s, 4) for s in fold_scores],
+                                                 "config": asdict(cfg)}, indent=1))
+    print(f"sequence: OOF score {oof_score:.4f}")
+    return {"oof": str(path), "oof_score": round(oof_score, 4)}
