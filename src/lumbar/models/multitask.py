@@ -118,6 +118,11 @@ class MultitaskModel(nn.Module):
         self.register_buffer("class_w", torch.tensor(schema.SEVERITY_WEIGHTS))
         self.register_buffer("column_crop", torch.tensor(COLUMN_CROP))
 
+    @torch.no_grad()
+    def init_prior(self, prior) -> None:
+        """Start from the fold's prior: the heads' bias is its log."""
+        self.head_b.copy_(torch.log(torch.as_tensor(prior, dtype=torch.float32)))
+
     def keypoints(self, sag: torch.Tensor, axial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised points: sagittal [B, 3, 5, 2], axial [B, 5, 2, 2]."""
         b = sag.shape[0]

@@ -2,7 +2,8 @@
 
 Shapes for a batch of B studies (tiny config: N = 10 frames of 64², 3 series types):
   frames [B, 3, N, S, S] -> each frame through one timm feature extractor (shared weights, all frames
-  of all series batched together, in_chans=1) -> [B, 3N, F] -> linear to d_model
+  of all series batched together, in_chans=1; its stride-16 map pooled to 4 x 4, so where a narrowing
+  sits on the frame survives) -> flattened, linear to d_model -> [B, 3N, d_model]
   + embedding of the series type + embedding of the slice position (its place along the normal, binned)
   -> a transformer encoder over the 3N tokens and one [CLS] token, missing series masked out of attention
   -> [CLS] -> one head -> [B, 25, 3].
@@ -24,9 +25,10 @@ from .registry import register_model
 @dataclass
 class SequenceConfig(TrainConfig):
     # Tiny CPU config (tests, demo); configs/sequence_gpu.json is the real-data one.
-    epochs: int = 14
+    epochs: int = 20
     batch_size: int = 8
-    patience: int = 4
+    patience: int = 6
+    lr: float = 1e-3
     backbone: str = "test_efficientnet"
     pretrained: bool = False
     n_frames: int = 10
@@ -36,6 +38,7 @@ class SequenceConfig(TrainConfig):
     layers: int = 2
     heads: int = 4
     position_bins: int = 16
+    grid: int = 4  # each frame's feature map pooled to grid x grid before the projection
     dropout: float = 0.1
     augment: bool = True
     cache_dir: str = "cache"
@@ -48,8 +51,16 @@ class SequenceModel(nn.Module):
         import timm
 
         self.cfg = cfg
-        self.encoder = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=0, in_chans=1)
-        self.proj = nn.Linear(self.encoder.num_features, cfg.d_model)
+        # Feature maps, not pooled vectors: where a narrowing sits on the frame says which level it is,
+        # so each frame keeps a grid x grid layout of its features.
+        probe = timm.create_model(cfg.backbone, pretrained=False, features_only=True, in_chans=1)
+        reductions = probe.feature_info.reduction()
+        level = reductions.index(16) if 16 in reductions else len(reductions) - 1
+        del probe
+        self.encoder = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, features_only=True, in_chans=1,
+                                         out_indices=(level,))
+        ch = self.encoder.feature_info.channels()[-1]
+        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(ch * cfg.grid * cfg.grid, cfg.d_model), nn.GELU())
         self.type_emb = nn.Embedding(len(schema.SERIES_TYPES), cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.position_bins, cfg.d_model)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
@@ -60,11 +71,17 @@ class SequenceModel(nn.Module):
         self.head = nn.Linear(cfg.d_model, schema.N_LABELS * schema.N_CLASSES)
         self.register_buffer("class_w", torch.tensor(schema.SEVERITY_WEIGHTS))
 
+    @torch.no_grad()
+    def init_prior(self, prior) -> None:
+        """Start from the fold's prior: the head's bias is its log, so training learns departures from it."""
+        self.head.bias.copy_(torch.log(torch.as_tensor(prior, dtype=torch.float32)).flatten())
+        self.head.weight.mul_(0.1)
+
     def forward(self, batch: dict) -> dict:
         frames = batch["frames"].float()  # [B, T, N, S, S]
         b, t, n, s, _ = frames.shape
-        feats = self.encoder(frames.reshape(b * t * n, 1, s, s))
-        tokens = self.proj(feats).view(b, t * n, -1)
+        fmap = self.encoder(frames.reshape(b * t * n, 1, s, s))[-1]
+        tokens = self.proj(F.adaptive_avg_pool2d(fmap, self.cfg.grid)).view(b, t * n, -1)
         types = torch.arange(t, device=frames.device).repeat_interleave(n)
         bins = (batch["positions"].clamp(0, 1) * (self.cfg.position_bins - 1)).round().long().view(b, t * n)
         tokens = tokens + self.type_emb(types)[None] + self.pos_emb(bins)

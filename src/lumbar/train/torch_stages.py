@@ -146,6 +146,8 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
         train_set, val_set = make_sets(tr, va)
         torch.manual_seed(cfg.seed + k)
         model = make_model()
+        if hasattr(model, "init_prior"):
+            model.init_prior(prior)
 
         def evaluate(m, device, va=va, val_set=val_set, prior=prior, sol=sol) -> float:
             probs = predict(m, val_set, collate, cfg.batch_size, device, cfg.amp, desc="val")
