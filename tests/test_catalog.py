@@ -1,6 +1,4 @@
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd

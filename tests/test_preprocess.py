@@ -1,6 +1,4 @@
 import json
-import os
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -13,10 +11,9 @@ from lumbar.cli import main
 from lumbar.data.cache import StudyCache
 from lumbar.data.catalog import load_studies
 from lumbar.preprocess import pipeline
-from lumbar.preprocess.crops import CROP_NAMES, CropRegions, crop_resize, find_spine_column, map_points, three_slices, unmap_points
-from lumbar.preprocess.pipeline import PreprocessConfig, cache_version, preprocess_study, select, study_features
+from lumbar.preprocess.crops import CROP_NAMES, crop_resize, find_spine_column, map_points, three_slices, unmap_points
+from lumbar.preprocess.pipeline import cache_version, preprocess_study, study_features
 from lumbar.preprocess.slice_select import SliceSelector
-from lumbar.train.runner import RunConfig, train
 
 boxes = st.tuples(st.floats(-50, 200), st.floats(-50, 200), st.floats(10, 400), st.floats(10, 400))
 

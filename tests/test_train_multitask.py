@@ -1,4 +1,3 @@
-import json
 import os
 import shutil
 import signal
@@ -11,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar import schema
 from lumbar.cv import read_folds
 from lumbar.models.multitask import COLUMN_CROP
 from lumbar.models.prior import fit_prior
+from lumbar.preprocess.crops import CROP_NAMES, CROPS
 from lumbar.train.oof import read_oof
 from lumbar.train.runner import RunConfig, train
 
@@ -24,6 +23,16 @@ TINY = ["epochs=2", "kp_input=48", "patch_sag=16", "patch_axial=16", "patch_inpu
 def _cli(run, data, cache, *extra, folds=2):
     return [sys.executable, "-m", "lumbar", "train", "--model", "multitask", "--data", str(data), "--run", str(run),
             "--folds", str(folds), f"cache_dir={cache}", *TINY, *extra]
+
+
+def _fresh_run(run, tmp_path):
+    """A new run directory holding the trained stages a multitask run needs, and no multitask state."""
+    fresh = tmp_path / "run"
+    fresh.mkdir()
+    for item in ("folds.csv", "slice_select", "crops", "superres"):
+        src = run / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, fresh / item)
+    return fresh
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +68,7 @@ def test_multitask_oof_complete_and_missing_series_fall_back_to_prior(trained, s
     checked = 0
     for i, sid in enumerate(ids):
         types = set(series[series.study_id == sid].series_description)
-        missing_crops = [c for c, (name, stype) in enumerate(zip(range(8), [schema.SAG_T2, schema.SAG_T1, schema.SAG_T1] + [schema.AXIAL] * 5)) if stype not in types]
+        missing_crops = [c for c, name in enumerate(CROP_NAMES) if CROPS[name][0] not in types]
         if not missing_crops:
             continue
         prior = fit_prior(y[fold != fold[i]])
@@ -73,11 +82,7 @@ def test_multitask_oof_complete_and_missing_series_fall_back_to_prior(trained, s
 
 def test_killed_run_resumes_from_its_checkpoint(trained, synth_dir, tmp_path):
     run, cache, _, _ = trained
-    fresh = tmp_path / "run"
-    fresh.mkdir()
-    for item in ("folds.csv", "slice_select", "crops", "superres"):
-        src = run / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, fresh / item)
+    fresh = _fresh_run(run, tmp_path)
     cmd = _cli(fresh, synth_dir, cache, "epochs=4", "only_fold=0")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     last = fresh / "multitask" / "fold0" / "last.pt"
@@ -99,11 +104,7 @@ def test_killed_run_resumes_from_its_checkpoint(trained, synth_dir, tmp_path):
 
 def test_torchrun_two_processes_gloo(trained, synth_dir, tmp_path):
     run, cache, _, _ = trained
-    fresh = tmp_path / "run"
-    fresh.mkdir()
-    for item in ("folds.csv", "slice_select", "crops", "superres"):
-        src = run / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, fresh / item)
+    fresh = _fresh_run(run, tmp_path)
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     assert torchrun, "torchrun not found next to the interpreter"
     args = _cli(fresh, synth_dir, cache, "epochs=1", "only_fold=0")[3:]

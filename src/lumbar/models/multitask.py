@@ -157,7 +157,6 @@ class MultitaskModel(nn.Module):
             c_sag = torch.where(use[:, None, None, None] & m_sag[..., None], true_sag.nan_to_num(), c_sag)
             c_ax = torch.where(use[:, None, None, None] & m_ax[..., None], true_ax.nan_to_num(), c_ax)
 
-        scale = cfg.sr_scale
         p_sag = cut_patches(sag.flatten(0, 1), c_sag.flatten(0, 1), cfg.patch_sag, cfg.patch_sag)  # [B*3, 5, 3, P, P]
         p_ax = cut_patches(axial.flatten(0, 1), c_ax.flatten(0, 1), cfg.patch_axial, cfg.patch_axial)  # [B*5, 2, ...]
         with torch.no_grad():

@@ -5,8 +5,8 @@ Shapes for a batch of B studies (tiny config: N = 10 frames of 64², 3 series ty
   of all series batched together, in_chans=1; its stride-16 map pooled to 4 x 4, so where a narrowing
   sits on the frame survives) -> flattened, linear to d_model -> [B, 3N, d_model]
   + embedding of the series type + embedding of the slice position (its place along the normal, binned)
-  -> a transformer encoder over the 3N tokens and one [CLS] token, missing series masked out of attention
-  -> [CLS] -> one head -> [B, 25, 3].
+  -> a transformer encoder over the 3N tokens and 5 level query tokens, missing series masked out of
+     attention -> each level's query -> a shared head (+ a per-level bias) -> its 5 columns -> [B, 25, 3].
 Loss: class-weighted cross entropy (1/2/4) over all label columns, masked where a label is missing.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ class SequenceConfig(TrainConfig):
     heads: int = 4
     position_bins: int = 16
     grid: int = 4  # each frame's feature map pooled to grid x grid before the projection
+    readout: str = "levels"  # "levels": one query token per level feeds its 5 columns; "cls": one token for all
     dropout: float = 0.1
     augment: bool = True
     cache_dir: str = "cache"
@@ -63,18 +64,27 @@ class SequenceModel(nn.Module):
         self.proj = nn.Sequential(nn.Flatten(), nn.Linear(ch * cfg.grid * cfg.grid, cfg.d_model), nn.GELU())
         self.type_emb = nn.Embedding(len(schema.SERIES_TYPES), cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.position_bins, cfg.d_model)
-        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
+        if cfg.readout not in ("levels", "cls"):
+            raise ValueError(f"readout must be 'levels' or 'cls', not {cfg.readout!r}")
+        self.n_query = len(schema.LEVELS) if cfg.readout == "levels" else 1
+        self.cls = nn.Parameter(torch.randn(1, self.n_query, cfg.d_model) * 0.02)
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.heads, dim_feedforward=2 * cfg.d_model,
                                            dropout=cfg.dropout, batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, schema.N_LABELS * schema.N_CLASSES)
+        per_query = schema.N_LABELS * schema.N_CLASSES // self.n_query
+        self.head = nn.Linear(cfg.d_model, per_query)  # shared by the level queries, which differ by embedding
+        self.level_bias = nn.Parameter(torch.zeros(len(schema.LEVELS), len(schema.CONDITIONS), 3))
         self.register_buffer("class_w", torch.tensor(schema.SEVERITY_WEIGHTS))
 
     @torch.no_grad()
     def init_prior(self, prior) -> None:
         """Start from the fold's prior: the head's bias is its log, so training learns departures from it."""
-        self.head.bias.copy_(torch.log(torch.as_tensor(prior, dtype=torch.float32)).flatten())
+        logp = torch.log(torch.as_tensor(prior, dtype=torch.float32))  # [25, 3], condition-major
+        if self.n_query > 1:
+            self.level_bias.copy_(logp.view(len(schema.CONDITIONS), len(schema.LEVELS), 3).permute(1, 0, 2))
+        else:
+            self.head.bias.copy_(logp.flatten())
         self.head.weight.mul_(0.1)
 
     def forward(self, batch: dict) -> dict:
@@ -86,10 +96,16 @@ class SequenceModel(nn.Module):
         bins = (batch["positions"].clamp(0, 1) * (self.cfg.position_bins - 1)).round().long().view(b, t * n)
         tokens = tokens + self.type_emb(types)[None] + self.pos_emb(bins)
         pad = ~batch["mask"].bool().repeat_interleave(n, dim=1)  # True = ignore (missing series)
+        q = self.n_query
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1)
-        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=pad.device), pad], 1)
+        pad = torch.cat([torch.zeros(b, q, dtype=torch.bool, device=pad.device), pad], 1)
         x = self.transformer(x, src_key_padding_mask=pad)
-        logits = self.head(self.norm(x[:, 0])).view(b, schema.N_LABELS, schema.N_CLASSES)
+        out_q = self.head(self.norm(x[:, :q]))  # [B, q, 75 / q]
+        if q > 1:  # [B, level, condition, 3] -> label-column order (condition-major)
+            out_q = out_q.view(b, q, len(schema.CONDITIONS), 3) + self.level_bias
+            logits = out_q.permute(0, 2, 1, 3).reshape(b, schema.N_LABELS, schema.N_CLASSES)
+        else:
+            logits = out_q.view(b, schema.N_LABELS, schema.N_CLASSES)
         out = {"logits": logits, "probs": logits.float().softmax(-1)}
         if "labels" in batch:
             y = batch["labels"]

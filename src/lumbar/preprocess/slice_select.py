@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import schema
-from ..data.catalog import Study
 from ..data.dicom import Volume
 from ..data.volumes import normalise
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import config as cfgmod
 from ..data.cache import config_hash
