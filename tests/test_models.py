@@ -124,8 +124,10 @@ def test_backbone_from_a_local_checkpoint(tmp_path):
         torch.testing.assert_close(model.cls_backbone.state_dict()[k], v)
 
 
-def test_sequence_ignores_missing_series_frames():
-    model = create_model("sequence", SEQ_TINY).eval()
+@pytest.mark.parametrize("tokens,readout", [("frame", "levels"), ("cells", "levels"), ("frame", "cls")])
+def test_sequence_ignores_missing_series_frames(tokens, readout):
+    import dataclasses
+    model = create_model("sequence", dataclasses.replace(SEQ_TINY, tokens=tokens, readout=readout)).eval()
     batch = random_batch()
     base = model(batch)["probs"]
     changed = dict(batch)

@@ -39,6 +39,7 @@ class SequenceConfig(TrainConfig):
     heads: int = 4
     position_bins: int = 16
     grid: int = 4  # each frame's feature map pooled to grid x grid before the projection
+    tokens: str = "frame"  # "frame": one flattened token per frame; "cells": one token per grid cell (2x the time)
     readout: str = "levels"  # "levels": one query token per level feeds its 5 columns; "cls": one token for all
     dropout: float = 0.1
     augment: bool = True
@@ -61,7 +62,13 @@ class SequenceModel(nn.Module):
         self.encoder = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, features_only=True, in_chans=1,
                                          out_indices=(level,))
         ch = self.encoder.feature_info.channels()[-1]
-        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(ch * cfg.grid * cfg.grid, cfg.d_model), nn.GELU())
+        if cfg.tokens not in ("cells", "frame"):
+            raise ValueError(f"tokens must be 'cells' or 'frame', not {cfg.tokens!r}")
+        if cfg.tokens == "cells":
+            self.proj = nn.Linear(ch, cfg.d_model)
+            self.cell_emb = nn.Parameter(torch.randn(1, cfg.grid * cfg.grid, cfg.d_model) * 0.02)
+        else:
+            self.proj = nn.Sequential(nn.Flatten(), nn.Linear(ch * cfg.grid * cfg.grid, cfg.d_model), nn.GELU())
         self.type_emb = nn.Embedding(len(schema.SERIES_TYPES), cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.position_bins, cfg.d_model)
         if cfg.readout not in ("levels", "cls"):
@@ -90,12 +97,18 @@ class SequenceModel(nn.Module):
     def forward(self, batch: dict) -> dict:
         frames = batch["frames"].float()  # [B, T, N, S, S]
         b, t, n, s, _ = frames.shape
-        fmap = self.encoder(frames.reshape(b * t * n, 1, s, s))[-1]
-        tokens = self.proj(F.adaptive_avg_pool2d(fmap, self.cfg.grid)).view(b, t * n, -1)
+        fmap = F.adaptive_avg_pool2d(self.encoder(frames.reshape(b * t * n, 1, s, s))[-1], self.cfg.grid)
         types = torch.arange(t, device=frames.device).repeat_interleave(n)
         bins = (batch["positions"].clamp(0, 1) * (self.cfg.position_bins - 1)).round().long().view(b, t * n)
-        tokens = tokens + self.type_emb(types)[None] + self.pos_emb(bins)
+        frame_emb = self.type_emb(types)[None] + self.pos_emb(bins)  # [B, T*N, d]
         pad = ~batch["mask"].bool().repeat_interleave(n, dim=1)  # True = ignore (missing series)
+        if self.cfg.tokens == "cells":
+            cells = self.cfg.grid * self.cfg.grid
+            tokens = self.proj(fmap.flatten(2).transpose(1, 2)).view(b, t * n, cells, -1)
+            tokens = (tokens + self.cell_emb[:, None] + frame_emb[:, :, None]).flatten(1, 2)
+            pad = pad.repeat_interleave(cells, dim=1)
+        else:
+            tokens = self.proj(fmap).view(b, t * n, -1) + frame_emb
         q = self.n_query
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1)
         pad = torch.cat([torch.zeros(b, q, dtype=torch.bool, device=pad.device), pad], 1)
