@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -115,3 +116,17 @@ def test_torchrun_two_processes_gloo(trained, synth_dir, tmp_path):
     log = pd.read_csv(fresh / "multitask" / "fold0" / "log.csv")
     assert log.epoch.tolist() == [0]
     assert "best val score" in r.stdout
+
+
+def test_ensemble_stage_on_the_run(trained, synth_dir):
+    run, _, _, _ = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train("prior", synth_dir, run, RunConfig(n_folds=2), [])
+        res = train("ensemble", synth_dir, run, RunConfig(n_folds=2), [])
+    report = json.loads((run / "ensemble" / "report.json").read_text())
+    assert set(report["members"]) >= {"prior", "multitask"}
+    assert res["in_sample"] <= min(report["single_oof"].values()) + 1e-4
+    ids = pd.read_csv(synth_dir / "train.csv").study_id.tolist()
+    oof = read_oof(run, "ensemble", ids)
+    assert np.isfinite(oof).all() and np.allclose(oof.sum(-1), 1, atol=1e-5)

@@ -61,7 +61,7 @@ def train_prior(data: str | Path, run: str | Path, rc: RunConfig, overrides: lis
 
 
 # `train --model all`: every stage, in the order the data flows.
-ALL = ("prior", "slice_select", "crops", "superres", "multitask", "sequence")
+ALL = ("prior", "slice_select", "crops", "superres", "multitask", "sequence", "ensemble")
 
 
 def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = None,
@@ -78,5 +78,5 @@ def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = 
 
 def load_trainers() -> dict[str, Callable]:
     """Every trainer (they register themselves on import; imported here, late, to keep imports acyclic)."""
-    from . import preprocess_stage, sequence_stage, torch_stages  # noqa: F401
+    from . import ensemble_stage, preprocess_stage, sequence_stage, torch_stages  # noqa: F401
     return TRAINERS
