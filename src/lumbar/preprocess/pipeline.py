@@ -16,7 +16,7 @@ from ..data.catalog import Study
 from ..data.dicom import Volume
 from ..data.volumes import DECODE_VERSION, normalise, study_volumes
 from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points, three_slices
-from .slice_select import FEATURE_VERSION, N_CLASSES, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
+from .slice_select import FEATURE_VERSION, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
 
 PREPROCESS_VERSION = 1
 
@@ -28,9 +28,29 @@ class PreprocessConfig:
     margin: float = 0.04
 
 
-def cache_version(cfg: PreprocessConfig | None = None) -> str:
+def cache_version() -> str:
     """The cache folder name: decode, feature and preprocessing versions (crops add their own keys)."""
     return f"v{DECODE_VERSION}.{FEATURE_VERSION}.{PREPROCESS_VERSION}"
+
+
+def read_preprocess_config(run) -> PreprocessConfig:
+    """The crop geometry `train --model crops` used in a run (its config.json)."""
+    import json
+    from pathlib import Path
+
+    path = Path(run) / "crops" / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no crops in this run; run `python -m lumbar train --model crops` first")
+    d = json.loads(path.read_text())
+    return PreprocessConfig(sag_size=d["sag_size"], axial_size=d["axial_size"], margin=d["margin"])
+
+
+def _reference_extent(by_type: dict[str, list]) -> tuple[float, float] | None:
+    """The sagittal field of view (T2, else T1) that places axial slices along the spine."""
+    ref = (by_type.get(schema.SAG_T2) or by_type.get(schema.SAG_T1) or [None])[0]
+    if ref is None:
+        return None
+    return sagittal_extent(ref.volume if isinstance(ref, SeriesFeatures) else ref[1])
 
 
 @dataclass
@@ -44,8 +64,7 @@ def study_features(study: Study, cache: StudyCache | None,
                    volumes: dict[str, list[tuple[int, Volume]]] | None = None) -> dict[str, list[SeriesFeatures]]:
     """Series type -> per-series slice features (cached), computed on the study's decoded volumes."""
     vols = volumes if volumes is not None else study_volumes(study, cache)
-    ref = (vols.get(schema.SAG_T2) or vols.get(schema.SAG_T1) or [None])[0]
-    extent = sagittal_extent(ref[1]) if ref is not None else None
+    extent = _reference_extent(vols)
     out: dict[str, list[SeriesFeatures]] = {}
     for stype, items in vols.items():
         for sid, v in items:
@@ -72,8 +91,7 @@ def select(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | Non
            naive: bool = False) -> Selection:
     """For each crop, the (series, slice) where its class is most probable across the study's series
     of that type. With naive=True, the naive rule instead; with no fitted selector, naive too."""
-    ref = (feats.get(schema.SAG_T2) or feats.get(schema.SAG_T1) or [None])[0]
-    extent = sagittal_extent(ref.volume) if ref is not None else None
+    extent = _reference_extent(feats)
     best: dict[str, tuple[float, int, int]] = {}
     for stype, items in feats.items():
         for sf in items:
@@ -124,18 +142,21 @@ def true_selection(study: Study, feats: dict[str, list[SeriesFeatures]]) -> Sele
     return out
 
 
-def _points_for(study: Study, name: str, series_id: int) -> np.ndarray:
-    """The crop's labelled points [K, 2] in the series' pixels (NaN where unlabelled or another series)."""
+def _labels_for(study: Study, name: str, series_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The crop's labelled points [K, 2] in the series' pixels (NaN where unlabelled or in another
+    series) and their instance numbers [K] (-1 where unlabelled)."""
     cols = CROPS[name][2]
     pts = np.full((len(cols), 2), np.nan)
+    inst = np.full(len(cols), -1, np.int64)
     if not len(study.coords):
-        return pts
+        return pts, inst
     rows = study.coords[study.coords["series_id"] == series_id]
     for r in rows.itertuples(index=False):
         j = schema.label_index(schema.condition_slug(r.condition), schema.level_slug(r.level))
         if j in cols:
             pts[cols.index(j)] = (float(r.x), float(r.y))
-    return pts
+            inst[cols.index(j)] = int(r.instance_number)
+    return pts, inst
 
 
 def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selection: Selection,
@@ -168,7 +189,8 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
         size = cfg.sag_size if i < 3 else cfg.axial_size
         box, from_image[i] = regions.box(name, px[idx])
         img = crop_resize(px[three_slices(len(px), idx)], box, size)
-        pts = map_points(_points_for(study, name, sid), box, size).astype(np.float32)
+        raw_pts, labelled = _labels_for(study, name, sid)
+        pts = map_points(raw_pts, box, size).astype(np.float32)
         if i < 3:
             sag[i], sag_pts[i] = img, pts
         else:
@@ -176,13 +198,8 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
         present[i], boxes[i], series[i], slices[i] = True, box, sid, idx
         instances[i] = v.instance_numbers[idx]
         mm_per_px[i] = float(v.pixel_spacing[0]) * (box[2] - box[0]) / size
-        if len(study.coords):
-            rows = study.coords[(study.coords["series_id"] == sid)
-                                & study.coords["condition"].isin([schema.condition_name(schema.LABEL_COLUMNS[j][:-6]) for j in CROPS[name][2]])]
-            if name.startswith("axial"):
-                rows = rows[rows["level"] == schema.LEVEL_NAMES[i - 3]]
-            if len(rows):
-                true_instances[i] = int(rows["instance_number"].mode().iloc[0])
+        if (labelled >= 0).any():  # the instance most of its labelled points sit on
+            true_instances[i] = int(np.bincount(labelled[labelled >= 0]).argmax())
     return {"sag_image": sag, "axial_image": axial, "sag_points": sag_pts, "axial_points": ax_pts,
             "present": present, "boxes": boxes, "series_id": series, "slice": slices, "instance": instances,
             "true_instance": true_instances, "from_image": from_image, "mm_per_px": mm_per_px}
@@ -220,10 +237,6 @@ def preprocess_study(study: Study, selector: SliceSelector | None, selector_id: 
     return study_crops(study, arrays_to_selection(sel_arrays), regions, cfg, cache)
 
 
-__all__ = ["PreprocessConfig", "study_features", "training_rows", "select", "true_selection", "build_crops",
-           "study_crops", "preprocess_study", "cache_version", "N_CLASSES"]
-
-
 def folder_fingerprint(folder) -> str:
     """sha1 over a folder's files (names and bytes): names cache entries after what produced them."""
     import hashlib
@@ -240,7 +253,6 @@ def folder_fingerprint(folder) -> str:
 def load_stage_one(run):
     """(selector, selector id, crop regions, preprocess config) saved by `train --model slice_select`
     and `train --model crops` in a run directory; clear errors when a stage has not been trained."""
-    import json
     from pathlib import Path
 
     run = Path(run)
@@ -250,6 +262,4 @@ def load_stage_one(run):
     regions_path = run / "crops" / "regions.json"
     if not regions_path.exists():
         raise FileNotFoundError(f"{regions_path}: no crop regions; run `python -m lumbar train --model crops` first")
-    cfg_data = json.loads((run / "crops" / "config.json").read_text())
-    cfg = PreprocessConfig(**{k: cfg_data[k] for k in ("sag_size", "axial_size", "margin")})
-    return SliceSelector.load(model), folder_fingerprint(model), CropRegions.load(regions_path), cfg
+    return SliceSelector.load(model), folder_fingerprint(model), CropRegions.load(regions_path), read_preprocess_config(run)

@@ -15,8 +15,9 @@ from ..data.cache import StudyCache
 from ..data.catalog import load_studies
 from ..data.volumes import normalise, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions
-from ..preprocess.pipeline import (PreprocessConfig, Selection, _points_for, cache_version, select, study_crops,
-                                   study_features, training_rows, true_selection, labelled_slices)
+from ..preprocess.pipeline import (PreprocessConfig, Selection, _labels_for, cache_version, labelled_slices,
+                                   read_preprocess_config, select, study_crops, study_features, training_rows,
+                                   true_selection)
 from ..preprocess.slice_select import MEMBERS, SliceSelector
 from .runner import RunConfig, register, run_folds
 
@@ -151,7 +152,7 @@ def region_samples(study, cache) -> list:
     out = []
     for name, (sid, idx) in truth.items():
         px = normalise(by_id[sid].pixels[idx:idx + 1])[0]
-        out.append((name, px, _points_for(study, name, sid)))
+        out.append((name, px, _labels_for(study, name, sid)[0]))
     return out
 
 
@@ -227,11 +228,7 @@ def load_crop_entries(data, run, rc: RunConfig, cache_dir: str, cfg: PreprocessC
     """(studies, crop entries) of every training study: each built from its held-out slice selection
     and its fold's crop regions, exactly as `train --model crops` cached them."""
     if cfg is None:
-        saved = Path(run) / CROPS_DIR / "config.json"
-        if not saved.exists():
-            raise FileNotFoundError(f"{saved}: no crops in this run; run `train --model crops` first")
-        d = json.loads(saved.read_text())
-        cfg = PreprocessConfig(sag_size=d["sag_size"], axial_size=d["axial_size"], margin=d["margin"])
+        cfg = read_preprocess_config(run)
     oof_sel = read_oof_selection(run)
     studies, cache = load_train(data, run, rc, cache_dir)
     regions = {k: CropRegions.load(Path(run) / CROPS_DIR / f"regions_fold{k}.json") for k in range(rc.n_folds)}
