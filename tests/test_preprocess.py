@@ -177,3 +177,13 @@ def test_show_figure(stage_one, synth_dir, tmp_path):
                  "--cache", str(cache)]) == 0
     assert out.stat().st_size > 10_000
     assert main(["show", "--data", str(synth_dir), "--study", "12345", "--out", str(out), "--run", str(run)]) == 2
+
+
+def test_show_finds_a_test_study_in_a_folder_without_train_csv(stage_one, synth_copy, tmp_path):
+    run, cache, _ = stage_one
+    (synth_copy / "train.csv").unlink()
+    study = load_studies(synth_copy, "test")[0].study_id
+    out = tmp_path / "test_study.png"
+    assert main(["show", "--data", str(synth_copy), "--study", str(study), "--out", str(out), "--run", str(run),
+                 "--cache", str(cache)]) == 0
+    assert out.stat().st_size > 10_000

@@ -68,7 +68,7 @@ def _cmd_score(a) -> int:
 
 def _cmd_show(a) -> int:
     from .data.cache import StudyCache
-    from .data.catalog import load_studies
+    from .data.catalog import CatalogError, load_studies
     from .data.volumes import study_volumes
     from .plots import show_study
     from .preprocess.pipeline import cache_version, load_stage_one, preprocess_study
@@ -77,7 +77,7 @@ def _cmd_show(a) -> int:
     for split in ("train", "test"):
         try:
             study = next((s for s in load_studies(a.data, split) if s.study_id == a.study), None)
-        except FileNotFoundError:
+        except CatalogError:  # a folder may hold only one split (a Kaggle test mount has no train.csv)
             continue
         if study is not None:
             break
