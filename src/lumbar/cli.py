@@ -1,4 +1,4 @@
-"""`python -m lumbar <command>`: synth · validate · train · score · show · bench."""
+"""`python -m lumbar <command>`: synth · validate · train · export · predict · score · show · bench."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,26 @@ def _cmd_train(a) -> int:
     overrides = (config_file_overrides(a.config) if a.config else []) + a.overrides
     result = train(a.model, a.data, a.run, RunConfig(n_folds=a.folds, seed=a.seed), overrides)
     print(f"train {a.model}: done in {time.time() - t:.0f}s; " + ", ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+def _cmd_export(a) -> int:
+    from .infer.weights import export_weights
+    m = export_weights(a.run, a.data, a.out)
+    models = ", ".join(f"{k} ({v['folds']} folds, OOF {v['oof_score']})" for k, v in m["models"].items()) or "prior only"
+    print(f"export: {len(m['artefacts'])} files to {a.out} with manifest.json; models: {models}")
+    return 0
+
+
+def _cmd_predict(a) -> int:
+    from .infer.engine import DEFAULT_BUDGET_S, PredictConfig, predict
+    cfg = PredictConfig(batch_size=a.batch_size, workers=a.workers, device=a.device,
+                        time_budget=a.time_budget if a.time_budget is not None else DEFAULT_BUDGET_S,
+                        cache_dir=a.cache or "")
+    res = predict(a.data, a.weights, a.out, cfg)
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in res["timings"].items())
+    print(f"predict: {res['predicted']}/{res['studies']} studies in {res['seconds']:.1f}s on {res['device']} "
+          f"({stages}); {res['failed']} with errors; wrote {a.out}")
     return 0
 
 
@@ -129,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None, help="JSON file of config values (e.g. configs/multitask_gpu.json)")
     t.add_argument("overrides", nargs="*", help="config overrides, key=value")
     t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("export", help="copy a run's inference artefacts to a weights folder with manifest.json")
+    e.add_argument("--run", "--run-dir", dest="run", default="runs/default")
+    e.add_argument("--data", default="data/synthetic")
+    e.add_argument("--out", default="weights")
+    e.set_defaults(fn=_cmd_export)
+
+    pr = sub.add_parser("predict", help="submission.csv for a folder's test studies from a weights folder")
+    pr.add_argument("--data", default="data/synthetic")
+    pr.add_argument("--weights", default="weights")
+    pr.add_argument("--out", default="submission.csv")
+    pr.add_argument("--time-budget", type=float, default=None, help="seconds (default: 8 hours)")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding studies")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--cache", default=None, help="per-study cache folder (default: a temporary one)")
+    pr.set_defaults(fn=_cmd_predict)
 
     c = sub.add_parser("score", help="OOF score of every model of a run, per condition group")
     c.add_argument("--data", default="data/synthetic")

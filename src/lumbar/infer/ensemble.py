@@ -73,6 +73,23 @@ class Ensemble:
             out[:, cols] = _blend(stack[:, :, cols], np.asarray(self.weights[g]), self.temperature.get(g, 1.0))
         return out.astype(np.float32)
 
+    def apply_available(self, probs: dict[str, np.ndarray]) -> np.ndarray:
+        """Like apply, for the members that predicted (a failed study, a model dropped for time): each
+        group's weights renormalised over them; equal weights if all their weight was on the absent."""
+        present = [m for m in self.models if m in probs]
+        if not present:
+            raise KeyError(f"ensemble needs predictions of at least one of {self.models}")
+        if len(present) == len(self.models):
+            return self.apply(probs)
+        idx = [self.models.index(m) for m in present]
+        stack = np.stack([np.asarray(probs[m], np.float64) for m in present])
+        out = np.zeros(stack.shape[1:], np.float64)
+        for g, cols in GROUP_COLUMNS.items():
+            w = np.asarray(self.weights[g])[idx]
+            w = w / w.sum() if w.sum() > 1e-9 else np.full(len(idx), 1.0 / len(idx))
+            out[:, cols] = _blend(stack[:, :, cols], w, self.temperature.get(g, 1.0))
+        return out.astype(np.float32)
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,6 +42,14 @@ for _c in schema.CONDITIONS:
             COLUMN_SOURCE.append(("axial", _k, 1))
 # Index of each column's crop in CROP_NAMES order (3 sagittal, then 5 axial), for the presence mask.
 COLUMN_CROP = [i if g == "sag" else 3 + i for g, i, _ in COLUMN_SOURCE]
+
+
+def fill_missing(probs: np.ndarray, present: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Columns whose crop is missing (no series of that type) take the prior."""
+    out = probs.copy()
+    missing = ~present[:, COLUMN_CROP]  # [n, 25]
+    out[missing] = np.broadcast_to(prior, out.shape)[missing]
+    return out
 
 
 @dataclass

@@ -30,6 +30,11 @@ class FramesConfig:
     sag_box: float = 0.7  # sagittal box side, fraction of the image
     axial_box: float = 0.55
 
+    @classmethod
+    def of_model(cls, cfg) -> "FramesConfig":
+        """The frames a sequence-model config (n_frames, frame_size, pick) reads."""
+        return cls(n_frames=cfg.n_frames, size=cfg.frame_size, pick=cfg.pick)
+
 
 def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray, np.ndarray, Volume]:
     """(normalised pixels [n, h, w] ordered along the normal, positions [n], reference volume)."""

@@ -24,10 +24,6 @@ from .loop import is_main
 SEQ_DIR = "sequence"
 
 
-def frames_config(cfg: SequenceConfig) -> FramesConfig:
-    return FramesConfig(n_frames=cfg.n_frames, size=cfg.frame_size, pick=cfg.pick)
-
-
 class FramesDataset(Dataset):
     """One study per item: frames [3, N, S, S], mask [3], positions [3, N], labels [25].
     Augmentation: intensity gain/gamma and a small shift of each series' frames (no flips: a
@@ -59,7 +55,7 @@ class FramesDataset(Dataset):
 def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(SequenceConfig(), overrides)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
-    fcfg = frames_config(cfg)
+    fcfg = FramesConfig.of_model(cfg)
     entries = [study_frames(st, fcfg, cache) for st in tqdm(studies, desc="frames")]
     ids = np.array([s.study_id for s in studies])
     y = np.stack([s.labels for s in studies])

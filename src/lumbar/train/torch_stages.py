@@ -11,7 +11,7 @@ import torch
 from .. import config as cfgmod
 from ..data.cache import config_hash
 from ..metric import probs_to_submission, score, solution_frame
-from ..models.multitask import COLUMN_CROP, MultitaskConfig
+from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.prior import fit_prior
 from ..models.registry import create_model
 from ..models.superres import SuperResConfig, downscale, psnr
@@ -90,14 +90,6 @@ def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfgmod.save(cfg, out / "config.json")
     print(f"superres: held-out PSNR network {net_psnr:.2f} dB vs bicubic {bicubic:.2f} dB ({net_psnr - bicubic:+.2f} dB)")
     return report
-
-
-def fill_missing(probs: np.ndarray, present: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """Columns whose crop is missing (no series of that type) take the fold's prior."""
-    out = probs.copy()
-    missing = ~present[:, COLUMN_CROP]  # [n, 25]
-    out[missing] = np.broadcast_to(prior, out.shape)[missing]
-    return out
 
 
 def keypoint_errors(model, dataset, entries, device) -> tuple[np.ndarray, np.ndarray]:
