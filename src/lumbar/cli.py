@@ -56,7 +56,7 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_export(a) -> int:
-    from .infer.weights import export_weights
+    from .train.export import export_weights
     m = export_weights(a.run, a.data, a.out)
     models = ", ".join(f"{k} ({v['folds']} folds, OOF {v['oof_score']})" for k, v in m["models"].items()) or "prior only"
     print(f"export: {len(m['artefacts'])} files to {a.out} with manifest.json; models: {models}")

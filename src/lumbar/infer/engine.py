@@ -258,7 +258,7 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
 
 def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device, start, probs, timings, failures,
          row_ids, out) -> int:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     def over_budget() -> bool:
         left = len(studies) - done

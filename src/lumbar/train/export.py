@@ -1,0 +1,148 @@
+"""`python -m lumbar export` (the last step of `make train`): a run's inference artefacts into weights/.
+
+The folder is also a Kaggle dataset (dataset-metadata.json): `kaggle datasets version -p weights -r zip`
+uploads it. Every file is written through a temporary name, the manifest last, so a killed export
+leaves either the old manifest (whose sha256 checks then refuse the new files) or a complete new one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from ..infer.weights import MANIFEST, MANIFEST_VERSION, WeightsError, sha256
+
+TORCH_MODELS = ("multitask", "sequence")
+
+
+def library_versions() -> dict[str, str]:
+    import importlib
+
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "pandas", "torch", "timm", "sklearn", "xgboost", "pydicom", "skimage"):
+        try:
+            out[name] = str(importlib.import_module(name).__version__)
+        except Exception:  # a missing library is worth recording, not failing over
+            out[name] = "missing"
+    return out
+
+
+def data_fingerprint(data: str | Path) -> str:
+    """sha1 over the training CSVs (labels, series, coordinates): which data the weights learned from."""
+    from ..data.catalog import find_root
+
+    root = find_root(data)
+    h = hashlib.sha1()
+    for name in ("train.csv", "train_series_descriptions.csv", "train_label_coordinates.csv"):
+        p = root / name
+        if p.exists():
+            h.update(name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _write_json(obj, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, dst)
+
+
+def _report(run: Path, model: str) -> dict:
+    p = run / model / "report.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights",
+                   dataset_id: str | None = None) -> dict:
+    """Copy a trained run's inference artefacts into `out` with manifest.json and dataset-metadata.json.
+    Models that were not trained are left out (inference then uses what is there); the prior is required."""
+    import torch
+
+    run, out = Path(run), Path(out)
+    prior = run / "prior" / "all.json"
+    if not prior.exists():
+        raise WeightsError(f"{prior}: no prior in this run; run `make train` (or `python -m lumbar train --model prior`) first")
+    for old in _listed(out):  # files of an earlier export that this one may not rewrite
+        (out / old).unlink(missing_ok=True)
+    entries: list[dict] = []
+
+    def add(src: Path, rel: str, kind: str, fold: int | None = None, config: dict | None = None,
+            cv_score: float | None = None) -> None:
+        _copy(src, out / rel)
+        entries.append({"path": rel, "sha256": sha256(out / rel), "kind": kind, "fold": fold,
+                        "config": config, "cv_score": cv_score})
+
+    add(prior, "prior.json", "prior", cv_score=_oof_score(run, "prior", data))
+    sel = run / "slice_select" / "model"
+    if (sel / "selector.json").exists():
+        for f in sorted(sel.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                add(f, f"slice_select/{f.name}", "slice_select")
+        add(run / "crops" / "regions.json", "crops/regions.json", "crops")
+        add(run / "crops" / "config.json", "crops/config.json", "crops")
+    models = {}
+    for name in TORCH_MODELS:
+        cfg_path = run / name / "config.json"
+        folds = sorted((run / name).glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]))
+        if not cfg_path.exists() or not folds:
+            continue
+        report = _report(run, name)
+        config = json.loads(cfg_path.read_text())
+        fold_scores = report.get("fold_scores", [])
+        for p in folds:
+            k = int(p.parent.name[4:])
+            state = torch.load(p, map_location="cpu", weights_only=True)["model"]
+            tmp = out / name / f".fold{k}.pt.tmp"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, tmp)  # weights only: no optimiser, loadable with weights_only=True
+            os.replace(tmp, out / name / f"fold{k}.pt")
+            entries.append({"path": f"{name}/fold{k}.pt", "sha256": sha256(out / name / f"fold{k}.pt"), "kind": name,
+                            "fold": k, "config": config,
+                            "cv_score": fold_scores[k] if k < len(fold_scores) else None})
+        models[name] = {"folds": len(folds), "oof_score": report.get("oof_score"), "config": config}
+    ens = run / "ensemble" / "ensemble.json"
+    if ens.exists():
+        rep = _report(run, "ensemble")
+        add(ens, "ensemble.json", "ensemble", cv_score=rep.get("ensemble_nested_oof"))
+    manifest = {"format": MANIFEST_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "data_fingerprint": data_fingerprint(data), "libraries": library_versions(),
+                "models": models, "artefacts": entries}
+    _write_json(manifest, out / MANIFEST)
+    user = os.environ.get("KAGGLE_USERNAME", "YOUR_KAGGLE_USERNAME")
+    _write_json({"title": "lumbar-weights", "id": dataset_id or f"{user}/lumbar-weights",
+                 "licenses": [{"name": "CC0-1.0"}]}, out / "dataset-metadata.json")
+    return manifest
+
+
+def _oof_score(run: Path, model: str, data) -> float | None:
+    """A model's OOF score from its OOF file (the prior has no report)."""
+    try:
+        from ..data.catalog import read_labels
+        from ..metric import labels_to_array, probs_to_submission, score, solution_frame
+        from ..train.oof import read_oof
+
+        labels = read_labels(data)
+        ids = labels["study_id"].astype(int).to_numpy()
+        p = read_oof(run, model, ids)
+        return round(score(solution_frame(ids, labels_to_array(labels)), probs_to_submission(ids, p)), 4)
+    except Exception:
+        return None
+
+
+def _listed(folder: Path) -> list[str]:
+    try:
+        return [a["path"] for a in json.loads((folder / MANIFEST).read_text())["artefacts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
