@@ -42,3 +42,28 @@ def stage_one(synth_dir, tmp_path_factory):
         train("slice_select", synth_dir, run, rc, [f"cache_dir={cache}", "members=rf,xgb", "workers=1"])
         result = train("crops", synth_dir, run, rc, [f"cache_dir={cache}", "sag_size=64", "axial_size=48"])
     return run, cache, result
+
+
+TINY_MULTITASK = ["epochs=1", "kp_input=48", "patch_sag=16", "patch_axial=16", "patch_input=32", "batch_size=4"]
+TINY_SEQUENCE = ["epochs=1", "n_frames=4", "frame_size=32", "d_model=32", "layers=1", "heads=2", "batch_size=4"]
+
+
+@pytest.fixture(scope="session")
+def trained_weights(synth_dir, stage_one, tmp_path_factory):
+    """Every stage trained (tiny configs) on the small folder and exported: a weights folder for inference."""
+    from lumbar.train.export import export_weights
+    from lumbar.train.runner import RunConfig, train
+
+    src_run, cache, _ = stage_one
+    run = tmp_path_factory.mktemp("full") / "run"
+    shutil.copytree(src_run, run)
+    rc = RunConfig(n_folds=2, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train("prior", synth_dir, run, rc, [])
+        train("multitask", synth_dir, run, rc, [f"cache_dir={cache}", *TINY_MULTITASK])
+        train("sequence", synth_dir, run, rc, [f"cache_dir={cache}", *TINY_SEQUENCE])
+        train("ensemble", synth_dir, run, rc, [])
+    weights = run.parent / "weights"
+    export_weights(run, synth_dir, weights)
+    return weights

@@ -1,0 +1,201 @@
+"""Inference: predict on clean and damaged test folders, the time budget, the manifest's checks, the kernel."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lumbar import schema
+from lumbar.infer.engine import PredictConfig, predict
+from lumbar.infer.weights import Weights, WeightsError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(data, weights, out, **kw) -> dict:
+    kw.setdefault("workers", 0)
+    return predict(data, weights, out, PredictConfig(**kw))
+
+
+def assert_complete(sub_path: Path, data: Path) -> pd.DataFrame:
+    """Every row id of sample_submission.csv, rows summing to 1, no NaN."""
+    sub = pd.read_csv(sub_path)
+    sample = pd.read_csv(data / "sample_submission.csv")
+    assert set(sample["row_id"]) <= set(sub["row_id"])
+    assert sub["row_id"].is_unique
+    probs = sub[list(schema.PROB_COLUMNS)].to_numpy()
+    assert np.isfinite(probs).all()
+    assert (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    return sub
+
+
+def test_weights_manifest_lists_every_file_with_its_hash(trained_weights):
+    man = json.loads((trained_weights / "manifest.json").read_text())
+    kinds = {a["kind"] for a in man["artefacts"]}
+    assert {"prior", "slice_select", "crops", "multitask", "sequence", "ensemble"} <= kinds
+    assert {a["fold"] for a in man["artefacts"] if a["kind"] == "multitask"} == {0, 1}
+    for key in ("data_fingerprint", "libraries", "models", "created"):
+        assert man[key]
+    assert man["libraries"]["torch"] != "missing"
+    meta = json.loads((trained_weights / "dataset-metadata.json").read_text())
+    assert meta["id"].endswith("/lumbar-weights")
+    Weights(trained_weights).check_all()
+
+
+def test_predict_uses_the_models_and_is_complete(trained_weights, synth_dir, tmp_path):
+    res = _run(synth_dir, trained_weights, tmp_path / "sub.csv")
+    sub = assert_complete(tmp_path / "sub.csv", synth_dir)
+    assert res["predicted"] == res["studies"] == 3 and res["failed"] == 0
+    assert set(res["active"]) == {"multitask", "sequence"}
+    prior = json.loads((trained_weights / "prior.json").read_text())["probs"]
+    # The models moved the prediction away from the prior (a fallback-only engine would not).
+    first = sub.iloc[:25][list(schema.PROB_COLUMNS)].to_numpy()
+    assert np.abs(first - np.asarray(prior)).max() > 1e-4
+
+
+def test_sha_mismatch_is_refused(trained_weights, synth_dir, tmp_path):
+    w = tmp_path / "w"
+    shutil.copytree(trained_weights, w)
+    with open(w / "multitask" / "fold1.pt", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(WeightsError, match=r"fold1\.pt: sha256 .* differs from manifest\.json"):
+        _run(synth_dir, w, tmp_path / "sub.csv")
+    # The priors were written before the models were loaded: the submission is still valid.
+    assert_complete(tmp_path / "sub.csv", synth_dir)
+
+
+def test_time_budget_of_one_second_still_completes(trained_weights, synth_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lumbar", "predict", "--data", str(synth_dir), "--weights",
+                        str(trained_weights), "--out", str(tmp_path / "sub.csv"), "--time-budget", "1",
+                        "--batch-size", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert_complete(tmp_path / "sub.csv", synth_dir)
+    # A budget already spent when the first batch is done: folds, then models, then studies are dropped.
+    res = _run(synth_dir, trained_weights, tmp_path / "sub2.csv", time_budget=1e-3, batch_size=1)
+    assert_complete(tmp_path / "sub2.csv", synth_dir)
+    assert res["predicted"] < res["studies"]
+    assert any("budget" in line for line in res["log"])
+
+
+def test_budget_drops_folds_before_models(trained_weights, synth_dir, tmp_path):
+    from lumbar.infer.engine import Bundle, Plan
+    import torch
+
+    plan = Plan(Bundle(trained_weights, torch.device("cpu")))
+    steps = []
+    while (what := plan.drop_one()) is not None:
+        steps.append(what)
+    assert [s.split()[1] for s in steps[:2]] == ["fold", "fold"]
+    assert steps[2].startswith("dropped model") and steps[3].startswith("dropped model")
+    assert len(steps) == 4 and not plan.models()
+
+
+def _test_folder(synth_copy: Path) -> tuple[pd.DataFrame, list[int]]:
+    series = pd.read_csv(synth_copy / "test_series_descriptions.csv")
+    return series, list(dict.fromkeys(series["study_id"]))
+
+
+def damage_no_axial(root: Path):
+    series, ids = _test_folder(root)
+    drop = series[(series.study_id == ids[0]) & (series.series_description == schema.AXIAL)]
+    for r in drop.itertuples():
+        shutil.rmtree(root / "test_images" / str(r.study_id) / str(r.series_id))
+    series.drop(drop.index).to_csv(root / "test_series_descriptions.csv", index=False)
+
+
+def damage_only_corrupt_dicom(root: Path):
+    series, ids = _test_folder(root)
+    study = ids[1]
+    keep = series[series.study_id == study].iloc[0]
+    for r in series[series.study_id == study].itertuples():
+        shutil.rmtree(root / "test_images" / str(study) / str(r.series_id))
+    folder = root / "test_images" / str(study) / str(keep.series_id)
+    folder.mkdir(parents=True)
+    (folder / "1.dcm").write_bytes(b"DICM" + b"\x00garbage" * 50)
+    series[(series.study_id != study) | (series.series_id == keep.series_id)].to_csv(
+        root / "test_series_descriptions.csv", index=False)
+
+
+def damage_unknown_description(root: Path):
+    series, ids = _test_folder(root)
+    r = series[series.study_id == ids[2]].iloc[0]
+    src = root / "test_images" / str(r.study_id) / str(r.series_id)
+    shutil.copytree(src, src.parent / "999")
+    extra = pd.DataFrame([{"study_id": r.study_id, "series_id": 999, "series_description": "Sagittal PD"}])
+    pd.concat([series, extra]).to_csv(root / "test_series_descriptions.csv", index=False)
+
+
+def damage_empty_test_folder(root: Path):
+    shutil.rmtree(root / "test_images")
+    (root / "test_images").mkdir()
+    pd.DataFrame(columns=["study_id", "series_id", "series_description"]).to_csv(
+        root / "test_series_descriptions.csv", index=False)
+
+
+def damage_one_slice_series(root: Path):
+    series, ids = _test_folder(root)
+    for r in series[series.study_id == ids[0]].itertuples():
+        files = sorted((root / "test_images" / str(r.study_id) / str(r.series_id)).glob("*.dcm"))
+        for f in files[1:]:
+            f.unlink()
+
+
+@pytest.mark.parametrize("damage", [damage_no_axial, damage_only_corrupt_dicom, damage_unknown_description,
+                                    damage_empty_test_folder, damage_one_slice_series], ids=lambda f: f.__name__[7:])
+def test_bad_input_still_gives_a_complete_submission(damage, trained_weights, synth_copy, tmp_path):
+    damage(synth_copy)
+    res = _run(synth_copy, trained_weights, tmp_path / "sub.csv")
+    assert_complete(tmp_path / "sub.csv", synth_copy)
+    if damage is damage_no_axial:  # no axial series: all 25 columns still predicted by the models
+        assert res["failed"] == 0 and res["predicted"] == 3
+    if damage is damage_only_corrupt_dicom:
+        assert len(res["failures"]) == 1
+
+
+def test_kernel_without_weights_says_what_to_run(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "build_kernel.py"), "--weights", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "k")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "make train" in r.stderr and "make demo" in r.stderr
+
+
+@pytest.mark.slow
+def test_kernel_offline_matches_predict(trained_weights, synth_dir, tmp_path):
+    """The built notebook, executed headlessly with no network and without src/ on the path, against the
+    test folder laid out as Kaggle mounts it, writes what `python -m lumbar predict` writes."""
+    from lumbar.kaggle import kaggle_layout, offline_prefix, run_notebook
+
+    if not offline_prefix():
+        pytest.skip("no `unshare -rn` on this machine to cut the network")
+    r = subprocess.run([sys.executable, str(ROOT / "build_kernel.py"), "--weights", str(trained_weights),
+                        "--out", str(tmp_path / "kernel")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "kernel" / "kernel-metadata.json").read_text())
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["competition_sources"] == ["rsna-2024-lumbar-spine-degenerative-classification"]
+    nb = json.loads((tmp_path / "kernel" / "lumbar-inference.ipynb").read_text())
+    written = {c["source"][0].split("/", 1)[1].strip() for c in nb["cells"]
+               if c["cell_type"] == "code" and c["source"] and c["source"][0].startswith("%%writefile")}
+    assert "lumbar/infer/engine.py" in written and "lumbar/cli.py" not in written
+    for rel in written:  # byte for byte the package's source
+        cell = next(c for c in nb["cells"] if c["source"] and c["source"][0].startswith(f"%%writefile {{SRC}}/{rel}"))
+        assert "".join(cell["source"][1:]) == (ROOT / "src" / rel).read_text()
+
+    inp, working = kaggle_layout(synth_dir, trained_weights, tmp_path / "kaggle")
+    res = run_notebook(tmp_path / "kernel" / "lumbar-inference.ipynb", inp, working, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    executed = (working / "executed.ipynb").read_text()
+    assert "lumbar_src/lumbar" in executed  # imported its own written copy
+    assert not (working / "lumbar_src").exists()
+    cli = subprocess.run([sys.executable, "-m", "lumbar", "predict", "--data", str(synth_dir), "--weights",
+                          str(trained_weights), "--out", str(tmp_path / "cli.csv")], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    a = assert_complete(working / "submission.csv", synth_dir).set_index("row_id").sort_index()
+    b = pd.read_csv(tmp_path / "cli.csv").set_index("row_id").sort_index()
+    assert list(a.index) == list(b.index)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), atol=1e-5)
