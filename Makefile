@@ -1,4 +1,4 @@
-# lumbar: make setup · test · data · train · local-score · (demo · kernel · bench: later issues)
+# lumbar: make setup · test · data · train · local-score · predict · kernel · demo · bench
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ TEST_STUDIES ?= 20
 SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast data train train-stage-one local-score validate bench show clean
+.PHONY: demo setup test test-fast data train export predict kernel train-stage-one local-score validate bench show clean
 
 setup: $(VENV)/.installed
 
@@ -42,23 +42,45 @@ endif
 validate: setup
 	$(PY) -m lumbar validate $(DATA)
 
+WEIGHTS ?= weights
+KERNEL ?= kernel
+SUBMISSION ?= submission.csv
+
+# Every stage (MODEL=all), then the run's artefacts into $(WEIGHTS) with manifest.json.
+# More GPUs: torchrun --nproc_per_node=N -m lumbar train --model multitask --run-dir $(RUN) ...
 train: data
 	$(PY) -m lumbar train --model $(MODEL) --data $(DATA) --run $(RUN) $(ARGS)
+	$(PY) -m lumbar export --run $(RUN) --data $(DATA) --out $(WEIGHTS)
+
+export: setup
+	$(PY) -m lumbar export --run $(RUN) --data $(DATA) --out $(WEIGHTS)
+
+predict: setup
+	$(PY) -m lumbar predict --data $(DATA) --weights $(WEIGHTS) --out $(SUBMISSION) $(ARGS)
+
+# One offline notebook + kernel-metadata.json in $(KERNEL)/; upload: kaggle kernels push -p $(KERNEL)
+kernel: setup
+	$(PY) build_kernel.py --weights $(WEIGHTS) --out $(KERNEL)
 
 # The multitask model's stage one: slice selector, then crops (both write into $(RUN)).
 train-stage-one: data
 	$(PY) -m lumbar train --model slice_select --data $(DATA) --run $(RUN)
 	$(PY) -m lumbar train --model crops --data $(DATA) --run $(RUN)
 
+# The newcomer's first hour: every stage on the synthetic folder (reusing what is built), the kernel run offline.
+demo: data
+	$(PY) -m lumbar demo --data $(DATA) --run $(RUN) --weights $(WEIGHTS) --kernel $(KERNEL)
+	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports reports --cache cache >/dev/null
+
 STUDY ?=
 show: setup
 	$(PY) -m lumbar show --data $(DATA) --run $(RUN) --study $(STUDY) --out reports/show_$(STUDY).png
 
 bench: setup
-	$(PY) -m lumbar bench --data $(DATA) --run $(RUN) --out reports/bench.md
+	$(PY) -m lumbar bench --data $(DATA) --run $(RUN) --weights $(WEIGHTS) --out reports/bench.md
 
 local-score: setup
-	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --out reports/score.md
+	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports reports --cache cache
 
 clean:
 	rm -rf $(RUN) reports

@@ -75,6 +75,12 @@ def _cmd_predict(a) -> int:
     return 0
 
 
+def _cmd_demo(a) -> int:
+    from .demo import run_demo
+    run_demo(a.data, a.run, a.weights, a.kernel, a.cache)
+    return 0
+
+
 def _cmd_score(a) -> int:
     from .scoring import format_table, local_score
     table = local_score(a.data, a.run)
@@ -83,6 +89,10 @@ def _cmd_score(a) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text + "\n")
+    if a.reports:
+        from .reports import write_reports
+        paths = write_reports(a.data, a.run, a.reports, a.cache)
+        print(f"score: {len(paths)} reports in {a.reports}/: " + ", ".join(p.name for p in paths))
     return 0
 
 
@@ -113,7 +123,7 @@ def _cmd_show(a) -> int:
 
 def _cmd_bench(a) -> int:
     from .bench import run_bench
-    text = "\n".join(run_bench(a.data, a.run, a.studies))
+    text = "\n".join(run_bench(a.data, a.run, a.studies, a.weights, a.device))
     print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -167,10 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--cache", default=None, help="per-study cache folder (default: a temporary one)")
     pr.set_defaults(fn=_cmd_predict)
 
+    dm = sub.add_parser("demo", help="train every stage (reusing what is built), export, build and run the kernel")
+    dm.add_argument("--data", default="data/synthetic")
+    dm.add_argument("--run", "--run-dir", dest="run", default="runs/default")
+    dm.add_argument("--weights", default="weights")
+    dm.add_argument("--kernel", default="kernel")
+    dm.add_argument("--cache", default="cache")
+    dm.set_defaults(fn=_cmd_demo)
+
     c = sub.add_parser("score", help="OOF score of every model of a run, per condition group")
     c.add_argument("--data", default="data/synthetic")
     c.add_argument("--run", default="runs/default")
     c.add_argument("--out", default=None, help="also write the table (markdown) here")
+    c.add_argument("--reports", default=None, help="write figures and the table into this folder")
+    c.add_argument("--cache", default=None, help="per-study cache for the example figures")
     c.set_defaults(fn=_cmd_score)
 
     sh = sub.add_parser("show", help="figure of a study's chosen slices, crop boxes, points and crops")
@@ -185,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default="data/synthetic")
     b.add_argument("--run", default="runs/default")
     b.add_argument("--studies", type=int, default=10)
+    b.add_argument("--weights", default="weights")
+    b.add_argument("--device", default="cpu", help="cpu, or cuda (then fp32 and fp16 are both measured)")
     b.add_argument("--out", default=None)
     b.set_defaults(fn=_cmd_bench)
     return p

@@ -50,6 +50,7 @@ class PredictConfig:
     batch_size: int = 8
     workers: int = 2
     device: str = "auto"
+    amp: bool = True  # fp16 autocast where the device is CUDA (CPU always runs fp32)
     time_budget: float = DEFAULT_BUDGET_S  # seconds for the whole predict call
     cache_dir: str = ""  # "" = a temporary folder removed at the end
     write_every: float = 20.0  # seconds between rewrites of the submission while predicting
@@ -274,7 +275,7 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
     loader = DataLoader(StudyInputs(studies, bundle, cache, need), batch_size=cfg.batch_size, shuffle=False,
                         num_workers=cfg.workers, collate_fn=_as_list)
     last_write = time.perf_counter()
-    amp = device.type == "cuda"
+    amp = device.type == "cuda" and cfg.amp
     bar = tqdm(total=len(studies), desc="predict", file=sys.stderr)
     wait_start = time.perf_counter()
     try:

@@ -1,0 +1,193 @@
+"""`make local-score` writes reports/: the score table (markdown + PNG), confusion matrices and
+calibration curves per condition group, every model's training curves, and example studies with their
+crops and predicted points."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import schema
+from .data.catalog import read_labels
+from .metric import labels_to_array
+from .plots import _plt
+from .scoring import format_table, local_score
+from .train.oof import list_oof, read_oof
+
+GROUP_COLS = {g: [j for j, c in enumerate(schema.LABEL_COLUMNS) if schema.group_of(c) == g] for g in schema.GROUPS}
+
+
+def score_figure(table: pd.DataFrame, out: Path) -> Path:
+    plt = _plt()
+    cols = [*schema.GROUPS, "overall"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / len(table)
+    for i, (name, row) in enumerate(table.iterrows()):
+        ax.bar(np.arange(len(cols)) + i * width, row[cols].to_numpy(), width, label=name)
+    ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
+    ax.set_ylabel("weighted log loss (lower is better)")
+    ax.legend(fontsize=8, ncol=3)
+    ax.set_title("OOF score per condition group")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def confusion_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path) -> Path:
+    """Rows: models; columns: condition groups; each a 3 x 3 count of label vs most probable class."""
+    plt = _plt()
+    models = [m for m in oof if m != "prior"] or list(oof)
+    fig, axes = plt.subplots(len(models), 3, figsize=(9, 2.9 * len(models)), squeeze=False)
+    for r, m in enumerate(models):
+        pred = oof[m].argmax(-1)
+        for c, (g, cols) in enumerate(GROUP_COLS.items()):
+            t, p = y[:, cols].ravel(), pred[:, cols].ravel()
+            keep = t >= 0
+            cm = np.zeros((3, 3), int)
+            np.add.at(cm, (t[keep], p[keep]), 1)
+            ax = axes[r, c]
+            ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+            for i in range(3):
+                for j in range(3):
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8)
+            ax.set_xticks(range(3), ["N/M", "Mod", "Sev"], fontsize=7)
+            ax.set_yticks(range(3), ["N/M", "Mod", "Sev"], fontsize=7)
+            ax.set_title(f"{m}: {g}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel("label")
+            if r == len(models) - 1:
+                ax.set_xlabel("most probable")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def calibration_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path, bins: int = 10) -> Path:
+    """Per group and class: predicted probability (binned) against the observed frequency, per model."""
+    plt = _plt()
+    fig, axes = plt.subplots(3, 3, figsize=(9, 8.4))
+    edges = np.linspace(0, 1, bins + 1)
+    for r, (g, cols) in enumerate(GROUP_COLS.items()):
+        t = y[:, cols].ravel()
+        keep = t >= 0
+        for c, cls in enumerate(schema.SEVERITIES):
+            ax = axes[r, c]
+            ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls=":")
+            for m, p in oof.items():
+                pc = p[:, cols, c].ravel()[keep]
+                hit = (t[keep] == c).astype(float)
+                which = np.clip(np.digitize(pc, edges) - 1, 0, bins - 1)
+                xs, ys = [], []
+                for b in range(bins):
+                    sel = which == b
+                    if sel.sum() >= 5:
+                        xs.append(pc[sel].mean())
+                        ys.append(hit[sel].mean())
+                ax.plot(xs, ys, marker="o", ms=3, label=m)
+            ax.set_title(f"{g}: {cls}", fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            if r == 2:
+                ax.set_xlabel("predicted probability")
+            if c == 0:
+                ax.set_ylabel("observed frequency")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def curves_figure(run: Path, out: Path) -> Path | None:
+    """Every trained model's per-fold training loss and validation score, from its log.csv files."""
+    logs = {}
+    for d in sorted(p for p in run.iterdir() if p.is_dir()):
+        files = sorted(d.glob("fold*/log.csv")) or sorted(d.glob("log.csv"))
+        if files:
+            logs[d.name] = files
+    if not logs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(logs), figsize=(4.2 * len(logs), 3.4), squeeze=False)
+    for ax, (name, files) in zip(axes[0], logs.items()):
+        for f in files:
+            log = pd.read_csv(f)
+            tag = f.parent.name if f.parent.name.startswith("fold") else ""
+            ax.plot(log["epoch"], log["train_loss"], lw=1, label=f"train {tag}")
+            ax.plot(log["epoch"], log["val_score"], lw=1, ls="--", label=f"val {tag}")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 2) -> list[Path]:
+    """The show figure for a few held-out studies, with the multitask model's predicted points (red)
+    from the fold that did not train on them."""
+    import torch
+
+    from . import config as cfgmod
+    from .data.cache import StudyCache
+    from .data.catalog import load_studies
+    from .data.volumes import study_volumes
+    from .models.multitask import MultitaskConfig
+    from .models.registry import create_model
+    from .plots import show_study
+    from .preprocess.crops import CROP_NAMES
+    from .preprocess.pipeline import cache_version, load_stage_one, preprocess_study
+
+    try:
+        selector, sel_id, regions, pcfg = load_stage_one(run)
+    except FileNotFoundError:
+        return []
+    folds = pd.read_csv(run / "folds.csv").set_index("study_id")["fold"].to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        studies = [s for s in load_studies(data, "train") if s.has_coords][:n]
+    cache = StudyCache(cache_dir, cache_version()) if cache_dir else None
+    paths = []
+    for st in studies:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            entry = preprocess_study(st, selector, sel_id, regions, pcfg, cache)
+        predicted = None
+        ckpt = run / "multitask" / f"fold{folds.get(st.study_id, 0)}" / "best.pt"
+        if ckpt.exists() and (run / "multitask" / "config.json").exists():
+            cfg = cfgmod.load(MultitaskConfig, run / "multitask" / "config.json")
+            cfg.pretrained, cfg.backbone_checkpoint = False, ""
+            net = create_model("multitask", cfg)
+            net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+            net.eval()
+            batch = {k: torch.from_numpy(np.asarray(entry[k], np.float32))[None]
+                     for k in ("sag_image", "axial_image", "sag_points", "axial_points")}
+            with torch.no_grad():
+                res = net(batch)
+            pts = [*res["sag_kp"][0].numpy(), *res["axial_kp"][0].numpy()]
+            predicted = dict(zip(CROP_NAMES, pts))
+        paths.append(show_study(st, study_volumes(st, cache), entry, out / f"example_{st.study_id}.png", predicted))
+    return paths
+
+
+def write_reports(data, run, out="reports", cache_dir: str | None = None, examples: int = 2) -> list[Path]:
+    run, out = Path(run), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = local_score(data, run)
+    (out / "score.md").write_text(format_table(table) + "\n")
+    paths = [out / "score.md", score_figure(table, out / "score.png")]
+    labels = read_labels(data)
+    ids = labels["study_id"].astype(np.int64).to_numpy()
+    y = labels_to_array(labels)
+    oof = {m: read_oof(run, m, ids) for m in list_oof(run)}
+    paths += [confusion_figure(oof, y, out / "confusion.png"), calibration_figure(oof, y, out / "calibration.png")]
+    c = curves_figure(run, out / "curves.png")
+    if c is not None:
+        paths.append(c)
+    paths += example_figures(data, run, out, cache_dir, examples)
+    return paths
