@@ -42,16 +42,9 @@ class SequenceConfig(TrainConfig):
     tokens: str = "frame"  # "frame": one flattened token per frame; "cells": one token per grid cell (2x the time)
     readout: str = "levels"  # "levels": one query token per level feeds its 5 columns; "cls": one token for all
     dropout: float = 0.1
-    aux_weight: float = 1.0  # per-frame auxiliary loss (see SequenceModel.aux_logits); 0 turns it off
     augment: bool = True
     cache_dir: str = "cache"
     only_fold: int = -1
-
-
-# Which series type shows each condition group (index into schema.SERIES_TYPES).
-SERIES_OF_GROUP = {"spinal": schema.SERIES_TYPES.index(schema.SAG_T2),
-                   "foraminal": schema.SERIES_TYPES.index(schema.SAG_T1),
-                   "subarticular": schema.SERIES_TYPES.index(schema.AXIAL)}
 
 
 class SequenceModel(nn.Module):
@@ -90,13 +83,6 @@ class SequenceModel(nn.Module):
         self.head = nn.Linear(cfg.d_model, per_query)  # shared by the level queries, which differ by embedding
         self.level_bias = nn.Parameter(torch.zeros(len(schema.LEVELS), len(schema.CONDITIONS), 3))
         self.register_buffer("class_w", torch.tensor(schema.SEVERITY_WEIGHTS))
-        # Auxiliary path: each frame's token scores the columns its series type shows (T2 the canal, T1
-        # the foramina, axial the recesses), pooled over the frames (log-sum-exp: the level is visible on
-        # some frames, not all). It reaches the frame encoder without going through the transformer,
-        # which with a few hundred studies otherwise learns nothing from the study-level labels alone.
-        self.aux_head = nn.Linear(cfg.d_model, schema.N_LABELS * schema.N_CLASSES)
-        col_type = [SERIES_OF_GROUP[schema.group_of(c)] for c in schema.LABEL_COLUMNS]
-        self.register_buffer("col_type", torch.tensor(col_type))
 
     @torch.no_grad()
     def init_prior(self, prior) -> None:
@@ -121,10 +107,8 @@ class SequenceModel(nn.Module):
             tokens = self.proj(fmap.flatten(2).transpose(1, 2)).view(b, t * n, cells, -1)
             tokens = (tokens + self.cell_emb[:, None] + frame_emb[:, :, None]).flatten(1, 2)
             pad = pad.repeat_interleave(cells, dim=1)
-            frame_tokens = tokens.view(b, t * n, cells, -1).mean(2)
         else:
             tokens = self.proj(fmap).view(b, t * n, -1) + frame_emb
-            frame_tokens = tokens
         q = self.n_query
         x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1)
         pad = torch.cat([torch.zeros(b, q, dtype=torch.bool, device=pad.device), pad], 1)
@@ -138,25 +122,10 @@ class SequenceModel(nn.Module):
         out = {"logits": logits, "probs": logits.float().softmax(-1)}
         if "labels" in batch:
             y = batch["labels"]
-            out["loss"] = self._ce(logits, y, y >= 0)
-            if self.cfg.aux_weight > 0:
-                aux = self.aux_logits(frame_tokens, batch["mask"].bool(), t, n)
-                has = batch["mask"].bool()[:, self.col_type]  # the column's series type is present
-                out["aux_loss"] = self._ce(aux, y, (y >= 0) & has).detach()
-                out["loss"] = out["loss"] + self.cfg.aux_weight * self._ce(aux, y, (y >= 0) & has)
+            w = self.class_w[y.clamp(min=0)] * (y >= 0)
+            ce = F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none").view(b, -1)
+            out["loss"] = (ce * w).sum() / w.sum().clamp(min=1.0)
         return out
-
-    def _ce(self, logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        w = self.class_w[y.clamp(min=0)] * mask
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none").view(y.shape)
-        return (ce * w).sum() / w.sum().clamp(min=1.0)
-
-    def aux_logits(self, frame_tokens: torch.Tensor, mask: torch.Tensor, t: int, n: int) -> torch.Tensor:
-        """[B, 25, 3]: per column, the log-sum-exp over its series type's frames of the frames' scores."""
-        b = frame_tokens.shape[0]
-        scores = self.aux_head(frame_tokens).view(b, t, n, schema.N_LABELS, schema.N_CLASSES)
-        pooled = torch.logsumexp(scores, dim=2) - torch.log(torch.tensor(float(n)))  # [B, T, 25, 3]
-        return pooled.gather(1, self.col_type.view(1, 1, -1, 1).expand(b, 1, -1, 3)).squeeze(1)
 
 
 @register_model("sequence", SequenceConfig)

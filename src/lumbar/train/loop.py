@@ -217,7 +217,8 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
             else:
                 bad += 1
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                            "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0})
+                            "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
+                            "device": str(device), "amp": use_amp})
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
                                "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
@@ -245,7 +246,7 @@ def write_log(history: list[dict], out_dir: Path, name: str) -> None:
         return
     tmp = out_dir / ".log.csv.tmp"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for h in history for k in h)), restval="")
         w.writeheader()
         w.writerows(history)
     os.replace(tmp, out_dir / "log.csv")
