@@ -10,14 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPORT=${OUT:-reports}/gpu
 mkdir -p "$REPORT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/lumbar-site .whl/*.whl
+PY=${PY:-python3}
+if ! $PY -c "import pydicom, xgboost" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/lumbar-site .whl/*.whl
   export PYTHONPATH=/tmp/lumbar-site:$PWD/src
 else
   export PYTHONPATH=$PWD/src
 fi
 export PYTHONUNBUFFERED=1
-PY=${PY:-python3}
 SMOKE=${LUMBAR_GPU_SMOKE:-0}
 W=${WORK:-/tmp/lumbar-gpu}; D=$W/data; R=$W/run; C=$W/cache; WT=$W/weights
 rm -rf "$W"; mkdir -p "$W"
