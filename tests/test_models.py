@@ -26,7 +26,8 @@ def random_batch(b=2, s=64, sa=48):
 
 
 TINY = MultitaskConfig(kp_input=64, patch_sag=16, patch_axial=16, patch_input=32)
-SEQ_TINY = SequenceConfig(n_frames=4, frame_size=32, d_model=32, layers=1, heads=2)
+SEQ_TINY = SequenceConfig(n_frames=4, frame_size=32, d_model=32, layers=1, heads=2, kp_size=32, patch_side=12,
+                          patch_input=16)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -124,7 +125,7 @@ def test_backbone_from_a_local_checkpoint(tmp_path):
         torch.testing.assert_close(model.cls_backbone.state_dict()[k], v)
 
 
-@pytest.mark.parametrize("tokens,readout", [("frame", "levels"), ("cells", "levels"), ("frame", "cls")])
+@pytest.mark.parametrize("tokens,readout", [("frame", "levels"), ("cells", "levels"), ("frame", "cls"), ("patches", "levels")])
 def test_sequence_ignores_missing_series_frames(tokens, readout):
     import dataclasses
     model = create_model("sequence", dataclasses.replace(SEQ_TINY, tokens=tokens, readout=readout)).eval()
@@ -136,3 +137,25 @@ def test_sequence_ignores_missing_series_frames(tokens, readout):
     changed["frames"] = frames
     torch.testing.assert_close(model(changed)["probs"], base)
     assert base.shape == (2, 25, 3)
+
+
+def test_sequence_patches_learn_points_and_mask_spare_axial_channels():
+    """tokens='patches': the heatmap loss appears when points are labelled, and the axial frames' three
+    spare channels are kept out of attention (changing what they would read changes nothing)."""
+    import dataclasses
+    cfg = dataclasses.replace(SEQ_TINY, tokens="patches", kp_size=32, patch_side=12, patch_input=16)
+    model = create_model("sequence", cfg)
+    batch = random_batch()
+    b, t, n = batch["frames"].shape[:3]
+    points = torch.full((b, t, n, 5, 2), float("nan"))
+    points[:, 1, :, 2] = 16.0  # the T2 canal at L3/L4, mid-frame
+    out = model({**batch, "points": points})
+    assert torch.isfinite(out["kp_loss"]) and out["kp_loss"] > 0
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert model.heat[1].weight.grad.abs().sum() > 0  # the T2 heatmap head learns from the points
+    model.eval()
+    _, pad, _ = model._patch_tokens(batch["frames"].float(), None, torch.arange(t).repeat_interleave(n),
+                                    torch.zeros(b, t * n, cfg.d_model), torch.zeros(b, t * n, dtype=torch.bool))
+    pad = pad.view(b, t, n, 5)
+    assert pad[:, 2, :, 2:].all() and not pad[:, 2, :, :2].any() and not pad[:, :2].any()

@@ -81,10 +81,30 @@ def test_sequence_trains_and_predicts_all_columns_without_axial(synth_dir, tmp_p
         warnings.simplefilter("ignore")
         res = train("sequence", data, run, RunConfig(n_folds=2), [f"cache_dir={tmp_path / 'cache'}", "epochs=1",
                                                                    "n_frames=4", "frame_size=32", "d_model=32",
-                                                                   "layers=1", "heads=2", "batch_size=4"])
+                                                                   "layers=1", "heads=2", "batch_size=4",
+                                                                   "kp_size=32", "patch_side=12", "patch_input=16"])
     assert np.isfinite(res["oof_score"])
     ids = pd.read_csv(data / "train.csv").study_id.tolist()
     oof = read_oof(run, "sequence", ids)
     assert np.isfinite(oof).all() and np.allclose(oof.sum(-1), 1, atol=1e-5)
     row = oof[ids.index(victim)]
     assert row.shape == (25, 3) and (row > 0).all()
+
+
+def test_frame_points_follow_the_labelled_slices(synth_dir, tmp_path):
+    """The labelled points land on the frames near their slice, inside the frame, on the right
+    series type's channels; a study without coordinates has none."""
+    studies = load_studies(synth_dir, "train")
+    cfg = FramesConfig(n_frames=6, size=48)
+    with_coords = [s for s in studies if s.has_coords]
+    e = study_frames(with_coords[0], cfg, None)
+    pts = e["points"]
+    assert pts.shape == (3, 6, 5, 2)
+    ok = np.isfinite(pts).all(-1)
+    assert ok[schema.SERIES_TYPES.index(schema.SAG_T2)].any()
+    assert (pts[ok] > -1).all() and (pts[ok] < 49).all()
+    assert not ok[schema.SERIES_TYPES.index(schema.AXIAL), :, 2:].any()  # axial: left/right only
+    # T2: each level's canal point sits on at most a few neighbouring frames, not on all of them
+    assert ok[schema.SERIES_TYPES.index(schema.SAG_T2)].sum(0).max() < 6
+    without = next(s for s in studies if not s.has_coords)
+    assert not np.isfinite(study_frames(without, cfg, None)["points"]).any()

@@ -1,13 +1,20 @@
 """Model two: whole series, slice by slice, then a transformer over every frame of the study.
 
-Shapes for a batch of B studies (tiny config: N = 10 frames of 64², 3 series types):
-  frames [B, 3, N, S, S] -> each frame through one timm feature extractor (shared weights, all frames
-  of all series batched together, in_chans=1; its stride-16 map pooled to 4 x 4, so where a narrowing
-  sits on the frame survives) -> flattened, linear to d_model -> [B, 3N, d_model]
-  + embedding of the series type + embedding of the slice position (its place along the normal, binned)
-  -> a transformer encoder over the 3N tokens and 5 level query tokens, missing series masked out of
-     attention -> each level's query -> a shared head (+ a per-level bias) -> its 5 columns -> [B, 25, 3].
-Loss: class-weighted cross entropy (1/2/4) over all label columns, masked where a label is missing.
+Shapes for a batch of B studies (tiny config, tokens="patches": N = 8 frames of 128², 3 series types):
+  frames [B, 3, N, 128, 128] -> every frame resized to 64² through one timm feature extractor (shared,
+  all frames of all series batched, in_chans=1), stride-8 map [B*3N, C, 8, 8] -> the frame's series
+  type's 1x1-conv heatmap head, 5 channels (T2: the canal at each level; T1: the foramen at each level;
+  axial: the left and right recess) -> soft-argmax -> 5 points per frame (L1 loss where labelled)
+  -> a 24-pixel patch around each point, cut from the 128² frame (grid_sample), resized to 32² -> a
+  second timm CNN -> linear to d_model -> [B, 3N x 5, d_model] (axial frames' 3 spare channels masked)
+  + embeddings of the channel, the series type and the slice position (its place along the normal)
+  -> a transformer encoder over those tokens and 5 level query tokens (query k shares channel k's
+     embedding), missing series masked out of attention -> each level's query -> a shared head
+     (+ a per-level bias) -> its 5 columns -> [B, 25, 3].
+Loss: class-weighted cross entropy (1/2/4) over all label columns, masked where a label is missing,
++ kp_weight x the points' L1. Training cuts half the studies' patches at the labelled points
+(teacher forcing). tokens="frame" / "cells" are the earlier variants without points (one token per
+frame from its pooled 4 x 4 map / per cell): on 200 synthetic studies they do not beat the prior.
 """
 from __future__ import annotations
 
@@ -19,27 +26,35 @@ import torch.nn.functional as F
 
 from .. import schema
 from ..train.loop import TrainConfig
+from ..preprocess.frames import N_CHANNELS
+from .multitask import cut_patches, soft_argmax
 from .registry import register_model
 
 
 @dataclass
 class SequenceConfig(TrainConfig):
     # Tiny CPU config (tests, demo); configs/sequence_gpu.json is the real-data one.
-    epochs: int = 20
+    epochs: int = 12
     batch_size: int = 8
-    patience: int = 6
+    patience: int = 12
     lr: float = 1e-3
     backbone: str = "test_efficientnet"
     pretrained: bool = False
-    n_frames: int = 10
-    frame_size: int = 64
+    n_frames: int = 8
+    frame_size: int = 128
     pick: str = "most_levels"
     d_model: int = 128
     layers: int = 2
     heads: int = 4
     position_bins: int = 16
     grid: int = 4  # each frame's feature map pooled to grid x grid before the projection
-    tokens: str = "frame"  # "frame": one flattened token per frame; "cells": one token per grid cell (2x the time)
+    tokens: str = "patches"  # per frame, 5 points from heatmaps, a patch around each through a second CNN;
+    # "frame": one flattened token per frame; "cells": one token per grid cell
+    kp_size: int = 64  # "patches": the heatmap CNN sees frames resized to this
+    patch_side: int = 24  # "patches": patch side in frame pixels
+    patch_input: int = 32  # "patches": patch CNN input side
+    kp_weight: float = 2.0  # "patches": weight of the L1 loss of the points where labelled
+    teacher_forcing: float = 0.5  # "patches": training studies whose patches sit on the labelled points
     readout: str = "levels"  # "levels": one query token per level feeds its 5 columns; "cls": one token for all
     dropout: float = 0.1
     augment: bool = True
@@ -57,14 +72,23 @@ class SequenceModel(nn.Module):
         # so each frame keeps a grid x grid layout of its features.
         probe = timm.create_model(cfg.backbone, pretrained=False, features_only=True, in_chans=1)
         reductions = probe.feature_info.reduction()
-        level = reductions.index(16) if 16 in reductions else len(reductions) - 1
+        stride = 8 if cfg.tokens == "patches" else 16
+        level = reductions.index(stride) if stride in reductions else len(reductions) - 1
         del probe
         self.encoder = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, features_only=True, in_chans=1,
                                          out_indices=(level,))
         ch = self.encoder.feature_info.channels()[-1]
-        if cfg.tokens not in ("cells", "frame"):
-            raise ValueError(f"tokens must be 'cells' or 'frame', not {cfg.tokens!r}")
-        if cfg.tokens == "cells":
+        if cfg.tokens not in ("cells", "frame", "patches"):
+            raise ValueError(f"tokens must be 'cells', 'frame' or 'patches', not {cfg.tokens!r}")
+        if cfg.tokens == "patches":
+            # Severity sits in a few pixels at a known place: heatmaps (one head per series type, 5
+            # channels: T2 the canal per level, T1 the foramen per level, axial the left/right recess)
+            # find the places, a second CNN reads a full-resolution patch at each, one token per patch.
+            self.heat = nn.ModuleList([nn.Conv2d(ch, N_CHANNELS, 1) for _ in schema.SERIES_TYPES])
+            self.patch_encoder = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=0, in_chans=1)
+            self.proj = nn.Sequential(nn.Linear(self.patch_encoder.num_features, cfg.d_model), nn.GELU())
+            self.chan_emb = nn.Embedding(N_CHANNELS, cfg.d_model)
+        elif cfg.tokens == "cells":
             self.proj = nn.Linear(ch, cfg.d_model)
             self.cell_emb = nn.Parameter(torch.randn(1, cfg.grid * cfg.grid, cfg.d_model) * 0.02)
         else:
@@ -97,20 +121,27 @@ class SequenceModel(nn.Module):
     def forward(self, batch: dict) -> dict:
         frames = batch["frames"].float()  # [B, T, N, S, S]
         b, t, n, s, _ = frames.shape
-        fmap = F.adaptive_avg_pool2d(self.encoder(frames.reshape(b * t * n, 1, s, s))[-1], self.cfg.grid)
         types = torch.arange(t, device=frames.device).repeat_interleave(n)
         bins = (batch["positions"].clamp(0, 1) * (self.cfg.position_bins - 1)).round().long().view(b, t * n)
         frame_emb = self.type_emb(types)[None] + self.pos_emb(bins)  # [B, T*N, d]
         pad = ~batch["mask"].bool().repeat_interleave(n, dim=1)  # True = ignore (missing series)
-        if self.cfg.tokens == "cells":
+        kp_loss = None
+        if self.cfg.tokens == "patches":
+            tokens, pad, kp_loss = self._patch_tokens(frames, batch.get("points"), types, frame_emb, pad)
+        elif self.cfg.tokens == "cells":
+            fmap = F.adaptive_avg_pool2d(self.encoder(frames.reshape(b * t * n, 1, s, s))[-1], self.cfg.grid)
             cells = self.cfg.grid * self.cfg.grid
             tokens = self.proj(fmap.flatten(2).transpose(1, 2)).view(b, t * n, cells, -1)
             tokens = (tokens + self.cell_emb[:, None] + frame_emb[:, :, None]).flatten(1, 2)
             pad = pad.repeat_interleave(cells, dim=1)
         else:
+            fmap = F.adaptive_avg_pool2d(self.encoder(frames.reshape(b * t * n, 1, s, s))[-1], self.cfg.grid)
             tokens = self.proj(fmap).view(b, t * n, -1) + frame_emb
         q = self.n_query
-        x = torch.cat([self.cls.expand(b, -1, -1), tokens], 1)
+        queries = self.cls.expand(b, -1, -1)
+        if self.cfg.tokens == "patches" and q == N_CHANNELS:  # level k's query shares channel k's embedding
+            queries = queries + self.chan_emb.weight[None]
+        x = torch.cat([queries, tokens], 1)
         pad = torch.cat([torch.zeros(b, q, dtype=torch.bool, device=pad.device), pad], 1)
         x = self.transformer(x, src_key_padding_mask=pad)
         out_q = self.head(self.norm(x[:, :q]))  # [B, q, 75 / q]
@@ -125,7 +156,43 @@ class SequenceModel(nn.Module):
             w = self.class_w[y.clamp(min=0)] * (y >= 0)
             ce = F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none").view(b, -1)
             out["loss"] = (ce * w).sum() / w.sum().clamp(min=1.0)
+            if kp_loss is not None:
+                out["kp_loss"] = kp_loss.detach()
+                out["loss"] = out["loss"] + self.cfg.kp_weight * kp_loss
         return out
+
+    def _patch_tokens(self, frames, points, types, frame_emb, pad):
+        """tokens [B, T*N*5, d], their padding mask, and the points' L1 loss (None without labels)."""
+        cfg = self.cfg
+        b, t, n, s, _ = frames.shape
+        x = frames.reshape(b * t * n, 1, s, s)
+        small = F.interpolate(x, size=(cfg.kp_size, cfg.kp_size), mode="bilinear", align_corners=False) \
+            if s != cfg.kp_size else x
+        fmap = self.encoder(small)[-1]
+        heat = torch.stack([h(fmap) for h in self.heat], 1)  # [BTN, T, 5, h, w]
+        heat = heat[torch.arange(b * t * n, device=x.device), types.repeat(b)]  # each frame its type's head
+        pred = soft_argmax(heat.float())  # [BTN, 5, 2] normalised
+        kp_loss, centres = None, pred.detach()
+        if points is not None:
+            true = ((points.float() + 0.5) / s).reshape(pred.shape)
+            ok = torch.isfinite(true).all(-1)
+            kp_loss = (pred - true.nan_to_num()).abs().sum(-1)[ok].mean() if ok.any() else pred.new_zeros(())
+            if self.training and cfg.teacher_forcing > 0:
+                use = (torch.rand(b, device=x.device) < cfg.teacher_forcing).repeat_interleave(t * n)
+                centres = torch.where(use[:, None, None] & ok[..., None], true.nan_to_num(), centres)
+        # Axial frames have two points (left, right recess): their other three channels are neither
+        # encoded nor attended to.
+        used = torch.ones(t, N_CHANNELS, dtype=torch.bool, device=x.device)
+        used[schema.SERIES_TYPES.index(schema.AXIAL), 2:] = False
+        used = used[None, :, None].expand(b, t, n, N_CHANNELS).reshape(-1)
+        patches = cut_patches(x, centres, cfg.patch_side, cfg.patch_input).flatten(0, 1)  # [BTN*5, 1, P, P]
+        feats = self.proj(self.patch_encoder(patches[used]))
+        tokens = feats.new_zeros(used.shape[0], feats.shape[-1])
+        tokens[used] = feats
+        tokens = tokens.view(b * t * n, N_CHANNELS, -1) + self.chan_emb.weight[None]
+        tokens = (tokens.view(b, t * n, N_CHANNELS, -1) + frame_emb[:, :, None]).flatten(1, 2)
+        pad = (pad.view(b, t * n)[..., None] | ~used.view(b, t * n, N_CHANNELS)).flatten(1)
+        return tokens, pad, kp_loss
 
 
 @register_model("sequence", SequenceConfig)

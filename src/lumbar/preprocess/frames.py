@@ -17,9 +17,9 @@ from ..data.cache import StudyCache, config_hash
 from ..data.catalog import Study
 from ..data.dicom import Volume
 from ..data.volumes import normalise, study_volumes
-from .crops import crop_resize, find_spine_column
+from .crops import crop_resize, find_spine_column, map_points
 
-FRAMES_VERSION = 1
+FRAMES_VERSION = 2
 
 
 @dataclass
@@ -41,7 +41,7 @@ def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray
     if pick not in ("most_levels", "merge"):
         raise ValueError(f"pick must be 'most_levels' or 'merge', not {pick!r}")
     if pick == "most_levels" or len(vols) == 1:
-        _, v = max(vols, key=lambda item: (np.ptp(item[1].depth), len(item[1])))
+        _, v = _widest(vols)
         return normalise(v.pixels), v.depth, v
     ref = vols[0][1]
     shape = ref.pixels.shape[1:]
@@ -56,6 +56,42 @@ def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray
     pixels, pos = np.concatenate(pixels), np.concatenate(pos)
     order = np.argsort(pos, kind="stable")
     return pixels[order], pos[order], ref
+
+
+def _widest(vols: list[tuple[int, Volume]]) -> tuple[int, Volume]:
+    return max(vols, key=lambda item: (np.ptp(item[1].depth), len(item[1])))
+
+
+N_CHANNELS = 5  # points per frame: a level (T2 canal, T1 foramen) or a side (axial recess: 0 left, 1 right)
+
+
+def _channel(condition: str, level: str) -> tuple[str, int]:
+    if condition == "spinal_canal_stenosis":
+        return schema.SAG_T2, schema.LEVELS.index(level)
+    if condition.endswith("neural_foraminal_narrowing"):
+        return schema.SAG_T1, schema.LEVELS.index(level)
+    return schema.AXIAL, 0 if condition.startswith("left") else 1
+
+
+def frame_points(coords, stype: str, sid: int, v: Volume, idx: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """[N, 5, 2] frame-pixel points (NaN unknown): each labelled point of the series, on the frames
+    within one slice spacing of its slice (the structure is still in view there)."""
+    out = np.full((len(idx), N_CHANNELS, 2), np.nan, np.float32)
+    if coords is None or not len(coords):
+        return out
+    depth = v.depth
+    tol = 1.01 * (float(np.median(np.abs(np.diff(depth)))) if len(depth) > 1 else 1.0)
+    for r in coords[coords["series_id"] == sid].itertuples(index=False):
+        t, ch = _channel(schema.condition_slug(r.condition), schema.level_slug(r.level))
+        if t != stype:
+            continue
+        try:
+            d = depth[v.index_of_instance(int(r.instance_number))]
+        except KeyError:
+            continue
+        near = np.abs(depth[idx] - d) <= tol
+        out[near, ch] = map_points(np.array([[float(r.x), float(r.y)]]), box, size)[0]
+    return out
 
 
 def even_indices(n: int, k: int) -> np.ndarray:
@@ -86,10 +122,13 @@ def spine_box(img: np.ndarray, sagittal: bool, side_frac: float) -> np.ndarray:
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
-def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig) -> dict[str, np.ndarray]:
-    """frames [3, N, S, S] float16 (series types in schema order), mask [3], positions [3, N] in [0, 1]."""
+def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, coords=None) -> dict[str, np.ndarray]:
+    """frames [3, N, S, S] float16 (series types in schema order), mask [3], positions [3, N] in [0, 1],
+    points [3, N, 5, 2] (labelled points on the frames in frame pixels, NaN unknown; from `coords`, the
+    study's train_label_coordinates rows, when given)."""
     n, s = cfg.n_frames, cfg.size
     frames = np.zeros((len(schema.SERIES_TYPES), n, s, s), np.float16)
+    points = np.full((len(schema.SERIES_TYPES), n, N_CHANNELS, 2), np.nan, np.float32)
     mask = np.zeros(len(schema.SERIES_TYPES), bool)
     positions = np.zeros((len(schema.SERIES_TYPES), n), np.float32)
     for t, stype in enumerate(schema.SERIES_TYPES):
@@ -104,7 +143,9 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig) -
         span = np.ptp(pos) or 1.0
         positions[t] = (pos[idx] - pos.min()) / span
         mask[t] = True
-    return {"frames": frames, "mask": mask, "positions": positions}
+        if cfg.pick == "most_levels" or len(items) == 1:  # points need one series' slices
+            points[t] = frame_points(coords, stype, _widest(items)[0], ref, idx, box, s)
+    return {"frames": frames, "mask": mask, "positions": positions, "points": points}
 
 
 def frames_key(cfg: FramesConfig) -> str:
@@ -114,5 +155,5 @@ def frames_key(cfg: FramesConfig) -> str:
 def study_frames(study: Study, cfg: FramesConfig, cache: StudyCache | None) -> dict[str, np.ndarray]:
     """A study's frames through the per-study cache (decoded volumes shared with the multitask model)."""
     def build():
-        return build_frames(study_volumes(study, cache), cfg)
+        return build_frames(study_volumes(study, cache), cfg, study.coords if study.has_coords else None)
     return cache.get(study.study_id, frames_key(cfg), build) if cache else build()

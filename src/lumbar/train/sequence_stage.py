@@ -41,13 +41,16 @@ class FramesDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         e = self.entries[i]
         frames = e["frames"].astype(np.float32)
+        points = (e["points"].astype(np.float32).copy() if "points" in e
+                  else np.full((*frames.shape[:2], 5, 2), np.nan, np.float32))
         if self.augment:
             for t in range(len(frames)):
                 dx, dy = self.rng.integers(-4, 5, size=2)
                 frames[t] = np.roll(frames[t], (int(dy), int(dx)), axis=(-2, -1))
+                points[t] += np.array([dx, dy], np.float32)
             frames = np.clip(frames, 0, None) ** self.rng.uniform(0.85, 1.15) * self.rng.uniform(0.85, 1.15)
         return {"frames": torch.from_numpy(np.ascontiguousarray(frames)), "mask": torch.from_numpy(e["mask"].astype(bool)),
-                "positions": torch.from_numpy(e["positions"].astype(np.float32)),
+                "positions": torch.from_numpy(e["positions"].astype(np.float32)), "points": torch.from_numpy(points),
                 "labels": torch.from_numpy(self.labels[i].astype(np.int64))}
 
 
