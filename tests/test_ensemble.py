@@ -47,3 +47,35 @@ def test_ensemble_never_worse_than_best_single_and_round_trips(members, tmp_path
     np.testing.assert_allclose(Ensemble.load(tmp_path / "e.json").apply(m), blended, atol=1e-6)
     with pytest.raises(KeyError, match="sharp"):
         ens.apply({"noisy": m["noisy"], "prior": m["prior"]})
+
+
+def test_cv_selection_keeps_a_real_blend_and_drops_a_noise_member(members):
+    y, m = members
+    folds = np.arange(len(y)) % 4
+    ens, report = fit_ensemble(m, y, folds=folds)
+    assert all(report[g]["chosen"].startswith("fitted") for g in schema.GROUPS)  # complementary: blend wins in CV
+    rng = np.random.default_rng(1)
+    noise = rng.dirichlet(np.ones(3), size=y.shape).astype(np.float32)
+    best = min(m, key=lambda k: score(solution_frame(np.arange(len(y)) + 1, y),
+                                      probs_to_submission(np.arange(len(y)) + 1, m[k])))
+    ens2, report2 = fit_ensemble({best: m[best], "noise": noise}, y, folds=folds)
+    for g in schema.GROUPS:
+        # the noise member gets (almost) nothing, chosen by cross-validation or by the fit itself
+        assert ens2.weights[g][ens2.models.index("noise")] < 0.05, report2[g]
+
+
+def test_apply_available_renormalises_over_the_members_that_predicted(members):
+    y, m = members
+    ens, _ = fit_ensemble(m, y)
+    full = ens.apply(m)
+    np.testing.assert_allclose(ens.apply_available(m), full, atol=1e-6)
+    names = ens.models
+    drop = names[0]
+    part = ens.apply_available({k: v for k, v in m.items() if k != drop})
+    assert np.allclose(part.sum(-1), 1, atol=1e-5) and np.isfinite(part).all()
+    lone = Ensemble(models=names, weights={g: [1.0] + [0.0] * (len(names) - 1) for g in schema.GROUPS},
+                    temperature={g: 1.0 for g in schema.GROUPS})
+    # all the weight was on the absent member: the others share it equally
+    rest = {k: m[k] for k in names[1:]}
+    expected = np.mean([rest[k] for k in names[1:]], axis=0)
+    np.testing.assert_allclose(lone.apply_available(rest), expected / expected.sum(-1, keepdims=True), atol=1e-5)

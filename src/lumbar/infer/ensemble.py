@@ -102,37 +102,63 @@ class Ensemble:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def fit_ensemble(oof: dict[str, np.ndarray], y: np.ndarray, temperature: bool = True) -> tuple[Ensemble, dict]:
+def _fit_group(s: np.ndarray, yy: np.ndarray, g: str, temperature: bool,
+               names: list[str]) -> tuple[float, np.ndarray, float, str]:
+    """The best of: each single model, and blends fitted from two starts. (loss, weights, T, name)."""
+    k = s.shape[0]
+    candidates = {}
+    for i in range(k):
+        w = np.eye(k)[i]
+        candidates[f"only {names[i]}"] = (group_loss(g, _blend(s, w, 1.0), yy), w, 1.0)
+
+    def objective(theta):
+        w = np.exp(theta[:k] - theta[:k].max())
+        w = w / w.sum()
+        t = float(np.exp(theta[k])) if temperature else 1.0
+        return group_loss(g, _blend(s, w, t), yy)
+
+    best_single = min(candidates.values(), key=lambda c: c[0])
+    starts = [np.zeros(k + 1), np.append(np.log(best_single[1] + 1e-3), 0.0)]
+    for x0 in starts:
+        res = minimize(objective, x0, method="Nelder-Mead", options={"maxiter": 400 * (k + 1), "xatol": 1e-4, "fatol": 1e-7})
+        w = np.exp(res.x[:k] - res.x[:k].max())
+        w /= w.sum()
+        t = float(np.exp(res.x[k])) if temperature else 1.0
+        candidates[f"fitted from {'uniform' if x0 is starts[0] else 'best'}"] = (float(res.fun), w, t)
+    name, (loss, w, t) = min(candidates.items(), key=lambda kv: kv[1][0])
+    return loss, w, t, name
+
+
+def fit_ensemble(oof: dict[str, np.ndarray], y: np.ndarray, temperature: bool = True,
+                 folds: np.ndarray | None = None) -> tuple[Ensemble, dict]:
     """Weights (and temperatures) per group minimising the metric's terms on OOF predictions.
-    Returns the ensemble and, per group, the loss of each candidate considered."""
+
+    With `folds` (a fold id per study), each group first chooses by cross-validation between the best
+    single model and a fitted blend: the blend's loss is measured on each fold with weights fitted on
+    the others, so a blend that only fits noise (a weak member, a few hundred studies) loses to the
+    single model it would have perturbed. Returns the ensemble and, per group, the losses considered."""
     models = sorted(oof)
     stack = np.stack([np.asarray(oof[m], np.float64) for m in models])
-    k = len(models)
     ens = Ensemble(models=models)
     report = {}
     for g, cols in GROUP_COLUMNS.items():
         s, yy = stack[:, :, cols], y[:, cols]
-        candidates = {}
-        for i, m in enumerate(models):
-            w = np.eye(k)[i]
-            candidates[f"only {m}"] = (group_loss(g, _blend(s, w, 1.0), yy), w, 1.0)
-
-        def objective(theta):
-            w = np.exp(theta[:k] - theta[:k].max())
-            w = w / w.sum()
-            t = float(np.exp(theta[k])) if temperature else 1.0
-            return group_loss(g, _blend(s, w, t), yy)
-
-        best_single = min(candidates.values(), key=lambda c: c[0])
-        starts = [np.zeros(k + 1), np.append(np.log(best_single[1] + 1e-3), 0.0)]
-        for x0 in starts:
-            res = minimize(objective, x0, method="Nelder-Mead", options={"maxiter": 400 * (k + 1), "xatol": 1e-4, "fatol": 1e-7})
-            w = np.exp(res.x[:k] - res.x[:k].max())
-            w /= w.sum()
-            t = float(np.exp(res.x[k])) if temperature else 1.0
-            candidates[f"fitted from {'uniform' if x0 is starts[0] else 'best'}"] = (float(res.fun), w, t)
-        name, (loss, w, t) = min(candidates.items(), key=lambda kv: kv[1][0])
+        loss, w, t, name = _fit_group(s, yy, g, temperature, models)
+        rep = {"fitted": round(loss, 5)}
+        if folds is not None and len(np.unique(folds)) > 1:
+            singles = [group_loss(g, s[i], yy) for i in range(len(models))]
+            best = int(np.argmin(singles))
+            blended = np.zeros(s.shape[1:])
+            for k in np.unique(folds):
+                tr, va = folds != k, folds == k
+                _, wk, tk, _ = _fit_group(s[:, tr], yy[tr], g, temperature, models)
+                blended[va] = _blend(s[:, va], wk, tk)
+            cv_blend = group_loss(g, blended, yy)
+            rep.update({"cv_blend": round(cv_blend, 5), f"only {models[best]}": round(singles[best], 5)})
+            if singles[best] <= cv_blend:
+                w, t, name = np.eye(len(models))[best], 1.0, f"only {models[best]}"
         ens.weights[g] = [float(v) for v in w]
         ens.temperature[g] = float(t)
-        report[g] = {"chosen": name, **{n: round(c[0], 5) for n, c in candidates.items()}}
+        rep["chosen"] = name
+        report[g] = rep
     return ens, report

@@ -29,9 +29,9 @@ def train_ensemble(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     nested = np.zeros((len(ids), 25, 3), np.float32)
     for k in range(rc.n_folds):
         tr, va = fold != k, fold == k
-        ens_k, _ = fit_ensemble({m: p[tr] for m, p in oof.items()}, y[tr], temperature)
+        ens_k, _ = fit_ensemble({m: p[tr] for m, p in oof.items()}, y[tr], temperature, folds=fold[tr])
         nested[va] = ens_k.apply({m: p[va] for m, p in oof.items()})
-    ens, report = fit_ensemble(oof, y, temperature)
+    ens, report = fit_ensemble(oof, y, temperature, folds=fold)
     in_sample = score(sol, probs_to_submission(ids, ens.apply(oof)))
     nested_score = score(sol, probs_to_submission(ids, nested))
     out = Path(run) / ENSEMBLE_DIR
