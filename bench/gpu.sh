@@ -27,7 +27,7 @@ cfg() { [ "$SMOKE" = 1 ] && echo "" || echo "--config configs/$1_gpu.json"; }
 TINY_MT=""; TINY_SEQ=""
 if [ "$SMOKE" = 1 ]; then
   TINY_MT="kp_input=48 patch_sag=16 patch_axial=16 patch_input=32 batch_size=4"
-  TINY_SEQ="n_frames=4 frame_size=32 d_model=32 layers=1 heads=2 batch_size=4"
+  TINY_SEQ="n_frames=4 frame_size=32 d_model=32 layers=1 heads=2 batch_size=4 kp_size=32 patch_side=12 patch_input=16"
 fi
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"; } | tee "$REPORT/gpu.txt"
