@@ -52,7 +52,7 @@ def run_notebook(notebook: str | Path, input_dir: str | Path, working: str | Pat
                  offline: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Execute the notebook headlessly (nbclient) with the LUMBAR_KAGGLE_* roots pointing at input_dir and
     working, without src/ on the path; the executed copy is written next to the submission."""
-    working = Path(working)
+    working, notebook = Path(working).resolve(), Path(notebook).resolve()  # it runs with working as cwd
     prefix = offline_prefix() if offline else []
     if offline and not prefix:
         raise RuntimeError("cannot cut the network here (no `unshare -rn`); run with offline=False")
