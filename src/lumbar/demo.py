@@ -35,7 +35,7 @@ def _summary(name: str, run: Path, result: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in (result or {}).items() if not isinstance(v, (dict, list)))[:100]
 
 
-def test_scores(data, submission: Path) -> dict:
+def test_scores(data, submission: Path, weights) -> dict:
     """The submission's score on the synthetic test labels, with the prior's and the oracle's."""
     from .data.catalog import find_root
     from .infer.submission import submission_frame
@@ -45,7 +45,7 @@ def test_scores(data, submission: Path) -> dict:
     root = find_root(data)
     sol = labels_to_solution(pd.read_csv(root / "test_labels.csv"))
     sub = pd.read_csv(submission)
-    prior = submission_frame(list(sub["row_id"]), {}, load_prior(submission.parent.parent / "input" / "lumbar-weights" / "prior.json"))
+    prior = submission_frame(list(sub["row_id"]), {}, load_prior(Path(weights) / "prior.json"))
     oracle = pd.read_csv(root / "oracle.csv")
     oracle = oracle[oracle["row_id"].isin(sub["row_id"])]
     return {"submission": score(sol, sub), "prior": score(sol, prior), "oracle": score(sol, oracle)}
@@ -81,7 +81,7 @@ def run_demo(data, run, weights, kernel, cache: str = "cache") -> dict:
     res = run_notebook(nb, inp, working, offline=offline)
     if res.returncode != 0:
         raise RuntimeError(f"the kernel failed; see {working / 'executed.ipynb'}:\n{res.stderr[-2000:]}")
-    s = test_scores(data, working / "submission.csv")
+    s = test_scores(data, working / "submission.csv", weights)
     gap = (s["prior"] - s["submission"]) / (s["prior"] - s["oracle"])
     print(f"demo: kernel ran {'offline' if offline else 'with network (no unshare here)'} in {time.time() - t:.0f}s; "
           f"synthetic test studies: submission {s['submission']:.4f} | prior {s['prior']:.4f} | oracle {s['oracle']:.4f} "

@@ -138,7 +138,7 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
     from .data.catalog import load_studies
     from .data.volumes import study_volumes
     from .models.multitask import MultitaskConfig
-    from .models.registry import create_model
+    from .models.registry import create_model, for_inference
     from .plots import show_study
     from .preprocess.crops import CROP_NAMES
     from .preprocess.pipeline import cache_version, load_stage_one, preprocess_study
@@ -152,6 +152,8 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
         warnings.simplefilter("ignore")
         studies = [s for s in load_studies(data, "train") if s.has_coords][:n]
     cache = StudyCache(cache_dir, cache_version()) if cache_dir else None
+    cfg_path = run / "multitask" / "config.json"
+    cfg = for_inference(cfgmod.load(MultitaskConfig, cfg_path)) if cfg_path.exists() else None
     paths = []
     for st in studies:
         with warnings.catch_warnings():
@@ -159,9 +161,7 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
             entry = preprocess_study(st, selector, sel_id, regions, pcfg, cache)
         predicted = None
         ckpt = run / "multitask" / f"fold{folds.get(st.study_id, 0)}" / "best.pt"
-        if ckpt.exists() and (run / "multitask" / "config.json").exists():
-            cfg = cfgmod.load(MultitaskConfig, run / "multitask" / "config.json")
-            cfg.pretrained, cfg.backbone_checkpoint = False, ""
+        if ckpt.exists() and cfg is not None:
             net = create_model("multitask", cfg)
             net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
             net.eval()

@@ -37,6 +37,15 @@ def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file through a temporary name in its folder and os.replace: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     """All arrays of an npz file, fully read (so a truncated member fails here, not later)."""
     with np.load(path, allow_pickle=False) as z:

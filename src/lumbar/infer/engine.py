@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,13 +31,11 @@ from ..data.catalog import SAMPLE_CSV, Study, _read_csv, find_root, load_studies
 from ..data.volumes import study_volumes
 from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.prior import load_prior
-from ..models.registry import create_model
+from ..models.registry import create_model, for_inference
 from ..models.sequence import SequenceConfig
-from ..preprocess.crops import CropRegions
 from ..preprocess.frames import FramesConfig, build_frames
-from ..preprocess.pipeline import (build_crops, cache_version, folder_fingerprint, read_preprocess_config, select,
-                                   study_features)
-from ..preprocess.slice_select import SliceSelector
+from ..preprocess.pipeline import build_crops, cache_version, load_stage_one, select, study_features
+from ..train.loop import pick_device
 from .ensemble import Ensemble
 from .submission import required_row_ids, submission_frame, write_atomic
 from .weights import Weights
@@ -62,32 +61,23 @@ def _say(cfg: PredictConfig, msg: str) -> None:
     print(f"predict: {msg}", file=sys.stderr, flush=True)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Bundle:
     """Everything loaded from a weights folder: prior, stage one, each model's folds, ensemble."""
 
-    def __init__(self, weights: str | Path, device: torch.device):
-        w = Weights(weights)
+    def __init__(self, weights: Weights | str | Path, device: torch.device):
+        w = weights if isinstance(weights, Weights) else Weights(weights)
         self.weights = w
         self.prior = load_prior(w.file("prior.json"))
         self.selector = self.regions = self.pcfg = None
         self.selector_id = ""
-        if w.has("slice_select/selector.json"):
-            for rel in w.artefacts:
-                if w.artefacts[rel]["kind"] in ("slice_select", "crops"):
+        if w.has("slice_select/model/selector.json"):
+            for rel, a in w.artefacts.items():  # sha256 checks first; the folder is laid out as a run's
+                if a["kind"] in ("slice_select", "crops"):
                     w.file(rel)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # sklearn/xgboost version chatter
-                self.selector = SliceSelector.load(w.folder / "slice_select")
-            self.selector_id = folder_fingerprint(w.folder / "slice_select")
-            self.regions = CropRegions.load(w.file("crops/regions.json"))
-            self.pcfg = read_preprocess_config(w.file("crops/config.json").parent.parent)
-        self.models: dict[str, list[tuple[int, torch.nn.Module]]] = {}
+                self.selector, self.selector_id, self.regions, self.pcfg = load_stage_one(w.folder)
+        self.models: dict[str, dict[int, torch.nn.Module]] = {}
         self.configs: dict = {}
         for name, cls in CONFIGS.items():
             folds = w.folds(name)
@@ -95,16 +85,13 @@ class Bundle:
                 continue
             if name == "multitask" and self.selector is None:
                 continue  # its crops need stage one
-            cfg = cfgmod.from_dict(cls, w.config(name))
-            cfg.pretrained = False  # the fold weights replace whatever the backbone started from
-            if hasattr(cfg, "backbone_checkpoint"):
-                cfg.backbone_checkpoint = ""
+            cfg = for_inference(cfgmod.from_dict(cls, w.config(name)))
             self.configs[name] = cfg
-            nets = []
+            nets = {}
             for k, path in folds:
                 net = create_model(name, cfg)
                 net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-                nets.append((k, net.to(device).eval()))
+                nets[k] = net.to(device).eval()
             self.models[name] = nets
         self.ensemble = Ensemble.load(w.file("ensemble.json")) if w.has("ensemble.json") else None
 
@@ -188,7 +175,7 @@ class Plan:
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
-        self.active = {m: [k for k, _ in nets] for m, nets in bundle.models.items()}
+        self.active = {m: sorted(nets) for m, nets in bundle.models.items()}
         self.cost: dict[tuple[str, int], float] = {}  # seconds per study, measured
         self.pre_cost: float | None = None  # main-process seconds waiting for inputs, per study
 
@@ -197,6 +184,15 @@ class Plan:
 
     def per_study(self) -> float:
         return (self.pre_cost or 0.0) + sum(self.cost.get((m, k), 0.0) for m, ks in self.active.items() for k in ks)
+
+    def observe(self, seconds_per_study: float, model: str | None = None, fold: int | None = None) -> None:
+        """A new measurement of input preparation (no model) or of one fold, smoothed over batches."""
+        prev = self.pre_cost if model is None else self.cost.get((model, fold))
+        new = seconds_per_study if prev is None else 0.7 * prev + 0.3 * seconds_per_study
+        if model is None:
+            self.pre_cost = new
+        else:
+            self.cost[(model, fold)] = new
 
     def drop_one(self) -> str | None:
         """Drop a fold (from the model with most folds left), else the model the ensemble weighs
@@ -228,19 +224,19 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     sample = _read_csv(root / SAMPLE_CSV, required=False)
     row_ids = required_row_ids(sample, [s.study_id for s in studies])
     # Priors before anything that can fail: the run has a valid submission from here on.
-    prior_only = load_prior(Weights(weights).file("prior.json"))
-    write_atomic(submission_frame(row_ids, {}, prior_only), out)
+    w = Weights(weights)
+    write_atomic(submission_frame(row_ids, {}, load_prior(w.file("prior.json"))), out)
     _say(cfg, f"{len(studies)} test studies, {len(row_ids)} rows; priors written to {out}")
 
     device = pick_device(cfg.device)
-    bundle = Bundle(weights, device)
+    bundle = Bundle(w, device)
     plan = Plan(bundle)
     _say(cfg, f"models {', '.join(f'{m} x{len(v)} folds' for m, v in bundle.models.items()) or 'none'} on {device}"
          + ("" if bundle.ensemble else "; no ensemble weights (models averaged)"))
     tmp = tempfile.TemporaryDirectory(prefix="lumbar-cache-") if not cfg.cache_dir else None
     cache = StudyCache(cfg.cache_dir or tmp.name, cache_version())
     probs: dict[int, np.ndarray] = {}
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = defaultdict(float)
     failures: dict[int, list[str]] = {}
     done = 0
     try:
@@ -253,7 +249,7 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     _say(cfg, f"{done}/{len(studies)} studies predicted in {elapsed:.1f}s; {len(failures)} with errors; "
          f"{len(studies) - done} on priors; wrote {out}")
     return {"studies": len(studies), "predicted": done, "failed": len(failures), "seconds": elapsed,
-            "timings": timings, "failures": failures, "log": list(cfg.log), "device": str(device),
+            "timings": dict(timings), "failures": failures, "log": list(cfg.log), "device": str(device),
             "active": {m: list(ks) for m, ks in plan.active.items()}}
 
 
@@ -261,9 +257,8 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
          row_ids, out) -> int:
     from tqdm import tqdm
 
-    def over_budget() -> bool:
-        left = len(studies) - done
-        return time.perf_counter() - start + left * plan.per_study() > cfg.time_budget
+    def projected() -> float:
+        return time.perf_counter() - start + (len(studies) - done) * plan.per_study()
 
     done = 0
     if not plan.models() or not studies:
@@ -281,11 +276,11 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
     try:
         for items in loader:
             waited = time.perf_counter() - wait_start
-            timings["wait for inputs"] = timings.get("wait for inputs", 0.0) + waited
-            plan.pre_cost = waited / len(items) if plan.pre_cost is None else 0.7 * plan.pre_cost + 0.3 * waited / len(items)
+            timings["wait for inputs"] += waited
+            plan.observe(waited / len(items))
             for it in items:
                 for k, v in it["seconds"].items():
-                    timings[k] = timings.get(k, 0.0) + v
+                    timings[k] += v
                 if it["errors"]:
                     failures[it["study_id"]] = list(it["errors"])
             per_model = _models_on(items, bundle, plan, device, amp, timings, failures, cfg)
@@ -298,12 +293,12 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
             if time.perf_counter() - last_write > cfg.write_every:
                 write_atomic(submission_frame(row_ids, probs, bundle.prior), out)
                 last_write = time.perf_counter()
-            while done < len(studies) and over_budget():
+            while done < len(studies) and projected() > cfg.time_budget:
+                before = projected()
                 what = plan.drop_one()
                 if what is None:
                     break
-                _say(cfg, f"projected {time.perf_counter() - start + (len(studies) - done) * plan.per_study():.0f}s "
-                          f"> budget {cfg.time_budget:.0f}s: {what}")
+                _say(cfg, f"projected {before:.0f}s > budget {cfg.time_budget:.0f}s: {what}")
             if not plan.models():
                 _say(cfg, f"time budget: the remaining {len(studies) - done} studies keep their priors")
                 break
@@ -328,33 +323,23 @@ def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, fa
             continue
         entries = [items[i][key] for i in idx]
         acc = np.zeros((len(idx), 25, 3), np.float64)
-        n_folds = 0
-        nets = dict(bundle.models[name])
+        folds = list(plan.active[name])  # never empty: plan.models() holds only models with folds left
         try:
             batch = _batch(entries, fields_, device)
-            for k in list(plan.active[name]):
+            for k in folds:
                 t = time.perf_counter()
                 with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                    p = nets[k](batch)["probs"].float().cpu().numpy()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                    acc += bundle.models[name][k](batch)["probs"].float().cpu().numpy()  # .cpu() waits for the GPU
                 dt = time.perf_counter() - t
-                timings[f"model {name}"] = timings.get(f"model {name}", 0.0) + dt
-                prev = plan.cost.get((name, k))
-                per = dt / len(idx)
-                plan.cost[(name, k)] = per if prev is None else 0.7 * prev + 0.3 * per
-                acc += p
-                n_folds += 1
+                timings[f"model {name}"] += dt
+                plan.observe(dt / len(idx), name, k)
         except Exception as e:
             for i in idx:
                 failures.setdefault(items[i]["study_id"], []).append(f"{name}: {type(e).__name__}: {e}")
             _say(cfg, f"{name} failed on a batch ({type(e).__name__}: {e}); those studies use the other models")
             out[name] = res
             continue
-        if n_folds == 0:
-            out[name] = res
-            continue
-        p = (acc / n_folds).astype(np.float32)
+        p = (acc / len(folds)).astype(np.float32)
         if name == "multitask":
             p = fill_missing(p, np.stack([e["present"] for e in entries]), bundle.prior)
         for j, i in enumerate(idx):

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .. import schema
+from ..data.cache import atomic_write_text
 from ..metric import EPS
 
 GROUP_COLUMNS = {g: [j for j, c in enumerate(schema.LABEL_COLUMNS) if schema.group_of(c) == g] for g in schema.GROUPS}
@@ -91,11 +92,7 @@ class Ensemble:
         return out.astype(np.float32)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "Ensemble":

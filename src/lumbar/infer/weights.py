@@ -45,9 +45,6 @@ class Weights:
     def has(self, rel: str) -> bool:
         return rel in self.artefacts
 
-    def kinds(self) -> set[str]:
-        return {a["kind"] for a in self.artefacts.values()}
-
     def file(self, rel: str) -> Path:
         """The path of an artefact after checking its sha256 against the manifest."""
         if rel not in self.artefacts:

@@ -32,5 +32,14 @@ def create_model(name: str, cfg=None):
     return fn(cfg if cfg is not None else cls())
 
 
+def for_inference(cfg):
+    """A trained model's config with its initial-weights source switched off: the saved weights replace
+    them, and an offline machine (Kaggle) must not try to download or read a checkpoint."""
+    import dataclasses
+
+    off = {k: v for k, v in (("pretrained", False), ("backbone_checkpoint", "")) if hasattr(cfg, k)}
+    return dataclasses.replace(cfg, **off)
+
+
 def _load_all() -> None:
     from . import multitask, sequence, superres  # noqa: F401  (register on import)

@@ -41,7 +41,7 @@ def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray
     if pick not in ("most_levels", "merge"):
         raise ValueError(f"pick must be 'most_levels' or 'merge', not {pick!r}")
     if pick == "most_levels" or len(vols) == 1:
-        _, v = _widest(vols)
+        _, v = max(vols, key=lambda item: (np.ptp(item[1].depth), len(item[1])))
         return normalise(v.pixels), v.depth, v
     ref = vols[0][1]
     shape = ref.pixels.shape[1:]
@@ -56,10 +56,6 @@ def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray
     pixels, pos = np.concatenate(pixels), np.concatenate(pos)
     order = np.argsort(pos, kind="stable")
     return pixels[order], pos[order], ref
-
-
-def _widest(vols: list[tuple[int, Volume]]) -> tuple[int, Volume]:
-    return max(vols, key=lambda item: (np.ptp(item[1].depth), len(item[1])))
 
 
 N_CHANNELS = 5  # points per frame: a level (T2 canal, T1 foramen) or a side (axial recess: 0 left, 1 right)
@@ -144,7 +140,8 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, c
         positions[t] = (pos[idx] - pos.min()) / span
         mask[t] = True
         if cfg.pick == "most_levels" or len(items) == 1:  # points need one series' slices
-            points[t] = frame_points(coords, stype, _widest(items)[0], ref, idx, box, s)
+            sid = next(i for i, v in items if v is ref)
+            points[t] = frame_points(coords, stype, sid, ref, idx, box, s)
     return {"frames": frames, "mask": mask, "positions": positions, "points": points}
 
 

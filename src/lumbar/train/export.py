@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..data.cache import atomic_write_text
 from ..infer.weights import MANIFEST, MANIFEST_VERSION, WeightsError, sha256
 
 TORCH_MODELS = ("multitask", "sequence")
@@ -52,13 +53,6 @@ def _copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _write_json(obj, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, dst)
-
-
 def _report(run: Path, model: str) -> dict:
     p = run / model / "report.json"
     return json.loads(p.read_text()) if p.exists() else {}
@@ -67,8 +61,11 @@ def _report(run: Path, model: str) -> dict:
 def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights",
                    dataset_id: str | None = None) -> dict:
     """Copy a trained run's inference artefacts into `out` with manifest.json and dataset-metadata.json.
-    Models that were not trained are left out (inference then uses what is there); the prior is required."""
+    Models that were not trained are left out (inference then uses what is there); the prior is required.
+    Paths inside `out` are the run's (slice_select/model/, crops/), so one loader reads either."""
     import torch
+
+    from .loop import atomic_torch_save
 
     run, out = Path(run), Path(out)
     prior = run / "prior" / "all.json"
@@ -78,18 +75,21 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
         (out / old).unlink(missing_ok=True)
     entries: list[dict] = []
 
-    def add(src: Path, rel: str, kind: str, fold: int | None = None, config: dict | None = None,
-            cv_score: float | None = None) -> None:
-        _copy(src, out / rel)
+    def record(rel: str, kind: str, fold: int | None = None, config: dict | None = None,
+               cv_score: float | None = None) -> None:
         entries.append({"path": rel, "sha256": sha256(out / rel), "kind": kind, "fold": fold,
                         "config": config, "cv_score": cv_score})
+
+    def add(src: Path, rel: str, kind: str, **kw) -> None:
+        _copy(src, out / rel)
+        record(rel, kind, **kw)
 
     add(prior, "prior.json", "prior", cv_score=_oof_score(run, "prior", data))
     sel = run / "slice_select" / "model"
     if (sel / "selector.json").exists():
         for f in sorted(sel.iterdir()):
             if f.is_file() and not f.name.startswith("."):
-                add(f, f"slice_select/{f.name}", "slice_select")
+                add(f, f"slice_select/model/{f.name}", "slice_select")
         add(run / "crops" / "regions.json", "crops/regions.json", "crops")
         add(run / "crops" / "config.json", "crops/config.json", "crops")
     models = {}
@@ -104,13 +104,10 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
         for p in folds:
             k = int(p.parent.name[4:])
             state = torch.load(p, map_location="cpu", weights_only=True)["model"]
-            tmp = out / name / f".fold{k}.pt.tmp"
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(state, tmp)  # weights only: no optimiser, loadable with weights_only=True
-            os.replace(tmp, out / name / f"fold{k}.pt")
-            entries.append({"path": f"{name}/fold{k}.pt", "sha256": sha256(out / name / f"fold{k}.pt"), "kind": name,
-                            "fold": k, "config": config,
-                            "cv_score": fold_scores[k] if k < len(fold_scores) else None})
+            # weights only: no optimiser, loadable with weights_only=True
+            atomic_torch_save(state, out / name / f"fold{k}.pt")
+            record(f"{name}/fold{k}.pt", name, fold=k, config=config,
+                   cv_score=fold_scores[k] if k < len(fold_scores) else None)
         models[name] = {"folds": len(folds), "oof_score": report.get("oof_score"), "config": config}
     ens = run / "ensemble" / "ensemble.json"
     if ens.exists():
@@ -119,10 +116,11 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
     manifest = {"format": MANIFEST_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "data_fingerprint": data_fingerprint(data), "libraries": library_versions(),
                 "models": models, "artefacts": entries}
-    _write_json(manifest, out / MANIFEST)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     user = os.environ.get("KAGGLE_USERNAME", "YOUR_KAGGLE_USERNAME")
-    _write_json({"title": "lumbar-weights", "id": dataset_id or f"{user}/lumbar-weights",
-                 "licenses": [{"name": "CC0-1.0"}]}, out / "dataset-metadata.json")
+    atomic_write_text(out / "dataset-metadata.json", json.dumps(
+        {"title": "lumbar-weights", "id": dataset_id or f"{user}/lumbar-weights", "licenses": [{"name": "CC0-1.0"}]},
+        indent=1))
     return manifest
 
 

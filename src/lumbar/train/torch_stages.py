@@ -16,7 +16,7 @@ from ..models.prior import fit_prior
 from ..models.registry import create_model
 from ..models.superres import SuperResConfig, downscale, psnr
 from .datasets import CropDataset, collate
-from .loop import TrainConfig, fit, is_main, pick_device, predict
+from .loop import TrainConfig, atomic_torch_save, fit, is_main, pick_device, predict
 from .oof import write_oof
 from .preprocess_stage import load_crop_entries
 from .runner import RunConfig, register
@@ -82,8 +82,7 @@ def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         lr = downscale(val_p, cfg.scale)
         net_psnr = psnr(model.cpu().net(lr), val_p)
         bicubic = psnr(torch.nn.functional.interpolate(lr, scale_factor=cfg.scale, mode="bicubic", align_corners=False), val_p)
-    torch.save(model.net.state_dict(), out / ".net.pt.tmp")
-    (out / ".net.pt.tmp").replace(out / "net.pt")
+    atomic_torch_save(model.net.state_dict(), out / "net.pt")
     report = {"psnr_network": round(net_psnr, 3), "psnr_bicubic": round(bicubic, 3), "gain_db": round(net_psnr - bicubic, 3),
               "held_out_patches": len(val_p)}
     (out / "report.json").write_text(json.dumps(report, indent=1))
