@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The torch pair this project is tested with; installed first so pip does not pick another build.
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+# The Kaggle image whose library versions everything is trained and tested under (constraints/NAME.txt):
+# what is pickled at training time must load in the kernel.
+KAGGLE_IMAGE ?= kaggle-2024
+CONSTRAINTS := constraints/$(KAGGLE_IMAGE).txt
 DEFAULT_DATA := data/synthetic
 DATA ?= $(DEFAULT_DATA)
 RUN ?= runs/default
@@ -17,12 +21,13 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install $(TORCH_PKGS)
-	$(PY) -m pip install -e '.[dev]'
-	touch $@
+	$(PY) -m pip install $(TORCH_PKGS) -c $(CONSTRAINTS)
+	$(PY) -m pip install -e '.[dev]' -c $(CONSTRAINTS)
+	$(PY) -m pip check
+	echo $(KAGGLE_IMAGE) > $@
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -11,29 +11,30 @@ COLS = ["normal_mild", "moderate", "severe"]
 
 
 def reference_score(solution, submission, row_id_column_name="row_id", any_severe_scalar=1.0):
-    """The scorer's published steps, spelled out with pandas and sklearn.log_loss."""
+    """Kaggle's scorer for this competition, step by step as its published code runs them: each
+    group's loss is sklearn.metrics.log_loss on the submitted rows as they are (log_loss clips and
+    renormalises them itself); the any-severe term is log_loss on the max of the raw severe column."""
     solution = solution.sort_values(by=[row_id_column_name]).reset_index(drop=True)
     submission = submission.sort_values(by=[row_id_column_name]).reset_index(drop=True)
     submission = submission[submission[row_id_column_name].isin(solution[row_id_column_name])].reset_index(drop=True)
     assert (solution[row_id_column_name].values == submission[row_id_column_name].values).all()
-    for frame in (solution, submission):
-        frame["study_id"] = frame[row_id_column_name].apply(lambda x: x.split("_")[0])
-        frame["location"] = frame[row_id_column_name].apply(lambda x: "_".join(x.split("_")[1:-2]))
+    solution["study_id"] = solution[row_id_column_name].apply(lambda x: x.split("_")[0])
+    solution["location"] = solution[row_id_column_name].apply(lambda x: "_".join(x.split("_")[1:-2]))
+    solution["condition"] = solution["location"].apply(
+        lambda x: next(c for c in ["spinal", "foraminal", "subarticular"] if c in x))
+    for col in ("study_id", "location", "condition"):
+        submission[col] = solution[col]
     losses, weights = [], []
     for condition in ["spinal", "foraminal", "subarticular"]:
-        idx = solution.loc[solution["location"].str.contains(condition)].index.values
-        p = np.clip(submission.loc[idx, COLS].values, 1e-15, 1 - 1e-15)
-        p = p / p.sum(axis=1, keepdims=True)
-        losses.append(log_loss(solution.loc[idx, COLS].values, p, sample_weight=solution.loc[idx, "sample_weight"].values))
+        idx = solution.loc[solution["condition"] == condition].index.values
+        losses.append(log_loss(y_true=solution.loc[idx, COLS].values, y_pred=submission.loc[idx, COLS].values,
+                               sample_weight=solution.loc[idx, "sample_weight"].values))
         weights.append(1)
-    spinal_sol = solution.loc[solution["location"].str.contains("spinal")]
-    spinal_sub = submission.loc[submission["location"].str.contains("spinal")].copy()
-    p = np.clip(spinal_sub[COLS].values, 1e-15, 1 - 1e-15)
-    spinal_sub["severe"] = (p / p.sum(axis=1, keepdims=True))[:, 2]
-    labels = spinal_sol.groupby("study_id")["severe"].max()
-    w = spinal_sol.groupby("study_id")["sample_weight"].max()
-    preds = spinal_sub.groupby("study_id")["severe"].max()
-    losses.append(log_loss(labels.values, np.clip(preds.values, 1e-15, 1 - 1e-15), sample_weight=w.values, labels=[0, 1]))
+    labels = pd.Series(solution.loc[solution["condition"] == "spinal"].groupby("study_id")["severe"].max())
+    w = pd.Series(solution.loc[solution["condition"] == "spinal"].groupby("study_id")["sample_weight"].max())
+    preds = pd.Series(submission.loc[submission["condition"] == "spinal"].groupby("study_id")["severe"].max())
+    # labels=[0, 1] only so that a random case without any severe study is scoreable (the scorer would raise)
+    losses.append(log_loss(y_true=labels, y_pred=preds, sample_weight=w, labels=[0, 1]))
     weights.append(any_severe_scalar)
     return np.average(losses, weights=weights)
 
@@ -63,6 +64,24 @@ def test_unnormalised_and_extreme_rows_are_clipped_and_renormalised():
     sub.loc[:5, COLS] = [0.0, 0.0, 1.0]
     assert abs(score(sol, sub) - reference_score(sol.copy(), sub.copy())) < 1e-9
     assert np.isfinite(score(sol, sub))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_any_severe_term_reads_the_raw_severe_column(seed):
+    """Rows that do not sum to 1: the group losses see them renormalised, the any-severe term sees the
+    submitted severe column as it is. Renormalising before that term (an earlier version did) moves
+    the score by far more than the tolerance."""
+    rng = np.random.default_rng(100 + seed)
+    sol, sub, ids, y, p = random_case(rng, n_studies=30)
+    sub[COLS] = sub[COLS].values * rng.uniform(0.05, 0.95, size=(len(sub), 1))  # < 1: clipping leaves them
+    ours = score_groups(sol, sub)
+    assert abs(ours["overall"] - reference_score(sol.copy(), sub.copy())) < 1e-9
+    normalised = sub.copy()
+    normalised[COLS] = sub[COLS].values / sub[COLS].values.sum(1, keepdims=True)
+    other = score_groups(sol, normalised)
+    for g in schema.GROUPS:  # the group losses renormalise: unchanged
+        assert other[g] == pytest.approx(ours[g], abs=1e-9)
+    assert abs(other["any_severe_spinal"] - ours["any_severe_spinal"]) > 1e-3
 
 
 def test_perfect_prediction_scores_near_zero_and_uniform_near_log3():

@@ -2,8 +2,13 @@
 
 `score` follows the steps of Kaggle's scorer for this competition: a sample-weighted log loss per
 condition group (spinal, foraminal, subarticular), plus a binary log loss on "any severe spinal
-canal stenosis" per study, averaged. Written from those steps with numpy; tests compare it with a
-step-by-step sklearn reference.
+canal stenosis" per study, averaged. Written from those steps with numpy; tests compare it with the
+scorer's code spelled out with sklearn.metrics.log_loss (scikit-learn 1.2.2, as on Kaggle).
+
+Two details decide the score of a submission whose rows do not sum to 1, and both follow the scorer:
+the group losses clip each probability to [eps, 1 - eps] and then renormalise the row (what
+sklearn's log_loss does), while the any-severe-spinal term takes the submission's raw severe column
+(its maximum over the study's five levels), clipped but never renormalised.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import pandas as pd
 
 from . import schema
 
-EPS = 1e-15
+EPS = float(np.finfo(np.float64).eps)  # sklearn log_loss's eps='auto' for float64 input
 
 
 class MetricError(ValueError):
@@ -51,7 +56,8 @@ def _group_losses(solution: pd.DataFrame, submission: pd.DataFrame, row_id_colum
     true = solution[cols].to_numpy(dtype=np.float64)
     weight = solution["sample_weight"].to_numpy(dtype=np.float64)
 
-    # As the scorer did: clip, then renormalise each row.
+    raw_severe = pred[:, 2].copy()  # the any-severe term reads the column as submitted
+    # Inside each group's log loss, as sklearn's log_loss does: clip, then renormalise each row.
     pred = np.clip(pred, EPS, 1 - EPS)
     pred = pred / pred.sum(axis=1, keepdims=True)
 
@@ -68,9 +74,9 @@ def _group_losses(solution: pd.DataFrame, submission: pd.DataFrame, row_id_colum
         losses[g] = float((row_loss * weight[m]).sum() / weight[m].sum())
 
     # Any severe spinal: per study, label = any severe level, weight = max weight,
-    # prediction = max predicted severe probability.
+    # prediction = max of the submitted severe probabilities (not renormalised), clipped.
     m = group == "spinal"
-    frame = pd.DataFrame({"study": study[m], "y": true[m, 2], "w": weight[m], "p": pred[m, 2]})
+    frame = pd.DataFrame({"study": study[m], "y": true[m, 2], "w": weight[m], "p": raw_severe[m]})
     agg = frame.groupby("study").agg(y=("y", "max"), w=("w", "max"), p=("p", "max"))
     p = np.clip(agg["p"].to_numpy(), EPS, 1 - EPS)
     y = agg["y"].to_numpy()
