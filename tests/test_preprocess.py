@@ -160,11 +160,16 @@ def test_selector_round_trip_and_version_guard(stage_one, synth_dir, tmp_path):
     manifest["sklearn"] = "1.2.2"
     (broken / "selector.json").write_text(json.dumps(manifest))
     (broken / "axial_rf.pkl").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(RuntimeError, match=r"install scikit-learn==1\.2\.2"):
+    with pytest.raises(RuntimeError, match=r"axial_rf\.pkl.*trained with scikit-learn 1\.2\.2"):
         SliceSelector.load(broken, strict=True)
-    with pytest.warns(UserWarning, match="axial_rf.pkl"):
-        lenient = SliceSelector.load(broken)
+    lenient = SliceSelector.load(broken)  # never raises: the member is dropped and listed
+    assert len(lenient.dropped) == 1 and "axial_rf.pkl" in lenient.dropped[0]
     assert list(lenient.members[schema.AXIAL]) == ["xgb"]
+    # XGBoost's file damaged too: that type has no member left and falls back to the naive rule
+    (broken / "axial_xgb.json").write_text("{not json")
+    worse = SliceSelector.load(broken)
+    assert schema.AXIAL not in worse.members and len(worse.dropped) == 2
+    assert worse.predict_proba(schema.AXIAL, sf.features) is None
     np.testing.assert_allclose(lenient.predict_proba(schema.AXIAL, sf.features),
                                sel.predict_proba(schema.AXIAL, sf.features, "xgb"), atol=1e-6)
 

@@ -2,20 +2,26 @@
 
 Order of events, built so that Kaggle's hidden run always ends with a valid submission:
 1. a submission of priors is written (atomically) before any model is loaded;
-2. studies are decoded and preprocessed in DataLoader workers (volumes once per study into the cache
-   both models read), while the main process runs batches of studies through each model's folds
-   (fp16 autocast on CUDA, fp32 on CPU);
-3. after each batch the projection from measured throughput is checked against the time budget: when
-   it overruns, folds are dropped, then models, then the remaining studies keep their priors;
-4. the submission is rewritten atomically as predictions arrive, and once more at the end.
+2. the installed library versions are compared with those the weights were exported with;
+3. every artefact is loaded on its own: a selector member, a fold, the ensemble or stage one that
+   fails to load is dropped with a message and the rest predicts (`Bundle.dropped`);
+4. studies are decoded and preprocessed in worker processes, one study per worker under a deadline
+   (`workers.StudyPool`: a hang or a killed worker costs that study only), while the main process
+   runs batches through each model's folds (fp16 autocast on CUDA, fp32 on CPU);
+5. after each batch the time budget (`budget.Plan`) drops or restores folds and models from the
+   steady-state cost; the remaining studies keep their priors only when the real clock runs out;
+6. the submission is rewritten atomically as predictions arrive, and once more at the end, also when
+   something raises.
 A study that fails anywhere (no series, undecodable files, a model error) is logged and keeps what
 did work: the other model's prediction, or the prior.
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,22 +29,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .. import config as cfgmod
+from .. import schema
 from ..data.cache import StudyCache
 from ..data.catalog import SAMPLE_CSV, Study, _read_csv, find_root, load_studies
 from ..data.volumes import study_volumes
+from ..devices import pick_device
 from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.prior import load_prior
 from ..models.registry import create_model, for_inference
 from ..models.sequence import SequenceConfig
+from ..preprocess.crops import CropRegions
 from ..preprocess.frames import FramesConfig, build_frames
-from ..preprocess.pipeline import build_crops, cache_version, load_stage_one, select, study_features
-from ..train.loop import pick_device
+from ..preprocess.pipeline import (PreprocessConfig, build_crops, cache_version, folder_fingerprint,
+                                   read_preprocess_config, select, study_features)
+from ..preprocess.slice_select import SliceSelector
+from .budget import Plan
 from .ensemble import Ensemble
 from .submission import required_row_ids, submission_frame, write_atomic
-from .weights import Weights
+from .weights import Weights, version_report
+from .workers import StudyPool
 
 DEFAULT_BUDGET_S = 8.0 * 3600  # Kaggle allows 9 hours for the whole notebook: an hour of margin
 CONFIGS = {"multitask": MultitaskConfig, "sequence": SequenceConfig}
@@ -47,12 +58,17 @@ CONFIGS = {"multitask": MultitaskConfig, "sequence": SequenceConfig}
 @dataclass
 class PredictConfig:
     batch_size: int = 8
-    workers: int = 2
+    workers: int = 2  # processes preparing inputs; 0 = in this process, in order, with no deadline
     device: str = "auto"
     amp: bool = True  # fp16 autocast where the device is CUDA (CPU always runs fp32)
     time_budget: float = DEFAULT_BUDGET_S  # seconds for the whole predict call
+    study_timeout: float = 600.0  # seconds one study's input preparation may take in a worker
     cache_dir: str = ""  # "" = a temporary folder removed at the end
     write_every: float = 20.0  # seconds between rewrites of the submission while predicting
+    fallback_prior: list | None = None  # [25][3], when the weights' prior.json cannot be read
+    # Fault injection for the kernel's tests: "batch:N" raises in the N-th batch, "die:STUDY" kills the
+    # worker preparing STUDY, "hang:STUDY" makes it hang. Empty in real runs.
+    fault: str = ""
     log: list = field(default_factory=list)
 
 
@@ -61,39 +77,93 @@ def _say(cfg: PredictConfig, msg: str) -> None:
     print(f"predict: {msg}", file=sys.stderr, flush=True)
 
 
-class Bundle:
-    """Everything loaded from a weights folder: prior, stage one, each model's folds, ensemble."""
+def _fallback_prior(cfg: PredictConfig) -> np.ndarray:
+    if cfg.fallback_prior is not None:
+        p = np.asarray(cfg.fallback_prior, np.float64)
+        if p.shape == (schema.N_LABELS, schema.N_CLASSES) and np.isfinite(p).all() and (p > 0).all():
+            return (p / p.sum(1, keepdims=True)).astype(np.float32)
+    return np.full((schema.N_LABELS, schema.N_CLASSES), 1.0 / schema.N_CLASSES, np.float32)
 
-    def __init__(self, weights: Weights | str | Path, device: torch.device):
-        w = weights if isinstance(weights, Weights) else Weights(weights)
-        self.weights = w
-        self.prior = load_prior(w.file("prior.json"))
-        self.selector = self.regions = self.pcfg = None
-        self.selector_id = ""
-        if w.has("slice_select/model/selector.json"):
-            for rel, a in w.artefacts.items():  # sha256 checks first; the folder is laid out as a run's
-                if a["kind"] in ("slice_select", "crops"):
-                    w.file(rel)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # sklearn/xgboost version chatter
-                self.selector, self.selector_id, self.regions, self.pcfg = load_stage_one(w.folder)
+
+class Bundle:
+    """Everything loaded from a weights folder: prior, stage one, each model's folds, ensemble.
+
+    Loading never raises: whatever fails to load (a sha256 that differs from the manifest, a pickle
+    from another library version, a missing fold file) is dropped, listed in `dropped` with the
+    reason, and the rest predicts."""
+
+    def __init__(self, weights: Weights, device: torch.device, prior: np.ndarray):
+        self.weights, self.prior = weights, prior
+        self.dropped: list[str] = []
+        self.selector: SliceSelector | None = None
+        self.selector_id = "naive"
+        self.regions: CropRegions | None = None
+        self.pcfg: PreprocessConfig | None = None
+        self._load_stage_one()
         self.models: dict[str, dict[int, torch.nn.Module]] = {}
         self.configs: dict = {}
         for name, cls in CONFIGS.items():
-            folds = w.folds(name)
-            if not folds:
-                continue
-            if name == "multitask" and self.selector is None:
-                continue  # its crops need stage one
+            self._load_model(name, cls, device)
+        self.ensemble = None
+        if weights.has("ensemble.json"):
+            try:
+                self.ensemble = Ensemble.load(weights.file("ensemble.json"))
+            except Exception as e:
+                self.dropped.append(f"ensemble weights ({type(e).__name__}: {e}); models are averaged")
+
+    def _load_stage_one(self) -> None:
+        w = self.weights
+        if not w.has("slice_select/model/selector.json"):
+            return
+        skip = {}  # member files whose sha256 differs from the manifest: never unpickled
+        for rel, a in w.artefacts.items():
+            if a["kind"] == "slice_select" and not rel.endswith("selector.json"):
+                try:
+                    w.file(rel)
+                except Exception as e:
+                    skip[Path(rel).name] = str(e)
+        try:
+            w.file("slice_select/model/selector.json")
+            sel = SliceSelector.load(w.folder / "slice_select" / "model", skip=skip)
+            self.dropped += sel.dropped
+            self.selector = sel if sel.members else None
+            self.selector_id = folder_fingerprint(w.folder / "slice_select" / "model")
+        except Exception as e:
+            self.dropped.append(f"slice selector ({type(e).__name__}: {e}); slices come from the naive rule")
+        try:
+            self.regions = CropRegions.load(w.file("crops/regions.json"))
+            w.file("crops/config.json")
+            self.pcfg = read_preprocess_config(w.folder)
+        except Exception as e:
+            self.regions = self.pcfg = None
+            self.dropped.append(f"crop regions ({type(e).__name__}: {e}); the multitask model cannot run")
+
+    def _load_model(self, name: str, cls, device: torch.device) -> None:
+        w = self.weights
+        folds = sorted((a["fold"], rel) for rel, a in w.artefacts.items() if a["kind"] == name)
+        if not folds:
+            return
+        if name == "multitask" and self.regions is None:
+            self.dropped.append(f"model {name}: its crops need stage one, which did not load")
+            return
+        try:
             cfg = for_inference(cfgmod.from_dict(cls, w.config(name)))
-            self.configs[name] = cfg
-            nets = {}
-            for k, path in folds:
+        except Exception as e:
+            self.dropped.append(f"model {name}: config unreadable ({type(e).__name__}: {e})")
+            return
+        nets = {}
+        for k, rel in folds:
+            try:
                 net = create_model(name, cfg)
-                net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                net.load_state_dict(torch.load(w.file(rel), map_location="cpu", weights_only=True))
                 nets[k] = net.to(device).eval()
-            self.models[name] = nets
-        self.ensemble = Ensemble.load(w.file("ensemble.json")) if w.has("ensemble.json") else None
+            except Exception as e:
+                self.dropped.append(f"{name} fold {k}: {w.folder / rel} does not load ({type(e).__name__}: "
+                                    f"{str(e)[:300]})")
+        if nets:
+            self.models[name], self.configs[name] = nets, cfg
+        else:
+            self.dropped.append(f"model {name}: no fold loaded; the ensemble is renormalised over the others")
 
     def model_weight(self, name: str) -> float:
         """The model's mean ensemble weight over groups (which model to drop first under time pressure)."""
@@ -110,25 +180,46 @@ class Bundle:
             return np.mean([probs[m] for m in models], axis=0)
         return self.ensemble.apply_available({m: p[None] for m, p in probs.items()})[0]
 
+    def describe(self) -> list[str]:
+        """What loaded, a line each (printed by the notebook)."""
+        lines = []
+        if self.selector is not None:
+            for stype, names in self.selector.member_counts().items():
+                lines.append(f"slice selector {stype}: {len(names)} members ({', '.join(names)})")
+        elif self.regions is not None:
+            lines.append("slice selector: none loaded; slices from the naive rule")
+        for name, nets in self.models.items():
+            lines.append(f"model {name}: folds {sorted(nets)}")
+        lines.append("ensemble: " + ("fitted weights" if self.ensemble else "models averaged"))
+        return lines
 
-class StudyInputs(Dataset):
-    """One test study per item, preprocessed in a worker: what each model reads, or the error."""
 
-    def __init__(self, studies: list[Study], bundle: Bundle, cache: StudyCache, need: set[str]):
-        self.studies, self.bundle, self.cache, self.need = studies, bundle, cache, need
+class StudyInputs:
+    """One test study's model inputs, prepared in a worker: (study, models needed) -> item with the
+    inputs of each model it could prepare, seconds per part and errors."""
+
+    def __init__(self, bundle: Bundle, cache: StudyCache, fault: str = ""):
+        self.bundle, self.cache, self.fault = bundle, cache, fault
         seq = bundle.configs.get("sequence")
         self.fcfg = FramesConfig.of_model(seq) if seq is not None else None
 
-    def __len__(self) -> int:
-        return len(self.studies)
+    def _inject(self, study_id: int) -> None:
+        kind, _, arg = self.fault.partition(":")
+        if arg == str(study_id):
+            if kind == "die":
+                os._exit(137)  # what the kernel's OOM killer leaves
+            if kind == "hang":
+                time.sleep(10 ** 6)
 
-    def __getitem__(self, i: int) -> dict:
-        st = self.studies[i]
+    def __call__(self, task: tuple[Study, frozenset]) -> dict:
+        st, need = task
+        if self.fault:
+            self._inject(st.study_id)
         item: dict = {"study_id": st.study_id, "errors": [], "seconds": {}}
         t = time.perf_counter()
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore")  # per-file DICOM chatter; failures are reported below
                 vols = study_volumes(st, self.cache)
         except Exception as e:  # anything: this study falls back, the run goes on
             item["errors"].append(f"decode: {type(e).__name__}: {e}")
@@ -138,79 +229,47 @@ class StudyInputs(Dataset):
             item["errors"].append("no readable series")
             return item
         b = self.bundle
-        if "multitask" in self.need:
+        if "multitask" in need and b.regions is not None:
             t = time.perf_counter()
             try:
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                    warnings.simplefilter("ignore", UserWarning)  # sklearn feature-name chatter
                     sel = select(study_features(st, self.cache, vols), b.selector)
                     item["crops"] = build_crops(st, vols, sel, b.regions, b.pcfg)
             except Exception as e:
                 item["errors"].append(f"crops: {type(e).__name__}: {e}")
-            item["seconds"]["preprocess multitask"] = time.perf_counter() - t
-        if "sequence" in self.need and self.fcfg is not None:
+            item["seconds"]["multitask"] = time.perf_counter() - t
+        if "sequence" in need and self.fcfg is not None:
             t = time.perf_counter()
             try:
                 item["frames"] = build_frames(vols, self.fcfg)
             except Exception as e:
                 item["errors"].append(f"frames: {type(e).__name__}: {e}")
-            item["seconds"]["preprocess sequence"] = time.perf_counter() - t
+            item["seconds"]["sequence"] = time.perf_counter() - t
         return item
-
-
-def _as_list(items):
-    return items
 
 
 CROP_INPUTS = ("sag_image", "axial_image", "sag_points", "axial_points", "present")
 FRAME_INPUTS = ("frames", "mask", "positions")
+TIMING_NAMES = {"decode": "decode", "multitask": "preprocess multitask", "sequence": "preprocess sequence"}
 
 
 def _batch(entries: list[dict], keys, device) -> dict:
     return {k: torch.from_numpy(np.stack([np.asarray(e[k]) for e in entries])).to(device) for k in keys}
 
 
-class Plan:
-    """Which folds of which model still run; what to drop next when the projection overruns."""
-
-    def __init__(self, bundle: Bundle):
-        self.bundle = bundle
-        self.active = {m: sorted(nets) for m, nets in bundle.models.items()}
-        self.cost: dict[tuple[str, int], float] = {}  # seconds per study, measured
-        self.pre_cost: float | None = None  # main-process seconds waiting for inputs, per study
-
-    def models(self) -> set[str]:
-        return {m for m, ks in self.active.items() if ks}
-
-    def per_study(self) -> float:
-        return (self.pre_cost or 0.0) + sum(self.cost.get((m, k), 0.0) for m, ks in self.active.items() for k in ks)
-
-    def observe(self, seconds_per_study: float, model: str | None = None, fold: int | None = None) -> None:
-        """A new measurement of input preparation (no model) or of one fold, smoothed over batches."""
-        prev = self.pre_cost if model is None else self.cost.get((model, fold))
-        new = seconds_per_study if prev is None else 0.7 * prev + 0.3 * seconds_per_study
-        if model is None:
-            self.pre_cost = new
-        else:
-            self.cost[(model, fold)] = new
-
-    def drop_one(self) -> str | None:
-        """Drop a fold (from the model with most folds left), else the model the ensemble weighs
-        least; None when nothing is left to drop."""
-        multi = {m: ks for m, ks in self.active.items() if len(ks) > 1}
-        if multi:
-            m = max(multi, key=lambda m: (len(multi[m]), sum(self.cost.get((m, k), 0) for k in multi[m])))
-            k = self.active[m].pop()
-            return f"dropped fold {k} of {m}"
-        live = [m for m, ks in self.active.items() if ks]
-        if len(live) > 1:
-            m = min(live, key=self.bundle.model_weight)
-            self.active[m] = []
-            return f"dropped model {m}"
-        if live:
-            self.active[live[0]] = []
-            return f"dropped model {live[0]} (the last one)"
-        return None
+def _open_weights(weights, cfg: PredictConfig) -> tuple[Weights | None, np.ndarray]:
+    """The weights folder and its prior; never raises (a broken folder leaves the fallback prior)."""
+    try:
+        w = Weights(weights)
+    except Exception as e:
+        _say(cfg, f"weights unusable ({e}); every study keeps the fallback prior")
+        return None, _fallback_prior(cfg)
+    try:
+        return w, load_prior(w.file("prior.json"))
+    except Exception as e:
+        _say(cfg, f"prior unusable ({e}); the fallback prior stands in")
+        return w, _fallback_prior(cfg)
 
 
 def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: PredictConfig | None = None) -> dict:
@@ -219,96 +278,126 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     start = time.perf_counter()
     root = find_root(data)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # skipped series are counted per study below
         studies = load_studies(root, "test")
     sample = _read_csv(root / SAMPLE_CSV, required=False)
     row_ids = required_row_ids(sample, [s.study_id for s in studies])
     # Priors before anything that can fail: the run has a valid submission from here on.
-    w = Weights(weights)
-    write_atomic(submission_frame(row_ids, {}, load_prior(w.file("prior.json"))), out)
+    w, prior = _open_weights(weights, cfg)
+    write_atomic(submission_frame(row_ids, {}, prior), out)
     _say(cfg, f"{len(studies)} test studies, {len(row_ids)} rows; priors written to {out}")
+    if w is not None:
+        table, problems = version_report(w.manifest.get("libraries", {}))
+        for p in problems:
+            _say(cfg, f"version difference: {p}")
 
     device = pick_device(cfg.device)
-    bundle = Bundle(w, device)
-    plan = Plan(bundle)
-    _say(cfg, f"models {', '.join(f'{m} x{len(v)} folds' for m, v in bundle.models.items()) or 'none'} on {device}"
-         + ("" if bundle.ensemble else "; no ensemble weights (models averaged)"))
+    bundle = Bundle(w, device, prior) if w is not None else None
+    if bundle is not None:
+        for d in bundle.dropped:
+            _say(cfg, f"dropped: {d}")
+        for line in bundle.describe():
+            _say(cfg, f"loaded: {line}")
+    folds = {m: sorted(nets) for m, nets in bundle.models.items()} if bundle else {}
+    plan = Plan(folds, cfg.time_budget, len(studies), cfg.workers, weight_of=bundle.model_weight if bundle else
+                (lambda m: 1.0), start=start)
+    _say(cfg, f"models {', '.join(f'{m} x{len(v)} folds' for m, v in folds.items()) or 'none'} on {device}"
+         + ("" if bundle is None or bundle.ensemble else "; no ensemble weights (models averaged)"))
     tmp = tempfile.TemporaryDirectory(prefix="lumbar-cache-") if not cfg.cache_dir else None
     cache = StudyCache(cfg.cache_dir or tmp.name, cache_version())
     probs: dict[int, np.ndarray] = {}
     timings: dict[str, float] = defaultdict(float)
     failures: dict[int, list[str]] = {}
-    done = 0
+    done = [0]
     try:
-        done = _run(studies, bundle, plan, cache, cfg, device, start, probs, timings, failures, row_ids, out)
+        if bundle is not None and plan.models() and studies:
+            _run(studies, bundle, plan, cache, cfg, device, probs, timings, failures, done,
+                 lambda: write_atomic(submission_frame(row_ids, probs, prior), out))
     finally:
-        write_atomic(submission_frame(row_ids, probs, bundle.prior), out)
+        write_atomic(submission_frame(row_ids, probs, prior), out)
         if tmp is not None:
             tmp.cleanup()
     elapsed = time.perf_counter() - start
-    _say(cfg, f"{done}/{len(studies)} studies predicted in {elapsed:.1f}s; {len(failures)} with errors; "
-         f"{len(studies) - done} on priors; wrote {out}")
-    return {"studies": len(studies), "predicted": done, "failed": len(failures), "seconds": elapsed,
+    _say(cfg, f"{done[0]}/{len(studies)} studies predicted in {elapsed:.1f}s; {len(failures)} with errors; "
+         f"{len(studies) - len(probs)} on priors; wrote {out}")
+    return {"studies": len(studies), "predicted": done[0], "failed": len(failures), "seconds": elapsed,
             "timings": dict(timings), "failures": failures, "log": list(cfg.log), "device": str(device),
-            "active": {m: list(ks) for m, ks in plan.active.items()}}
+            "active": {m: list(ks) for m, ks in plan.active.items()},
+            "dropped": list(bundle.dropped) if bundle else ["weights"]}
 
 
-def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device, start, probs, timings, failures,
-         row_ids, out) -> int:
+def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device, probs, timings, failures, done,
+         write) -> None:
     from tqdm import tqdm
 
-    def projected() -> float:
-        return time.perf_counter() - start + (len(studies) - done) * plan.per_study()
-
-    done = 0
-    if not plan.models() or not studies:
-        return 0
-    if time.perf_counter() - start > cfg.time_budget:
+    if plan.should_stop(cfg.batch_size):
         _say(cfg, f"time budget {cfg.time_budget:.0f}s spent before the first study; every study keeps its prior")
-        return 0
-    need = plan.models()
-    loader = DataLoader(StudyInputs(studies, bundle, cache, need), batch_size=cfg.batch_size, shuffle=False,
-                        num_workers=cfg.workers, collate_fn=_as_list)
-    last_write = time.perf_counter()
+        return
+    pool = StudyPool(StudyInputs(bundle, cache, cfg.fault), cfg.workers, cfg.study_timeout)
+    order = iter(range(len(studies)))
+    state = {"stop": False, "batches": 0, "last_write": time.perf_counter(), "batch_start": time.perf_counter()}
+
+    def next_task():
+        if state["stop"]:
+            return None
+        i = next(order, None)
+        return None if i is None else (i, (studies[i], frozenset(plan.models())))
+
     amp = device.type == "cuda" and cfg.amp
     bar = tqdm(total=len(studies), desc="predict", file=sys.stderr)
-    wait_start = time.perf_counter()
+    batch: list[dict] = []
+
+    def flush() -> None:
+        state["batches"] += 1
+        if cfg.fault == f"batch:{state['batches']}":
+            raise RuntimeError(f"fault injected in batch {state['batches']} (PredictConfig.fault)")
+        prep: dict[str, float] = defaultdict(float)
+        for it in batch:
+            for k, v in it["seconds"].items():
+                timings[TIMING_NAMES.get(k, k)] += v
+                prep[k] += v
+            if it["errors"]:
+                failures[it["study_id"]] = list(it["errors"])
+        fold_seconds: dict = {}
+        per_model = _models_on(batch, bundle, plan, device, amp, timings, failures, cfg, fold_seconds)
+        for i, it in enumerate(batch):
+            got = {m: p[i] for m, p in per_model.items() if p[i] is not None}
+            if got:
+                probs[it["study_id"]] = bundle.combine(got)
+        done[0] += len(batch)
+        bar.update(len(batch))
+        now = time.perf_counter()
+        plan.observe(len(batch), now - state["batch_start"], prep, fold_seconds)
+        for line in plan.decide():
+            _say(cfg, line)
+        if now - state["last_write"] > cfg.write_every:
+            write()
+            state["last_write"] = now
+        batch.clear()
+        if plan.should_stop(cfg.batch_size):
+            state["stop"] = True
+            _say(cfg, f"time budget: {cfg.time_budget - plan.elapsed():.0f}s left, less than one more batch; "
+                      f"the remaining {len(studies) - done[0]} studies keep their priors")
+        state["batch_start"] = time.perf_counter()
+
     try:
-        for items in loader:
-            waited = time.perf_counter() - wait_start
-            timings["wait for inputs"] += waited
-            plan.observe(waited / len(items))
-            for it in items:
-                for k, v in it["seconds"].items():
-                    timings[k] += v
-                if it["errors"]:
-                    failures[it["study_id"]] = list(it["errors"])
-            per_model = _models_on(items, bundle, plan, device, amp, timings, failures, cfg)
-            for i, it in enumerate(items):
-                got = {m: p[i] for m, p in per_model.items() if p[i] is not None}
-                if got:
-                    probs[it["study_id"]] = bundle.combine(got)
-            done += len(items)
-            bar.update(len(items))
-            if time.perf_counter() - last_write > cfg.write_every:
-                write_atomic(submission_frame(row_ids, probs, bundle.prior), out)
-                last_write = time.perf_counter()
-            while done < len(studies) and projected() > cfg.time_budget:
-                before = projected()
-                what = plan.drop_one()
-                if what is None:
+        for i, item, error in pool.run(next_task):
+            if item is None:
+                item = {"study_id": studies[i].study_id, "errors": [f"inputs: {error}"], "seconds": {}}
+            batch.append(item)
+            if len(batch) >= cfg.batch_size:
+                flush()
+                if state["stop"]:
                     break
-                _say(cfg, f"projected {before:.0f}s > budget {cfg.time_budget:.0f}s: {what}")
-            if not plan.models():
-                _say(cfg, f"time budget: the remaining {len(studies) - done} studies keep their priors")
-                break
-            wait_start = time.perf_counter()
+        if batch and not state["stop"]:
+            flush()
     finally:
         bar.close()
-    return done
+        for event in pool.events:
+            _say(cfg, f"worker: {event}")
 
 
-def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, failures, cfg) -> dict:
+def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, failures, cfg, fold_seconds) -> dict:
     """Per active model, a list (one per item) of fold-averaged [25, 3] probabilities or None."""
     out = {}
     inputs = {"multitask": ("crops", CROP_INPUTS), "sequence": ("frames", FRAME_INPUTS)}
@@ -318,8 +407,8 @@ def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, fa
         if name == "sequence":  # a study with no usable series at all has nothing to attend to
             idx = [i for i in idx if items[i]["frames"]["mask"].any()]
         res: list = [None] * len(items)
+        out[name] = res
         if not idx:
-            out[name] = res
             continue
         entries = [items[i][key] for i in idx]
         acc = np.zeros((len(idx), 25, 3), np.float64)
@@ -332,12 +421,12 @@ def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, fa
                     acc += bundle.models[name][k](batch)["probs"].float().cpu().numpy()  # .cpu() waits for the GPU
                 dt = time.perf_counter() - t
                 timings[f"model {name}"] += dt
-                plan.observe(dt / len(idx), name, k)
+                fold_seconds[(name, k)] = dt  # per batch: studies without this model's inputs cost nothing
         except Exception as e:
             for i in idx:
                 failures.setdefault(items[i]["study_id"], []).append(f"{name}: {type(e).__name__}: {e}")
-            _say(cfg, f"{name} failed on a batch ({type(e).__name__}: {e}); those studies use the other models")
-            out[name] = res
+            _say(cfg, f"{name} failed on a batch ({type(e).__name__}: {e}); those studies use the other models\n"
+                      + traceback.format_exc(limit=3))
             continue
         p = (acc / len(folds)).astype(np.float32)
         if name == "multitask":
@@ -347,5 +436,4 @@ def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, fa
                 res[i] = p[j]
             else:
                 failures.setdefault(items[i]["study_id"], []).append(f"{name}: non-finite output")
-        out[name] = res
     return out

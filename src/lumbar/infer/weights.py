@@ -7,7 +7,9 @@ and Kaggle's hidden run shows nothing but the score.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import platform
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -71,3 +73,52 @@ class Weights:
     def check_all(self) -> None:
         for rel in self.artefacts:
             self.file(rel)
+
+
+# Libraries whose version is recorded at export, by import name. How much of a difference matters:
+# "exact" for pickles (scikit-learn refuses or mispredicts another version's), "minor" where a
+# serialised format or a model definition can change between minor releases, "" for information.
+LIBRARIES = {"numpy": "minor", "sklearn": "exact", "xgboost": "minor", "torch": "minor", "timm": "minor",
+             "scipy": "", "pandas": "", "pydicom": "", "skimage": "", "cv2": "", "PIL": ""}
+
+
+def library_versions() -> dict[str, str]:
+    """The installed version of every library inference depends on ("missing" where absent)."""
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = str(importlib.import_module(name).__version__)
+        except Exception:  # a missing library is worth recording, not failing over
+            out[name] = "missing"
+    return out
+
+
+def _release(version: str, parts: int) -> tuple:
+    nums = []
+    for piece in version.split("+")[0].split(".")[:parts]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        nums.append(int(digits) if digits else 0)
+    return tuple(nums)
+
+
+def version_report(recorded: dict[str, str], installed: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """(a table of every library: trained with, installed here; the differences that matter, in words)."""
+    installed = installed if installed is not None else library_versions()
+    rows, problems = [f"{'library':<10} {'trained':<16} {'installed':<16}"], []
+    for name in ["python", *LIBRARIES]:
+        want, have = recorded.get(name, "?"), installed.get(name, "?")
+        rule = LIBRARIES.get(name, "")
+        mark = ""
+        if want not in ("?", "missing") and want != have:
+            if have == "missing":
+                mark = "MISSING"
+            elif rule == "exact" or (rule == "minor" and _release(want, 2) != _release(have, 2)):
+                mark = "DIFFERS"
+        if mark:
+            what = {"sklearn": "pickled slice-selector members may not load (they are dropped if so)",
+                    "numpy": "pickled arrays may not load", "xgboost": "the XGBoost member may not load",
+                    "torch": "fold weights may not load", "timm": "backbones may not match the weights"}
+            problems.append(f"{name}: trained with {want}, installed {have}: "
+                            f"{what.get(name, 'inference needs it') if mark == 'DIFFERS' else 'not installed'}")
+        rows.append(f"{name:<10} {want:<16} {have:<16} {mark}".rstrip())
+    return "\n".join(rows), problems

@@ -173,6 +173,7 @@ class SliceSelector:
     """Per series type, the fitted members; predict_proba averages the members' probabilities."""
     members: dict[str, dict[str, object]] = field(default_factory=dict)  # stype -> member -> model
     seed: int = 0
+    dropped: list[str] = field(default_factory=list)  # members that failed to load, with the reason
 
     def fit(self, X: dict[str, np.ndarray], y: dict[str, np.ndarray], members=MEMBERS) -> "SliceSelector":
         for stype, Xs in X.items():
@@ -233,12 +234,13 @@ class SliceSelector:
         tmp.replace(folder / "selector.json")
 
     @classmethod
-    def load(cls, folder: str | Path, strict: bool = False) -> "SliceSelector":
-        """Loads every member. A pickled member that the installed scikit-learn cannot read is an
-        error naming the version to install (strict) or is left out with that warning, the portable
-        XGBoost member carrying the vote alone."""
+    def load(cls, folder: str | Path, strict: bool = False, skip: dict[str, str] | None = None) -> "SliceSelector":
+        """Loads every member it can. A member that fails to load (any exception: a pickle from
+        another scikit-learn or numpy, a damaged file, an XGBoost JSON it cannot parse) is an error
+        naming the file and the versions (strict), or is left out and listed in `dropped`, the other
+        members carrying the vote; a type left with no member falls back to the naive rule.
+        `skip` names member files not to open at all (file name -> why: a sha256 that differs)."""
         import sklearn
-        from xgboost import XGBClassifier
 
         folder = Path(folder)
         manifest = json.loads((folder / "selector.json").read_text())
@@ -247,25 +249,40 @@ class SliceSelector:
             sel.members[stype] = {}
             for m in names:
                 path = folder / f"{STYPE_KEY[stype]}_{m}.{'json' if m == 'xgb' else 'pkl'}"
-                if m == "xgb":
-                    model = XGBClassifier()
-                    model.load_model(str(path))
-                    sel.members[stype][m] = model
+                if skip and path.name in skip:
+                    sel.dropped.append(f"selector member {m} for {stype}: {skip[path.name]}")
                     continue
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("error" if manifest["sklearn"] != sklearn.__version__ else "ignore")
-                        model = pickle.loads(path.read_bytes())
+                    sel.members[stype][m] = _load_member(m, path, manifest.get("sklearn"))
                 except Exception as e:
-                    msg = (f"{path}: fitted with scikit-learn {manifest['sklearn']}, cannot be loaded by the installed "
-                           f"{sklearn.__version__} ({type(e).__name__}); install scikit-learn=={manifest['sklearn']} "
-                           "or retrain the slice selector with this version")
+                    trained = f"scikit-learn {manifest.get('sklearn')}, xgboost {manifest.get('xgboost')}"
+                    msg = (f"{path}: selector member {m} for {stype} does not load ({type(e).__name__}: "
+                           f"{str(e)[:200]}); trained with {trained}, installed scikit-learn {sklearn.__version__}")
                     if strict:
                         raise RuntimeError(msg) from None
-                    warnings.warn(msg + "; using the remaining members", stacklevel=2)
-                    continue
-                sel.members[stype][m] = model
+                    sel.dropped.append(msg)
+            if not sel.members[stype]:
+                del sel.members[stype]
         return sel
+
+    def member_counts(self) -> dict[str, list[str]]:
+        """Series type -> the members that loaded (what the notebook prints)."""
+        return {stype: list(models) for stype, models in self.members.items()}
+
+
+def _load_member(name: str, path: Path, trained_sklearn: str | None):
+    import sklearn
+
+    if name == "xgb":
+        from xgboost import XGBClassifier
+
+        model = XGBClassifier()
+        model.load_model(str(path))
+        return model
+    with warnings.catch_warnings():
+        # A pickle from another scikit-learn may load and still predict wrongly: refuse it.
+        warnings.simplefilter("error" if trained_sklearn != sklearn.__version__ else "ignore")
+        return pickle.loads(path.read_bytes())
 
 
 def choose(stype: str, proba: np.ndarray) -> dict[int, int]:

@@ -9,27 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
 from ..data.cache import atomic_write_text
-from ..infer.weights import MANIFEST, MANIFEST_VERSION, WeightsError, sha256
+from ..infer.weights import MANIFEST, MANIFEST_VERSION, WeightsError, library_versions, sha256
 
 TORCH_MODELS = ("multitask", "sequence")
-
-
-def library_versions() -> dict[str, str]:
-    import importlib
-
-    out = {"python": platform.python_version()}
-    for name in ("numpy", "pandas", "torch", "timm", "sklearn", "xgboost", "pydicom", "skimage"):
-        try:
-            out[name] = str(importlib.import_module(name).__version__)
-        except Exception:  # a missing library is worth recording, not failing over
-            out[name] = "missing"
-    return out
 
 
 def data_fingerprint(data: str | Path) -> str:

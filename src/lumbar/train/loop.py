@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..devices import dist_info, pick_device  # noqa: F401  (pick_device: the stages' import point)
+
 
 @dataclass
 class TrainConfig:
@@ -42,11 +44,6 @@ class TrainConfig:
 
 # --- distributed ---------------------------------------------------------------------------------
 
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when not distributed."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def setup_distributed() -> bool:
     rank, world, local = dist_info()
     if world <= 1:
@@ -62,14 +59,6 @@ def setup_distributed() -> bool:
 
 def is_main() -> bool:
     return dist_info()[0] == 0
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", dist_info()[2])
-    return torch.device("cpu")
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
