@@ -142,48 +142,95 @@ print(f"competition folder: {DATA}\\nweights: {WEIGHTS}\\nsource: {SRC}")
 
 FALLBACK = '''\
 # A valid submission before anything else can fail: the priors embedded at build time, one row per
-# row id of sample_submission.csv (pandas only; the package is not imported yet).
+# row id of sample_submission.csv (pandas only; the package is not imported yet). The last cell calls
+# it again if, whatever happened, no submission.csv exists at the end.
 import pandas as pd
 
 COLUMNS = PRIOR_COLUMNS
+
+
+def write_fallback():
+    try:
+        _sample = pd.read_csv(os.path.join(DATA, "sample_submission.csv")) if DATA else None
+        if _sample is not None and len(_sample):
+            _rows = []
+            for rid in _sample["row_id"]:
+                col = rid.split("_", 1)[1]
+                _rows.append([rid, *PRIOR[COLUMNS.index(col)]])
+            os.makedirs(WORKING, exist_ok=True)
+            pd.DataFrame(_rows, columns=["row_id", "normal_mild", "moderate", "severe"]).to_csv(
+                SUBMISSION + ".tmp", index=False)
+            os.replace(SUBMISSION + ".tmp", SUBMISSION)
+            print(f"fallback submission of priors: {len(_rows)} rows")
+    except Exception as e:  # the engine writes its own priors too; this one is only the first net
+        print(f"fallback submission not written: {e!r}")
+
+
+write_fallback()
+'''
+
+
+VERSIONS = '''\
+# The library versions the weights were exported with next to the installed ones, before anything is
+# loaded: a pickled selector member from another scikit-learn is dropped (and said so), not trusted.
+import json
 try:
-    _sample = pd.read_csv(os.path.join(DATA, "sample_submission.csv")) if DATA else None
-    if _sample is not None and len(_sample):
-        _rows = []
-        for rid in _sample["row_id"]:
-            col = rid.split("_", 1)[1]
-            _rows.append([rid, *PRIOR[COLUMNS.index(col)]])
-        os.makedirs(WORKING, exist_ok=True)
-        pd.DataFrame(_rows, columns=["row_id", "normal_mild", "moderate", "severe"]).to_csv(SUBMISSION + ".tmp", index=False)
-        os.replace(SUBMISSION + ".tmp", SUBMISSION)
-        print(f"fallback submission of priors: {len(_rows)} rows")
-except Exception as e:  # the engine writes its own priors too; this one is only the first net
-    print(f"fallback submission not written: {e!r}")
+    _manifest = json.load(open(os.path.join(WEIGHTS, "manifest.json"))) if WEIGHTS else {}
+    _table, _problems = version_report(_manifest.get("libraries", {}))
+    print(_table)
+    print("\\n".join(f"VERSION DIFFERENCE: {p}" for p in _problems) or "versions: no difference that matters")
+except Exception:
+    traceback.print_exc()
 '''
 
 IMPORT = '''\
-# The package as written above, not any other copy that may be importable here.
-for _name in [m for m in sys.modules if m == "lumbar" or m.startswith("lumbar.")]:
-    del sys.modules[_name]
-sys.path.insert(0, SRC)
-import lumbar
-from lumbar.infer.engine import PredictConfig, predict
-assert os.path.realpath(lumbar.__file__).startswith(os.path.realpath(SRC)), lumbar.__file__
-print(f"lumbar {lumbar.__version__} from {os.path.dirname(lumbar.__file__)}")
+# The package as written above, not any other copy that may be importable here. Guarded like every
+# cell that can fail: a notebook that raises scores as an error whatever submission.csv holds.
+import traceback
+predict = None
+try:
+    for _name in [m for m in sys.modules if m == "lumbar" or m.startswith("lumbar.")]:
+        del sys.modules[_name]
+    sys.path.insert(0, SRC)
+    import lumbar
+    from lumbar.infer.engine import PredictConfig, predict
+    from lumbar.infer.weights import version_report
+    assert os.path.realpath(lumbar.__file__).startswith(os.path.realpath(SRC)), lumbar.__file__
+    print(f"lumbar {lumbar.__version__} from {os.path.dirname(lumbar.__file__)}")
+except BaseException:
+    traceback.print_exc()
+    print("the package did not import; the fallback submission stands")
+    predict = None
+    def version_report(_):
+        return "versions: not compared (the package did not import)", []
 '''
 
 RUN = '''\
-# Inference. The budget is what is left of 8 hours (Kaggle stops a notebook at 9).
-budget = float(os.environ.get("LUMBAR_TIME_BUDGET", 8 * 3600)) - (time.time() - T0)
-cfg = PredictConfig(batch_size=int(os.environ.get("LUMBAR_BATCH_SIZE", 8)),
-                    workers=min(4, max(0, (os.cpu_count() or 1) - 1)), time_budget=budget)
-if DATA is None or WEIGHTS is None:
-    print(f"missing input: competition folder {DATA}, weights {WEIGHTS}; the fallback submission stands")
-else:
-    summary = predict(DATA, WEIGHTS, SUBMISSION, cfg)
-    print({k: summary[k] for k in ("studies", "predicted", "failed", "seconds", "device")})
+# Inference. The budget is what is left of 8 hours (Kaggle stops a notebook at 9). Everything is caught:
+# the engine rewrites submission.csv atomically as it goes (and once more when it fails), so what
+# stands after an exception is its last complete version, priors at the least.
 import shutil
-shutil.rmtree(SRC, ignore_errors=True)  # keep the notebook's output to submission.csv
+try:
+    budget = float(os.environ.get("LUMBAR_TIME_BUDGET", 8 * 3600)) - (time.time() - T0)
+    if predict is None or DATA is None or WEIGHTS is None:
+        print(f"nothing to run (package imported: {predict is not None}, competition folder {DATA}, "
+              f"weights {WEIGHTS}); the fallback submission stands")
+    else:
+        cfg = PredictConfig(batch_size=int(os.environ.get("LUMBAR_BATCH_SIZE", 8)),
+                            workers=min(4, max(1, (os.cpu_count() or 1) - 1)), time_budget=budget,
+                            study_timeout=float(os.environ.get("LUMBAR_STUDY_TIMEOUT", 600)),
+                            fallback_prior=PRIOR, fault=os.environ.get("LUMBAR_FAULT", ""))
+        summary = predict(DATA, WEIGHTS, SUBMISSION, cfg)
+        print({k: summary[k] for k in ("studies", "predicted", "failed", "seconds", "device")})
+        for _line in summary["dropped"]:
+            print(f"DROPPED: {_line}")
+except BaseException:
+    traceback.print_exc()
+    print("predict raised; the last submission.csv it wrote stands")
+finally:
+    if not os.path.exists(SUBMISSION):
+        write_fallback()
+    shutil.rmtree(SRC, ignore_errors=True)  # keep the notebook's output to submission.csv
 '''
 
 
@@ -221,6 +268,7 @@ def build(weights: Path, out: Path) -> Path:
         cells.append(_cell("markdown", f"## `{rel}`"))
         cells.append(_cell("code", f"%%writefile {{SRC}}/{rel}\n" + module_path(m).read_text()))
     cells += [_cell("markdown", "## Import the package written above"), _cell("code", IMPORT),
+              _cell("markdown", "## Library versions: trained with, installed here"), _cell("code", VERSIONS),
               _cell("markdown", "## Predict"), _cell("code", RUN)]
     for i, c in enumerate(cells):
         c["id"] = f"cell-{i}"

@@ -31,7 +31,7 @@ def synth_copy(synth_dir, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def stage_one(synth_dir, tmp_path_factory):
-    """slice_select + crops trained on the small synthetic folder (2 folds, two fast members)."""
+    """slice_select (every member) + crops trained on the small synthetic folder (2 folds)."""
     from lumbar.train.runner import RunConfig, train
 
     run = tmp_path_factory.mktemp("run")
@@ -39,7 +39,7 @@ def stage_one(synth_dir, tmp_path_factory):
     rc = RunConfig(n_folds=2, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train("slice_select", synth_dir, run, rc, [f"cache_dir={cache}", "members=rf,xgb", "workers=1"])
+        train("slice_select", synth_dir, run, rc, [f"cache_dir={cache}", "workers=1"])
         result = train("crops", synth_dir, run, rc, [f"cache_dir={cache}", "sag_size=64", "axial_size=48"])
     return run, cache, result
 

@@ -18,7 +18,7 @@ from lumbar.preprocess.crops import CROP_NAMES, CROPS
 from lumbar.train.oof import read_oof
 from lumbar.train.runner import RunConfig, train
 
-TINY = ["epochs=2", "kp_input=48", "patch_sag=16", "patch_axial=16", "patch_input=32", "batch_size=4", "patience=5"]
+TINY = ["epochs=2", "kp_input=48", "patch_sag=16", "patch_axial=16", "patch_input=32", "batch_size=4"]
 
 
 def _cli(run, data, cache, *extra, folds=2):
@@ -51,7 +51,9 @@ def test_superres_report(trained):
     run, _, sr, _ = trained
     assert set(sr) >= {"psnr_network", "psnr_bicubic", "gain_db"}
     assert (run / "superres" / "net.pt").exists()
-    assert sr["gain_db"] > -0.05  # residual over bicubic: it does not get worse than bicubic
+    # A residual over bicubic that starts as bicubic: after two tiny epochs of a fixed schedule (no epoch
+    # picked on held-out PSNR any more) it stays close to it, either side.
+    assert abs(sr["gain_db"]) < 0.5 and sr["gain_db"] != 0.0
 
 
 def test_multitask_oof_complete_and_missing_series_fall_back_to_prior(trained, synth_dir):
@@ -115,7 +117,7 @@ def test_torchrun_two_processes_gloo(trained, synth_dir, tmp_path):
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     log = pd.read_csv(fresh / "multitask" / "fold0" / "log.csv")
     assert log.epoch.tolist() == [0]
-    assert "best val score" in r.stdout
+    assert "val score" in r.stdout and "(final weights)" in r.stdout
 
 
 def test_ensemble_stage_on_the_run(trained, synth_dir):

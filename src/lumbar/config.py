@@ -61,8 +61,13 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Keys configs no longer have, ignored when an older config file (an exported weights folder) holds them.
+RETIRED = {"patience"}  # early stopping on the scored fold, removed for honest CV
+
+
 def from_dict(cls: type[T], data: dict) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if k not in RETIRED or k in names}
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"unknown keys {sorted(unknown)} for {cls.__name__}")

@@ -160,7 +160,7 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
             warnings.simplefilter("ignore")
             entry = preprocess_study(st, selector, sel_id, regions, pcfg, cache)
         predicted = None
-        ckpt = run / "multitask" / f"fold{folds.get(st.study_id, 0)}" / "best.pt"
+        ckpt = run / "multitask" / f"fold{folds.get(st.study_id, 0)}" / "weights.pt"
         if ckpt.exists() and cfg is not None:
             net = create_model("multitask", cfg)
             net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])

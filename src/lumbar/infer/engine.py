@@ -17,7 +17,6 @@ did work: the other model's prediction, or the prior.
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -33,19 +32,18 @@ import torch
 from .. import config as cfgmod
 from .. import schema
 from ..data.cache import StudyCache
-from ..data.catalog import SAMPLE_CSV, Study, _read_csv, find_root, load_studies
-from ..data.volumes import study_volumes
+from ..data.catalog import SAMPLE_CSV, _read_csv, find_root, load_studies
 from ..devices import pick_device
 from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.prior import load_prior
 from ..models.registry import create_model, for_inference
 from ..models.sequence import SequenceConfig
 from ..preprocess.crops import CropRegions
-from ..preprocess.frames import FramesConfig, build_frames
-from ..preprocess.pipeline import (PreprocessConfig, build_crops, cache_version, folder_fingerprint,
-                                   read_preprocess_config, select, study_features)
+from ..preprocess.frames import FramesConfig
+from ..preprocess.pipeline import PreprocessConfig, cache_version, folder_fingerprint, read_preprocess_config
 from ..preprocess.slice_select import SliceSelector
 from .budget import Plan
+from .inputs import StudyInputs
 from .ensemble import Ensemble
 from .submission import required_row_ids, submission_frame, write_atomic
 from .weights import Weights, version_report
@@ -194,61 +192,6 @@ class Bundle:
         return lines
 
 
-class StudyInputs:
-    """One test study's model inputs, prepared in a worker: (study, models needed) -> item with the
-    inputs of each model it could prepare, seconds per part and errors."""
-
-    def __init__(self, bundle: Bundle, cache: StudyCache, fault: str = ""):
-        self.bundle, self.cache, self.fault = bundle, cache, fault
-        seq = bundle.configs.get("sequence")
-        self.fcfg = FramesConfig.of_model(seq) if seq is not None else None
-
-    def _inject(self, study_id: int) -> None:
-        kind, _, arg = self.fault.partition(":")
-        if arg == str(study_id):
-            if kind == "die":
-                os._exit(137)  # what the kernel's OOM killer leaves
-            if kind == "hang":
-                time.sleep(10 ** 6)
-
-    def __call__(self, task: tuple[Study, frozenset]) -> dict:
-        st, need = task
-        if self.fault:
-            self._inject(st.study_id)
-        item: dict = {"study_id": st.study_id, "errors": [], "seconds": {}}
-        t = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # per-file DICOM chatter; failures are reported below
-                vols = study_volumes(st, self.cache)
-        except Exception as e:  # anything: this study falls back, the run goes on
-            item["errors"].append(f"decode: {type(e).__name__}: {e}")
-            return item
-        item["seconds"]["decode"] = time.perf_counter() - t
-        if not vols:
-            item["errors"].append("no readable series")
-            return item
-        b = self.bundle
-        if "multitask" in need and b.regions is not None:
-            t = time.perf_counter()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # sklearn feature-name chatter
-                    sel = select(study_features(st, self.cache, vols), b.selector)
-                    item["crops"] = build_crops(st, vols, sel, b.regions, b.pcfg)
-            except Exception as e:
-                item["errors"].append(f"crops: {type(e).__name__}: {e}")
-            item["seconds"]["multitask"] = time.perf_counter() - t
-        if "sequence" in need and self.fcfg is not None:
-            t = time.perf_counter()
-            try:
-                item["frames"] = build_frames(vols, self.fcfg)
-            except Exception as e:
-                item["errors"].append(f"frames: {type(e).__name__}: {e}")
-            item["seconds"]["sequence"] = time.perf_counter() - t
-        return item
-
-
 CROP_INPUTS = ("sag_image", "axial_image", "sag_points", "axial_points", "present")
 FRAME_INPUTS = ("frames", "mask", "positions")
 TIMING_NAMES = {"decode": "decode", "multitask": "preprocess multitask", "sequence": "preprocess sequence"}
@@ -333,7 +276,10 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
     if plan.should_stop(cfg.batch_size):
         _say(cfg, f"time budget {cfg.time_budget:.0f}s spent before the first study; every study keeps its prior")
         return
-    pool = StudyPool(StudyInputs(bundle, cache, cfg.fault), cfg.workers, cfg.study_timeout)
+    seq = bundle.configs.get("sequence")
+    prepare = StudyInputs(bundle.selector, bundle.regions, bundle.pcfg,
+                          FramesConfig.of_model(seq) if seq is not None else None, cache, cfg.fault)
+    pool = StudyPool(prepare, cfg.workers, cfg.study_timeout)
     order = iter(range(len(studies)))
     state = {"stop": False, "batches": 0, "last_write": time.perf_counter(), "batch_start": time.perf_counter()}
 
@@ -393,8 +339,8 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
             flush()
     finally:
         bar.close()
-        for event in pool.events:
-            _say(cfg, f"worker: {event}")
+        for i, event in pool.events:
+            _say(cfg, f"worker: study {studies[i].study_id}: {event}")
 
 
 def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, failures, cfg, fold_seconds) -> dict:

@@ -8,6 +8,10 @@ alone is reported as failed and a fresh worker takes the next one.
 
 Tasks are asked for lazily (`next_task` is called when a worker is free), so what a study is prepared
 for can change during the run: a model the time budget dropped is no longer prepared.
+
+Workers are spawned, not forked: a process forked after the parent ran OpenMP code (torch building the
+models) deadlocks in the child's first OpenMP call (XGBoost's predict did, every time), and a fork
+after CUDA started is unsafe too. So `fn` must pickle: it holds what preparation needs, not the models.
 """
 from __future__ import annotations
 
@@ -57,12 +61,12 @@ class _Slot:
 class StudyPool:
     """`run(next_task)` yields (key, result, error) as studies finish, in the order they finish.
 
-    fn(arg) runs in a worker (forked, so fn may be a closure over loaded objects). With workers=0 it
+    fn(arg) runs in a spawned worker (fn and arg are pickled; fn once per worker). With workers=0 it
     runs in this process, in order, with no deadline (tests, debugging)."""
 
     def __init__(self, fn: Callable[[Any], Any], workers: int, timeout: float, clock=time.monotonic):
         self.fn, self.workers, self.timeout, self.clock = fn, int(workers), float(timeout), clock
-        self.events: list[str] = []  # timeouts and deaths, in words
+        self.events: list[tuple[Any, str]] = []  # (task key, what happened): timeouts and deaths
 
     def run(self, next_task: Callable[[], tuple[Any, Any] | None]) -> Iterator[tuple[Any, Any, str | None]]:
         if self.workers <= 0:
@@ -73,7 +77,7 @@ class StudyPool:
                 except Exception as e:
                     yield key, None, f"{type(e).__name__}: {e}"
             return
-        ctx = mp.get_context("fork")
+        ctx = mp.get_context("spawn")
         slots = [_Slot(ctx, self.fn) for _ in range(self.workers)]
         exhausted = False
         try:
@@ -88,7 +92,7 @@ class StudyPool:
                         try:
                             s.conn.send(task)
                         except (OSError, ValueError) as e:  # the worker is gone: a fresh one takes it
-                            slots[i] = self._replace(ctx, s, f"worker lost before study {task[0]} ({e})")
+                            slots[i] = self._replace(ctx, s, task[0], f"worker lost before the task was sent ({e})")
                             slots[i].key, slots[i].started = task[0], self.clock()
                             slots[i].conn.send(task)
                 busy = [s for s in slots if s.key is not None]
@@ -105,7 +109,7 @@ class StudyPool:
                             key, result, error = s.conn.recv()
                         except (EOFError, OSError):
                             key, result, error = s.key, None, f"worker died (exit code {s.proc.exitcode})"
-                            slots[i] = self._replace(ctx, s, f"study {key}: {error}")
+                            slots[i] = self._replace(ctx, s, key, error)
                             yield key, result, error
                             continue
                         s.key = None
@@ -113,17 +117,17 @@ class StudyPool:
                     elif s.proc.sentinel in ready or not s.proc.is_alive():
                         s.proc.join(1)
                         key, error = s.key, f"worker died (exit code {s.proc.exitcode})"
-                        slots[i] = self._replace(ctx, s, f"study {key}: {error}")
+                        slots[i] = self._replace(ctx, s, key, error)
                         yield key, None, error
                     elif self.clock() - s.started > self.timeout:
                         key, error = s.key, f"input preparation timed out after {self.timeout:.0f}s"
-                        slots[i] = self._replace(ctx, s, f"study {key}: {error}; worker killed")
+                        slots[i] = self._replace(ctx, s, key, f"{error}; worker killed")
                         yield key, None, error
         finally:  # also when the caller stops early: workers still busy are not waited for
             for s in slots:
                 s.kill()
 
-    def _replace(self, ctx, slot: _Slot, event: str) -> _Slot:
-        self.events.append(event)
+    def _replace(self, ctx, slot: _Slot, key, event: str) -> _Slot:
+        self.events.append((key, event))
         slot.kill()
         return _Slot(ctx, self.fn)

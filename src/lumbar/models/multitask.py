@@ -57,7 +57,6 @@ class MultitaskConfig(TrainConfig):
     # The tiny CPU config (tests, demo); configs/multitask_gpu.json is the real-data one.
     epochs: int = 14
     batch_size: int = 8
-    patience: int = 4
     backbone: str = "test_efficientnet"
     pretrained: bool = False  # True downloads timm's weights (needs internet)
     backbone_checkpoint: str = ""  # or a local timm checkpoint file, for machines without internet

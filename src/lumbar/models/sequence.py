@@ -36,7 +36,6 @@ class SequenceConfig(TrainConfig):
     # Tiny CPU config (tests, demo); configs/sequence_gpu.json is the real-data one.
     epochs: int = 12
     batch_size: int = 8
-    patience: int = 12
     lr: float = 1e-3
     backbone: str = "test_efficientnet"
     pretrained: bool = False

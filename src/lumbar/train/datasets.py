@@ -7,10 +7,34 @@ from torch.utils.data import Dataset
 
 from .. import schema
 
-CROP_KEYS = ("sag_image", "axial_image", "sag_points", "axial_points", "present")
+class EpochSeeded:
+    """Augmentation randomness seeded from (seed, epoch, rank, DataLoader worker): every worker draws its
+    own stream, each epoch a new one, and a rerun (or a resumed run) draws the same ones. A single
+    Generator made in __init__ would be copied into every worker and replayed by each, every epoch."""
+
+    seed: int = 0
+    epoch: int = 0
+    _rng_key: tuple | None = None
+    _rng_gen: np.random.Generator | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        from torch.utils.data import get_worker_info
+
+        from ..devices import dist_info
+
+        info = get_worker_info()
+        key = (self.seed, self.epoch, dist_info()[0], info.id if info is not None else -1)
+        if self._rng_key != key:
+            self._rng_key = key
+            self._rng_gen = np.random.default_rng([abs(k) + (k < 0) * 10**6 for k in key])
+        return self._rng_gen
 
 
-class CropDataset(Dataset):
+class CropDataset(EpochSeeded, Dataset):
     """One study per item: its 8 three-slice crops, points (NaN unknown), presence, labels (-1 unknown).
 
     Augmentation keeps points and labels consistent: intensity gain/gamma, and a small translation of
@@ -24,7 +48,7 @@ class CropDataset(Dataset):
         self.labels = labels if labels is not None else np.full((len(entries), schema.N_LABELS), -1, np.int64)
         self.augment = augment
         self.max_shift = max_shift
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -82,7 +82,7 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
     models = {}
     for name in TORCH_MODELS:
         cfg_path = run / name / "config.json"
-        folds = sorted((run / name).glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]))
+        folds = sorted((run / name).glob("fold*/weights.pt"), key=lambda p: int(p.parent.name[4:]))
         if not cfg_path.exists() or not folds:
             continue
         report = _report(run, name)

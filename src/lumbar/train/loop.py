@@ -3,9 +3,13 @@
 A model takes a batch dict and returns a dict holding `loss` (and, in eval mode, `probs` [B, 25, 3]).
 The loop does the rest: AMP (fp16 autocast + GradScaler on CUDA, fp32 on CPU) with gradients unscaled
 before clipping, gradient accumulation, optional EMA of the weights, a checkpoint per epoch written
-atomically (a killed run resumes from it), early stopping on the validation fold's competition
-metric, DDP when launched by torchrun (gloo on CPU, nccl on CUDA), tqdm bars, a CSV log and a PNG of
-the curves.
+atomically (a killed run resumes from it), DDP when launched by torchrun (gloo on CPU, nccl on CUDA),
+tqdm bars, a CSV log and a PNG of the curves.
+
+No selection on the scored fold: the schedule is fixed (the config's epochs, chosen once by
+cross-validation and frozen in the config), and the weights that predict the validation fold are the
+last epoch's (or their EMA). The validation fold is scored each epoch for the curves only: nothing
+the loop does depends on it, so the OOF predictions are what a fresh test set would get.
 """
 from __future__ import annotations
 
@@ -36,7 +40,6 @@ class TrainConfig:
     clip_grad: float = 2.0
     amp: bool = True  # fp16 autocast on CUDA; CPU always trains in fp32
     ema: float = 0.0  # decay; 0 turns EMA off
-    patience: int = 3  # epochs without a better validation score before stopping
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -92,8 +95,7 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 @dataclass
 class FitResult:
-    best_score: float
-    best_epoch: int
+    final_score: float  # the validation score of the final weights (reported, never used to choose)
     epochs_run: int
     resumed_from: int  # epoch the run resumed after, -1 if it started fresh
 
@@ -114,11 +116,13 @@ def predict(model: torch.nn.Module, dataset, collate, batch_size: int, device: t
 
 
 def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path, collate: Callable,
-        evaluate: Callable[[torch.nn.Module, torch.device], float], name: str = "model", run_key: str = "") -> FitResult:
-    """Train with early stopping on evaluate(model, device), the validation score (lower is better:
-    the competition metric for classifiers). out_dir gets last.pt (resume state), best.pt (weights),
-    log.csv and curves.png; on return the model holds the best weights. A checkpoint written under
-    another run_key (another config or data) is not resumed from: training starts afresh."""
+        evaluate: Callable[[torch.nn.Module, torch.device], float] | None = None, name: str = "model",
+        run_key: str = "") -> FitResult:
+    """Train for cfg.epochs and keep the final weights (EMA if on). evaluate(model, device), when given,
+    scores the validation fold after each epoch for the log and the curves; it decides nothing.
+    out_dir gets last.pt (resume state), weights.pt (the final weights), log.csv and curves.png; on
+    return the model holds the final weights. A checkpoint written under another run_key (another
+    config or data) is not resumed from: training starts afresh."""
     out_dir = Path(out_dir)
     distributed = setup_distributed()
     rank, world, _ = dist_info()
@@ -132,7 +136,7 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
         opt, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / max(cfg.epochs, 1))) * 0.95 + 0.05)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    start, best, best_epoch, bad, history, resumed = 0, float("inf"), -1, 0, [], -1
+    start, history, resumed = 0, [], -1
 
     last = out_dir / "last.pt"
     state = torch.load(last, map_location=device, weights_only=False) if last.exists() else None
@@ -147,8 +151,10 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
         scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
             ema.shadow = state["ema"]
-        start, best, best_epoch, bad, history = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad"], state["history"]
+        start, history = state["epoch"] + 1, state["history"]
         resumed = state["epoch"]
+        if "rng" in state:  # the data order and augmentations continue as if never interrupted
+            torch.set_rng_state(state["rng"])
         if is_main():
             print(f"{name}: resumed from {last} after epoch {resumed}")
 
@@ -159,16 +165,27 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
         from torch.utils.data.distributed import DistributedSampler
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         collate_fn=collate, num_workers=cfg.num_workers, drop_last=len(train_set) > cfg.batch_size,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+                        generator=generator)
+
+    def final_model() -> torch.nn.Module:
+        if ema is None:
+            return model
+        m = copy.deepcopy(model)
+        m.load_state_dict(ema.shadow)
+        return m
 
     epoch = start - 1
     for epoch in range(start, cfg.epochs):
-        if bad >= cfg.patience:
-            break
         if sampler is not None:
             sampler.set_epoch(epoch)
+        # Each epoch's order and augmentation seeds from (seed, epoch): a resumed run draws what the
+        # uninterrupted one would have, and DataLoader workers get a fresh base seed every epoch.
+        generator.manual_seed(cfg.seed * 1000 + epoch)
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
         train_model.train()
         t0, losses = time.time(), []
         opt.zero_grad(set_to_none=True)
@@ -190,44 +207,30 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         sched.step()
 
-        # Validation and bookkeeping on the main process; the others wait for its verdict.
-        stop = torch.zeros(1)
-        if is_main():
-            eval_model = model
-            if ema is not None:
-                eval_model = copy.deepcopy(model)
-                eval_model.load_state_dict(ema.shadow)
-            eval_model.eval()
-            score = float(evaluate(eval_model, device))
-            improved = score < best - 1e-5
-            if improved:
-                best, best_epoch, bad = score, epoch, 0
-                atomic_torch_save({"model": eval_model.state_dict(), "epoch": epoch, "score": score}, out_dir / "best.pt")
-            else:
-                bad += 1
+        if is_main():  # bookkeeping on the main process; the others go on to the next epoch
+            score = float("nan")
+            if evaluate is not None:
+                eval_model = final_model()
+                eval_model.eval()
+                score = float(evaluate(eval_model, device))
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                             "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
                             "device": str(device), "amp": use_amp})
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
-                               "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
-                               "run_key": run_key}, last)
+                               "history": history, "run_key": run_key, "rng": torch.get_rng_state()}, last)
             write_log(history, out_dir, name)
-            stop[0] = float(bad >= cfg.patience)
-        if distributed:
-            import torch.distributed as dist
-            dist.broadcast(stop, src=0)
-            bad = cfg.patience if stop.item() else bad
-        if stop.item():
-            break
 
     if distributed:
         import torch.distributed as dist
         dist.barrier()
-    best_state = torch.load(out_dir / "best.pt", map_location=device, weights_only=True)
-    model.load_state_dict(best_state["model"])
+    final = final_model()
+    if is_main():
+        atomic_torch_save({"model": final.state_dict(), "epoch": epoch}, out_dir / "weights.pt")
+    model.load_state_dict(final.state_dict())
     model.eval()
-    return FitResult(best, best_epoch, epoch + 1, resumed)
+    score = history[-1]["val_score"] if history else float("nan")
+    return FitResult(score, epoch + 1, resumed)
 
 
 def write_log(history: list[dict], out_dir: Path, name: str) -> None:

@@ -15,6 +15,7 @@ from ..metric import probs_to_submission, score, solution_frame
 from ..models.registry import create_model
 from ..models.sequence import SequenceConfig
 from ..preprocess.frames import FramesConfig, study_frames
+from .datasets import EpochSeeded
 from .oof import write_oof
 from .preprocess_stage import load_train
 from .runner import RunConfig, register
@@ -24,7 +25,7 @@ from .loop import is_main
 SEQ_DIR = "sequence"
 
 
-class FramesDataset(Dataset):
+class FramesDataset(EpochSeeded, Dataset):
     """One study per item: frames [3, N, S, S], mask [3], positions [3, N], labels [25].
     Augmentation: intensity gain/gamma and a small shift of each series' frames (no flips: a
     left-right flip would swap the left and right labels)."""
@@ -33,7 +34,7 @@ class FramesDataset(Dataset):
         self.entries = entries
         self.labels = labels if labels is not None else np.full((len(entries), 25), -1, np.int64)
         self.augment = augment
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.entries)

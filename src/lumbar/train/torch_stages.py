@@ -74,7 +74,7 @@ def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
             sr = m.net(downscale(val_p.to(device), cfg.scale))
         return -psnr(sr.cpu(), val_p)  # the loop minimises
 
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.epochs, seed=cfg.seed)
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     out = Path(run) / SR_DIR
     fit(model, _PatchSet(train_p), tcfg, out, collate, evaluate, name="superres",
         run_key=config_hash(asdict(cfg), len(train_p)))
@@ -123,8 +123,9 @@ def superres_config(run) -> SuperResConfig | None:
 def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndarray, n_folds: int, out: Path,
                    make_sets, make_model, postprocess, on_fold=None) -> tuple[np.ndarray, list[float]]:
     """Every fold through the one loop: OOF probabilities [n, 25, 3] (post-processed with the fold's
-    prior, e.g. for missing series) and each fold's best validation score. Folds other than
-    cfg.only_fold are skipped when it is set."""
+    prior, e.g. for missing series) and each fold's score, both from the final weights of a fixed
+    schedule: the held-out fold is scored, never used to choose. Folds other than cfg.only_fold are
+    skipped when it is set."""
     oof = np.zeros((len(ids), 25, 3), np.float32)
     tcfg, scores = _train_config(cfg), []
     for k in range(n_folds):
@@ -152,8 +153,8 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
         write_oof(out / f"fold{k}", "oof", ids[va], oof[va])
         if on_fold is not None:
             on_fold(model, val_set, va, device)
-        scores.append(res.best_score)
-        print(f"{name} fold {k}: best val score {res.best_score:.4f} at epoch {res.best_epoch}")
+        scores.append(score(sol, probs_to_submission(ids[va], oof[va])))
+        print(f"{name} fold {k}: val score {scores[-1]:.4f} after {res.epochs_run} epochs (final weights)")
     return oof, scores
 
 

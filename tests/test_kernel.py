@@ -1,0 +1,157 @@
+"""The built notebook, executed headlessly with no network and without src/ on the path, against the test
+folder laid out as Kaggle mounts it: it matches `lumbar predict`, and it ends normally with a complete
+submission whatever is broken in the weights, the code or the test folder."""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_inference import assert_complete
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def kernel(trained_weights, tmp_path_factory):
+    from lumbar.kaggle import offline_prefix
+
+    if not offline_prefix():
+        pytest.skip("no `unshare -rn` on this machine to cut the network")
+    out = tmp_path_factory.mktemp("kernel")
+    r = subprocess.run([sys.executable, str(ROOT / "build_kernel.py"), "--weights", str(trained_weights),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def run_kernel(kernel: Path, weights: Path, data: Path, root: Path, env: dict | None = None):
+    """Executes the notebook; returns (the executed notebook's whole output text, submission path)."""
+    from lumbar.kaggle import kaggle_layout, run_notebook
+
+    inp, working = kaggle_layout(data, weights, root)
+    res = run_notebook(kernel / "lumbar-inference.ipynb", inp, working, timeout=600, env=env)
+    assert res.returncode == 0, f"the notebook raised:\n{res.stderr[-3000:]}"
+    nb = json.loads((working / "executed.ipynb").read_text())
+    text = []
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            text.append("".join(o.get("text", "")) if "text" in o else json.dumps(o.get("data", {})))
+    return "\n".join(text), working / "submission.csv"
+
+
+def selector_members(weights: Path) -> dict[str, list[str]]:
+    return json.loads((weights / "slice_select" / "model" / "selector.json").read_text())["types"]
+
+
+def test_kernel_offline_matches_predict_with_every_member_loaded(kernel, trained_weights, synth_dir, tmp_path):
+    meta = json.loads((kernel / "kernel-metadata.json").read_text())
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["competition_sources"] == ["rsna-2024-lumbar-spine-degenerative-classification"]
+    nb = json.loads((kernel / "lumbar-inference.ipynb").read_text())
+    written = {c["source"][0].split("/", 1)[1].strip() for c in nb["cells"]
+               if c["cell_type"] == "code" and c["source"] and c["source"][0].startswith("%%writefile")}
+    assert "lumbar/infer/engine.py" in written and "lumbar/cli.py" not in written
+    for rel in written:  # byte for byte the package's source
+        cell = next(c for c in nb["cells"] if c["source"] and c["source"][0].startswith(f"%%writefile {{SRC}}/{rel}"))
+        assert "".join(cell["source"][1:]) == (ROOT / "src" / rel).read_text()
+
+    out, sub = run_kernel(kernel, trained_weights, synth_dir, tmp_path / "kaggle")
+    assert "lumbar_src/lumbar" in out  # imported its own written copy
+    assert not (tmp_path / "kaggle" / "working" / "lumbar_src").exists()
+    # trained and run in the same (Kaggle's) versions: no difference, nothing dropped, every member loaded
+    assert "versions: no difference that matters" in out and "DROPPED" not in out
+    members = selector_members(trained_weights)
+    assert all(len(m) == 4 for m in members.values()), members
+    for stype, names in members.items():
+        assert f"slice selector {stype}: {len(names)} members ({', '.join(names)})" in out
+
+    cli = subprocess.run([sys.executable, "-m", "lumbar", "predict", "--data", str(synth_dir), "--weights",
+                          str(trained_weights), "--out", str(tmp_path / "cli.csv")], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    a = assert_complete(sub, synth_dir).set_index("row_id").sort_index()
+    b = pd.read_csv(tmp_path / "cli.csv").set_index("row_id").sort_index()
+    assert list(a.index) == list(b.index)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), atol=1e-5)
+
+
+def _garbage(weights: Path, rel: str, refresh_sha: bool) -> None:
+    """Overwrite an artefact with garbage; with refresh_sha the manifest agrees with it (a file that was
+    exported broken), so the loader itself has to cope, not only the sha256 check."""
+    (weights / rel).write_bytes(b"\x80\x04 this is not a model \x00\xff" * 8)
+    if refresh_sha:
+        man = json.loads((weights / "manifest.json").read_text())
+        for a in man["artefacts"]:
+            if a["path"] == rel:
+                a["sha256"] = hashlib.sha256((weights / rel).read_bytes()).hexdigest()
+        (weights / "manifest.json").write_text(json.dumps(man))
+
+
+def _copy_weights(trained_weights, tmp_path) -> Path:
+    import shutil
+
+    w = tmp_path / "weights"
+    shutil.copytree(trained_weights, w)
+    return w
+
+
+@pytest.mark.parametrize("refresh_sha", [True, False], ids=["exported-broken", "sha-mismatch"])
+def test_garbage_xgboost_member_is_dropped(kernel, trained_weights, synth_dir, tmp_path, refresh_sha):
+    w = _copy_weights(trained_weights, tmp_path)
+    _garbage(w, "slice_select/model/axial_xgb.json", refresh_sha)
+    out, sub = run_kernel(kernel, w, synth_dir, tmp_path / "kaggle")
+    assert_complete(sub, synth_dir)
+    assert re.search(r"DROPPED: .*selector member xgb for Axial T2", out)
+    assert "slice selector Axial T2: 3 members (rf, svm, mlp)" in out
+    assert "'predicted': 3" in out
+
+
+def test_garbage_pickle_member_is_dropped(kernel, trained_weights, synth_dir, tmp_path):
+    w = _copy_weights(trained_weights, tmp_path)
+    _garbage(w, "slice_select/model/sag_t2_mlp.pkl", refresh_sha=True)
+    out, sub = run_kernel(kernel, w, synth_dir, tmp_path / "kaggle")
+    assert_complete(sub, synth_dir)
+    assert "DROPPED: " in out and "sag_t2_mlp.pkl: selector member mlp for Sagittal T2/STIR does not load" in out
+    assert "slice selector Sagittal T2/STIR: 3 members (rf, svm, xgb)" in out
+    assert "'predicted': 3" in out
+
+
+def test_missing_torch_fold_is_dropped(kernel, trained_weights, synth_dir, tmp_path):
+    w = _copy_weights(trained_weights, tmp_path)
+    (w / "sequence" / "fold1.pt").unlink()
+    out, sub = run_kernel(kernel, w, synth_dir, tmp_path / "kaggle")
+    got = assert_complete(sub, synth_dir)
+    assert "DROPPED: sequence fold 1:" in out and "listed in manifest.json but missing" in out
+    assert "model sequence: folds [0]" in out and "'predicted': 3" in out
+    prior = np.asarray(json.loads((w / "prior.json").read_text())["probs"])
+    assert np.abs(got.iloc[:25][["normal_mild", "moderate", "severe"]].to_numpy() - prior).max() > 1e-4
+
+
+def test_predict_raising_in_its_third_batch_leaves_the_first_two(kernel, trained_weights, synth_dir, tmp_path):
+    out, sub = run_kernel(kernel, trained_weights, synth_dir, tmp_path / "kaggle",
+                          env={"LUMBAR_FAULT": "batch:3", "LUMBAR_BATCH_SIZE": "1"})
+    got = assert_complete(sub, synth_dir)
+    assert "fault injected in batch 3" in out and "predict raised; the last submission.csv it wrote stands" in out
+    prior = np.asarray(json.loads((trained_weights / "prior.json").read_text())["probs"])
+    cols = ["normal_mild", "moderate", "severe"]
+    studies = list(dict.fromkeys(r.split("_")[0] for r in got["row_id"]))
+    moved = [np.abs(got[got.row_id.str.startswith(f"{s}_")][cols].to_numpy() - prior).max() > 1e-4 for s in studies]
+    assert sum(moved) == 2, "the two batches before the failure keep their predictions, the third its prior"
+
+
+def test_a_dicom_that_blocks_on_read_costs_one_study(kernel, trained_weights, synth_copy, tmp_path):
+    series = pd.read_csv(synth_copy / "test_series_descriptions.csv")
+    r = series.iloc[0]
+    os.mkfifo(synth_copy / "test_images" / str(r.study_id) / str(r.series_id) / "0.dcm")
+    out, sub = run_kernel(kernel, trained_weights, synth_copy, tmp_path / "kaggle",
+                          env={"LUMBAR_STUDY_TIMEOUT": "20"})
+    assert_complete(sub, synth_copy)
+    assert f"study {r.study_id}: input preparation timed out after 20s; worker killed" in out
+    assert "'predicted': 3" in out and "'failed': 1" in out
