@@ -127,3 +127,51 @@ def test_probs_round_trip():
     _, sub, ids, _, p = random_case(rng)
     back = submission_to_probs(sub.sample(frac=1.0, random_state=0), ids)
     np.testing.assert_allclose(back, p, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_study_terms_give_the_score_and_resamples_of_it(seed):
+    from lumbar.metric import score_from_terms, study_terms
+
+    rng = np.random.default_rng(200 + seed)
+    sol, sub, ids, y, p = random_case(rng, n_studies=25, missing=0.1)
+    p = p * rng.uniform(0.3, 0.95, size=(len(ids), 25, 1))  # unnormalised rows too
+    sub = probs_to_submission(ids, p)
+    terms = study_terms(y, p)
+    assert float(score_from_terms(terms)) == pytest.approx(score(sol, sub), abs=1e-9)
+    # a resample with repeats: the same as scoring the repeated studies under fresh ids
+    pick = rng.integers(0, len(ids), size=len(ids))
+    counts = np.bincount(pick, minlength=len(ids))
+    new_ids = np.arange(1, len(pick) + 1) * 7
+    expected = score(solution_frame(new_ids, y[pick]), probs_to_submission(new_ids, p[pick]))
+    assert float(score_from_terms(terms, counts)) == pytest.approx(expected, abs=1e-9)
+
+
+def test_bootstrap_intervals_and_paired_differences():
+    from lumbar.metric import score_from_terms, study_terms
+    from lumbar.scoring import bootstrap, format_table
+
+    rng = np.random.default_rng(9)
+    n = 120
+    y = rng.integers(0, 3, size=(n, 25))
+    onehot = np.eye(3)[y]
+    good = 0.6 * onehot + 0.4 / 3
+    worse = 0.5 * onehot + 0.5 / 3
+    noise = rng.uniform(0.9, 1.1, size=(n, 25, 3))
+    probs = {"a": good * noise, "b": worse * noise, "oracle": 0.9 * onehot + 0.1 / 3}
+    probs = {k: v / v.sum(-1, keepdims=True) for k, v in probs.items()}
+    t = bootstrap(probs, y, n_boot=500)
+    assert t.attrs["best_single"] == "a"  # the oracle is not a candidate
+    point = {m: float(score_from_terms(study_terms(y, p))) for m, p in probs.items()}
+    for m in probs:
+        assert t.loc[m, "ci_low"] < point[m] < t.loc[m, "ci_high"]
+    # b is worse than a on every study: its paired difference is positive and tighter than either interval
+    assert 0 < t.loc["b", "vs_best_low"] < t.loc["b", "vs_best"] < t.loc["b", "vs_best_high"]
+    assert t.loc["b", "vs_best_high"] - t.loc["b", "vs_best_low"] < t.loc["b", "ci_high"] - t.loc["b", "ci_low"]
+    assert t.loc["a", "vs_best"] == 0
+    scores = pd.DataFrame({c: [point[m] for m in probs] for c in [*schema.GROUPS, "any_severe_spinal", "overall"]},
+                          index=list(probs)).join(t)
+    scores.attrs["best_single"] = "a"
+    text = format_table(scores)
+    assert "95% CI" in text and "minus a (95% CI)" in text
+    assert f"| b |" in text and f"{t.loc['b', 'vs_best']:+.4f} [" in text

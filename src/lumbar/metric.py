@@ -152,3 +152,43 @@ def submission_to_probs(frame: pd.DataFrame, study_ids) -> np.ndarray:
     if missing:
         raise MetricError(f"{len(missing)} row ids missing from predictions, e.g. {missing[0]!r}")
     return indexed.loc[ids, list(schema.PROB_COLUMNS)].to_numpy(dtype=np.float32).reshape(-1, 25, 3)
+
+
+TERMS = (*schema.GROUPS, "any_severe_spinal")
+
+
+def study_terms(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per study, the numerator and denominator of each of the metric's four weighted means:
+    [n, 4, 2] in TERMS order. Every term is sum(weight * loss) / sum(weight) over rows (or, for any
+    severe spinal, over studies), so a score over any multiset of studies (a bootstrap resample) is
+    a ratio of sums of these: `score_from_terms`. Same clipping as `score`."""
+    y, p = np.asarray(y), np.asarray(probs, np.float64)
+    m = y >= 0
+    yc = np.where(m, y, 0)
+    w = np.asarray(schema.SEVERITY_WEIGHTS)[yc] * m
+    q = np.clip(p, EPS, 1 - EPS)
+    q = q / q.sum(-1, keepdims=True)
+    ll = -np.log(np.take_along_axis(q, yc[..., None], -1)[..., 0])
+    out = np.zeros((len(y), len(TERMS), 2))
+    groups = np.array([schema.group_of(c) for c in schema.LABEL_COLUMNS])
+    for t, g in enumerate(schema.GROUPS):
+        cols = groups == g
+        out[:, t, 0] = (w[:, cols] * ll[:, cols]).sum(1)
+        out[:, t, 1] = w[:, cols].sum(1)
+    sp = groups == "spinal"
+    ms, ws = m[:, sp], w[:, sp]
+    label = ((y[:, sp] == 2) & ms).any(1).astype(float)
+    weight = np.where(ms, ws, 0).max(1)
+    pred = np.clip(np.where(ms, p[:, sp, 2], -np.inf).max(1), EPS, 1 - EPS)  # raw severe, as `score`
+    any_ll = -(label * np.log(pred) + (1 - label) * np.log(1 - pred))
+    out[:, 3, 0] = np.where(ms.any(1), weight * any_ll, 0.0)
+    out[:, 3, 1] = np.where(ms.any(1), weight, 0.0)
+    return out
+
+
+def score_from_terms(terms: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """Overall scores from study terms [n, 4, 2], each study counted counts[..., n] times (all once if
+    None): shape counts.shape[:-1]."""
+    counts = np.ones(len(terms)) if counts is None else np.asarray(counts, np.float64)
+    sums = np.tensordot(counts, terms, axes=([-1], [0]))  # [..., 4, 2]
+    return (sums[..., 0] / sums[..., 1]).mean(-1)

@@ -20,16 +20,31 @@ GROUP_COLS = {g: [j for j, c in enumerate(schema.LABEL_COLUMNS) if schema.group_
 
 
 def score_figure(table: pd.DataFrame, out: Path) -> Path:
+    """Left: the score per condition group. Right: overall with its bootstrap 95% interval, and each
+    model's paired difference to the best single model with its interval (0 inside it: no measured gain)."""
     plt = _plt()
     cols = [*schema.GROUPS, "overall"]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     width = 0.8 / len(table)
     for i, (name, row) in enumerate(table.iterrows()):
-        ax.bar(np.arange(len(cols)) + i * width, row[cols].to_numpy(), width, label=name)
-    ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
-    ax.set_ylabel("weighted log loss (lower is better)")
-    ax.legend(fontsize=8, ncol=3)
-    ax.set_title("OOF score per condition group")
+        ax[0].bar(np.arange(len(cols)) + i * width, row[cols].to_numpy(), width, label=name)
+    ax[0].set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
+    ax[0].set_ylabel("weighted log loss (lower is better)")
+    ax[0].legend(fontsize=8, ncol=3)
+    ax[0].set_title("OOF score per condition group")
+    names = list(table.index)
+    yy = np.arange(len(names))
+    if "ci_low" in table.columns:
+        err = np.stack([table["overall"] - table["ci_low"], table["ci_high"] - table["overall"]])
+        ax[1].errorbar(table["overall"], yy, xerr=err, fmt="o", capsize=3)
+        ax[1].set_yticks(yy, names)
+        ax[1].set_title("overall, 95% bootstrap interval")
+    if "vs_best" in table.columns:
+        err = np.stack([table["vs_best"] - table["vs_best_low"], table["vs_best_high"] - table["vs_best"]])
+        ax[2].errorbar(table["vs_best"], yy, xerr=err, fmt="o", capsize=3, color="C1")
+        ax[2].axvline(0, color="grey", lw=0.8)
+        ax[2].set_yticks(yy, names)
+        ax[2].set_title(f"minus {table.attrs.get('best_single')} (paired)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

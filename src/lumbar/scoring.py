@@ -1,38 +1,91 @@
-"""`make local-score`: every model's OOF score per condition group, next to the oracle's."""
+"""`make local-score`: every model's OOF score per condition group, next to the oracle's, with bootstrap
+intervals over studies and paired differences against the best single model.
+
+The intervals resample studies (the unit the test set is drawn in) with replacement; the paired
+difference uses the same resample for both models, so it is much narrower than either interval: a
+difference whose interval holds 0 is not a measured gain.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import schema
 from .data.catalog import find_root, read_labels
-from .metric import labels_to_solution, score_groups
+from .metric import labels_to_array, labels_to_solution, score_groups, study_terms, score_from_terms, submission_to_probs
 from .train.oof import OOF_DIR, list_oof
 
 COLUMNS = [*schema.GROUPS, "any_severe_spinal", "overall"]
+INTERVAL = ["ci_low", "ci_high", "vs_best", "vs_best_low", "vs_best_high"]
+NOT_SINGLE = {"ensemble", "oracle"}  # what the "best single model" is chosen without
+N_BOOT = 2000
 
 
-def local_score(data: str | Path, run: str | Path) -> pd.DataFrame:
-    """One row per OOF model of the run (and 'oracle' where the folder has oracle.csv)."""
+def bootstrap(probs: dict[str, np.ndarray], y: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+              level: float = 0.95) -> pd.DataFrame:
+    """Per model: the score's bootstrap interval over studies and its paired difference (model minus the
+    best single model) with that difference's interval, all from one set of resamples."""
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    point = {m: float(score_from_terms(study_terms(y, p))) for m, p in probs.items()}
+    boots = {m: score_from_terms(study_terms(y, p), counts) for m, p in probs.items()}
+    singles = [m for m in probs if m not in NOT_SINGLE]
+    best = min(singles, key=point.get) if singles else None
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    rows = {}
+    for m, b in boots.items():
+        row = {"ci_low": np.percentile(b, lo), "ci_high": np.percentile(b, hi)}
+        if best is not None:
+            d = b - boots[best]
+            row.update(vs_best=point[m] - point[best], vs_best_low=np.percentile(d, lo), vs_best_high=np.percentile(d, hi))
+        rows[m] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.attrs["best_single"] = best
+    return table
+
+
+def local_score(data: str | Path, run: str | Path, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """One row per OOF model of the run (and 'oracle' where the folder has oracle.csv): the score per
+    condition group, overall, its 95% interval, and the paired difference to the best single model."""
     root = find_root(data)
     labels = read_labels(root)
     solution = labels_to_solution(labels)
-    rows = {}
-    for model in list_oof(run):
-        sub = pd.read_csv(Path(run) / OOF_DIR / f"{model}.csv")
-        rows[model] = score_groups(solution, sub)
+    ids = labels["study_id"].astype(int).tolist()
+    y = labels_to_array(labels)
+    rows, probs = {}, {}
+    frames = {m: pd.read_csv(Path(run) / OOF_DIR / f"{m}.csv") for m in list_oof(run)}
     oracle = root / "oracle.csv"
     if oracle.exists():
-        rows["oracle"] = score_groups(solution, pd.read_csv(oracle))
-    if not rows:
+        frames["oracle"] = pd.read_csv(oracle)
+    if not frames:
         raise FileNotFoundError(f"{run}: no OOF predictions in {Path(run) / OOF_DIR}; run `make train` first")
-    return pd.DataFrame.from_dict(rows, orient="index")[COLUMNS]
+    for m, frame in frames.items():
+        rows[m] = score_groups(solution, frame)
+        probs[m] = submission_to_probs(frame, ids)
+    table = pd.DataFrame.from_dict(rows, orient="index")[COLUMNS]
+    boot = bootstrap(probs, y, n_boot)
+    table = table.join(boot)
+    table.attrs["best_single"] = boot.attrs["best_single"]
+    return table
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """A markdown table, models as rows."""
-    lines = ["| model | " + " | ".join(table.columns) + " |", "|---|" + "---|" * len(table.columns)]
+    """A markdown table, models as rows: group scores, overall with its 95% interval, and the paired
+    difference to the best single model with its interval."""
+    best = table.attrs.get("best_single")
+    groups = [c for c in COLUMNS if c != "overall"]
+    head = ["model", *groups, "overall", "95% CI"]
+    if "vs_best" in table.columns:
+        head.append(f"minus {best} (95% CI)")
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for name, row in table.iterrows():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
+        cells = [f"{row[c]:.4f}" for c in groups] + [f"{row['overall']:.4f}"]
+        if "ci_low" in table.columns:
+            cells.append(f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
+        if "vs_best" in table.columns:
+            cells.append("—" if name == best else f"{row['vs_best']:+.4f} [{row['vs_best_low']:+.4f}, {row['vs_best_high']:+.4f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
