@@ -93,7 +93,7 @@ def test_cache_atomic_and_truncated_entry_rebuilt(tmp_path):
 def test_slice_select_report_and_artefacts(stage_one):
     run, cache, _ = stage_one
     report = pd.read_csv(run / "slice_select" / "report.csv")
-    assert set(report.method) == {"rf", "xgb", "ensemble", "naive"}
+    assert set(report.method) == {"rf", "svm", "mlp", "xgb", "ensemble", "naive"}
     assert set(report.series_type) == set(schema.SERIES_TYPES)
     assert ((report.exact >= 0) & (report.exact <= report.within1) & (report.within1 <= 1)).all()
     manifest = json.loads((run / "slice_select" / "model" / "selector.json").read_text())
@@ -164,14 +164,17 @@ def test_selector_round_trip_and_version_guard(stage_one, synth_dir, tmp_path):
         SliceSelector.load(broken, strict=True)
     lenient = SliceSelector.load(broken)  # never raises: the member is dropped and listed
     assert len(lenient.dropped) == 1 and "axial_rf.pkl" in lenient.dropped[0]
-    assert list(lenient.members[schema.AXIAL]) == ["xgb"]
-    # XGBoost's file damaged too: that type has no member left and falls back to the naive rule
+    assert list(lenient.members[schema.AXIAL]) == ["svm", "mlp", "xgb"]
+    # every other member damaged too: that type has no member left and falls back to the naive rule
     (broken / "axial_xgb.json").write_text("{not json")
+    for m in ("svm", "mlp"):
+        (broken / f"axial_{m}.pkl").write_bytes(b"garbage")
     worse = SliceSelector.load(broken)
-    assert schema.AXIAL not in worse.members and len(worse.dropped) == 2
+    assert schema.AXIAL not in worse.members and len(worse.dropped) == 4
     assert worse.predict_proba(schema.AXIAL, sf.features) is None
     np.testing.assert_allclose(lenient.predict_proba(schema.AXIAL, sf.features),
-                               sel.predict_proba(schema.AXIAL, sf.features, "xgb"), atol=1e-6)
+                               np.mean([sel.predict_proba(schema.AXIAL, sf.features, m) for m in ("svm", "mlp", "xgb")],
+                                       axis=0), atol=1e-6)
 
 
 def test_show_figure(stage_one, synth_dir, tmp_path):
