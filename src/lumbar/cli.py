@@ -10,7 +10,8 @@ from pathlib import Path
 def _cmd_synth(a) -> int:
     from .data.synth import SynthConfig, generate
     cfg = SynthConfig(out=a.out, studies=a.studies, test_studies=a.test_studies, seed=a.seed,
-                      sag_size=a.sag_size, axial_size=a.axial_size, workers=a.workers)
+                      sag_size=a.sag_size, axial_size=a.axial_size, workers=a.workers, profile=a.profile,
+                      size_scale=a.size_scale)
     t = time.time()
     out = generate(cfg)
     print(f"synth: {cfg.studies} train + {cfg.test_studies} test studies in {out} ({time.time() - t:.0f}s)")
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sag-size", type=int, default=192)
     s.add_argument("--axial-size", type=int, default=128)
     s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--profile", choices=["default", "real"], default="default",
+                   help="real: the real data's geometry (512-640 px, angled axial blocks, missing tags, ...)")
+    s.add_argument("--size-scale", type=float, default=1.0, help="real profile: matrix sizes times this")
     s.set_defaults(fn=_cmd_synth)
 
     v = sub.add_parser("validate", help="check a competition folder; exit 1 on any problem")

@@ -207,7 +207,7 @@ def validate(root: str | Path) -> list[Problem]:
         problems += _label_problems(frames[TRAIN_CSV], root / TRAIN_CSV)
     for name, split in ((TRAIN_SERIES_CSV, "train"), (TEST_SERIES_CSV, "test")):
         if name in frames:
-            problems += _series_problems(frames[name], root / name, root / f"{split}_images")
+            problems += _series_problems(frames[name], root / name, root / f"{split}_images", split)
     if COORDS_CSV in frames:
         problems += _coord_problems(frames[COORDS_CSV], root, frames)
     if SAMPLE_CSV in frames:
@@ -222,7 +222,7 @@ def validate(root: str | Path) -> list[Problem]:
     return problems
 
 
-def _series_problems(frame: pd.DataFrame, path: Path, images: Path) -> list[Problem]:
+def _series_problems(frame: pd.DataFrame, path: Path, images: Path, split: str = "train") -> list[Problem]:
     out = []
     listed = set()
     for i, row in enumerate(frame.itertuples(index=False)):
@@ -233,7 +233,7 @@ def _series_problems(frame: pd.DataFrame, path: Path, images: Path) -> list[Prob
         listed.add((str(row.study_id), str(row.series_id)))
         if not folder.is_dir():
             out.append(Problem(str(path), line, f"series folder {folder} does not exist"))
-        elif not any(folder.glob("*.dcm")):
+        elif not any(folder.glob("*.dcm")) and split == "train":  # the hidden test has empty folders: inference copes
             out.append(Problem(str(path), line, f"series folder {folder} holds no .dcm files"))
     if (frame[["study_id", "series_id"]].duplicated()).any():
         for i in np.flatnonzero(frame[["study_id", "series_id"]].duplicated().to_numpy()):
