@@ -91,3 +91,36 @@ class StudyCache:
         arrays = build()
         self.save(study_id, name, arrays)
         return arrays
+
+
+class CachedEntries:
+    """A list of per-study cache entries that reads each back from disk when it is accessed: a training
+    set over it holds (study, name) keys, not pixels, so memory does not grow with the number of
+    studies. `take(idx)` is a subset, still lazy."""
+
+    def __init__(self, cache: StudyCache, keys: list[tuple[int, str]]):
+        if cache.root is None:
+            raise ValueError("CachedEntries needs a cache folder")
+        self.cache, self.keys = cache, list(keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        study_id, name = self.keys[i]
+        hit = self.cache.load(study_id, name)
+        if hit is None:
+            raise FileNotFoundError(f"{self.cache.path(study_id, name)}: cache entry missing or unreadable (it was "
+                                    "written earlier in this stage; was the cache folder removed?)")
+        return hit
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def take(self, idx) -> "CachedEntries":
+        return CachedEntries(self.cache, [self.keys[int(i)] for i in idx])
+
+
+def take(entries, idx):
+    """A subset of entries: lazy for CachedEntries, a list otherwise."""
+    return entries.take(idx) if isinstance(entries, CachedEntries) else [entries[int(i)] for i in idx]

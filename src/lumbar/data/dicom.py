@@ -48,6 +48,13 @@ class Volume:
             raise KeyError(f"{self.source}: no instance {instance}")
         return int(hit[0])
 
+    def geometry_only(self) -> "Volume":
+        """The same volume without its pixels: a read-only zero broadcast of their shape (no memory),
+        for code that reads geometry (positions, spacing, shape) and never the values."""
+        empty = np.broadcast_to(np.zeros((), np.float32), self.pixels.shape)
+        return Volume(empty, self.positions, self.normal, self.pixel_spacing, self.instance_numbers,
+                      self.orientation, self.thickness, self.source)
+
     def subset(self, idx) -> "Volume":
         idx = np.asarray(idx)
         return Volume(self.pixels[idx], self.positions[idx], self.normal, self.pixel_spacing,

@@ -21,6 +21,7 @@ class SuperResConfig:
     batch_size: int = 64
     lr: float = 3e-3
     patches_per_image: int = 16
+    max_patches: int = 20000  # patches in memory at most: studies are sampled beyond it (bounded memory)
     seed: int = 0
     cache_dir: str = "cache"
 

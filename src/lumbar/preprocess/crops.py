@@ -52,6 +52,12 @@ def _span(values: np.ndarray, margin: float) -> tuple[float, float]:
     return float(lo - margin), float(hi + margin)
 
 
+def slice_summary(name: str, img: np.ndarray) -> dict:
+    """What fitting crop regions reads of a labelled slice: its shape and, for sagittal crops, the
+    detected spine column and its prominence."""
+    return {"shape": tuple(img.shape), "spine": find_spine_column(img) if name in SAGITTAL_CROPS else None}
+
+
 @dataclass
 class CropRegions:
     """Fitted crop geometry, all in fractions of the image width (x) and height (y)."""
@@ -63,20 +69,22 @@ class CropRegions:
     min_prominence: float = 1.5
 
     @classmethod
-    def fit(cls, samples: list[tuple[str, np.ndarray, np.ndarray]], margin: float = 0.04) -> "CropRegions":
-        """samples: (crop name, chosen slice [h, w], points [K, 2] in its pixels, NaN if unknown)."""
+    def fit(cls, samples: list[tuple[str, np.ndarray | dict, np.ndarray]], margin: float = 0.04) -> "CropRegions":
+        """samples: (crop name, chosen slice [h, w] or its `slice_summary`, points [K, 2] in its pixels,
+        NaN if unknown)."""
         reg = cls(margin=margin)
         ax_x, ax_y = [], []
         sag: dict[str, dict[str, list]] = {n: {"dx": [], "y": [], "x": []} for n in SAGITTAL_CROPS}
         spines = []
         for name, img, pts in samples:
-            h, w = img.shape
+            summary = img if isinstance(img, dict) else slice_summary(name, img)
+            h, w = summary["shape"]
             ok = np.isfinite(pts).all(axis=1)
             if not ok.any():
                 continue
             x, y = pts[ok, 0] / w, pts[ok, 1] / h
             if name in SAGITTAL_CROPS:
-                col, prom = find_spine_column(img)
+                col, prom = summary["spine"]
                 if prom >= reg.min_prominence:
                     spines.append(col)
                     sag[name]["dx"] += (x - col).tolist()

@@ -61,8 +61,11 @@ class SeriesFeatures:
 
 
 def study_features(study: Study, cache: StudyCache | None,
-                   volumes: dict[str, list[tuple[int, Volume]]] | None = None) -> dict[str, list[SeriesFeatures]]:
-    """Series type -> per-series slice features (cached), computed on the study's decoded volumes."""
+                   volumes: dict[str, list[tuple[int, Volume]]] | None = None,
+                   keep_pixels: bool = True) -> dict[str, list[SeriesFeatures]]:
+    """Series type -> per-series slice features (cached), computed on the study's decoded volumes.
+    keep_pixels=False keeps each volume's geometry only (its pixels a zero-size broadcast of the same
+    shape): what slice selection and its training read, at a few kB per study."""
     vols = volumes if volumes is not None else study_volumes(study, cache)
     extent = _reference_extent(vols)
     out: dict[str, list[SeriesFeatures]] = {}
@@ -71,7 +74,7 @@ def study_features(study: Study, cache: StudyCache | None,
             def build(v=v):
                 return {"x": slice_features(v, extent if stype == schema.AXIAL else None)}
             feats = cache.get(study.study_id, f"feat_{sid}", build)["x"] if cache else build()["x"]
-            out.setdefault(stype, []).append(SeriesFeatures(sid, v, feats))
+            out.setdefault(stype, []).append(SeriesFeatures(sid, v if keep_pixels else v.geometry_only(), feats))
     return out
 
 

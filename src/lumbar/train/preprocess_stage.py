@@ -11,11 +11,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import config as cfgmod
-from ..data.cache import StudyCache
+from ..data.cache import CachedEntries, StudyCache
 from ..data.catalog import load_studies
 from ..data.volumes import normalise, study_volumes
-from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions
-from ..preprocess.pipeline import (PreprocessConfig, Selection, _labels_for, cache_version, labelled_slices,
+from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
+from ..preprocess.pipeline import (PreprocessConfig, Selection, _labels_for, cache_version, crops_key, labelled_slices,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
                                    true_selection)
 from ..preprocess.slice_select import MEMBERS, SliceSelector
@@ -89,7 +89,8 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(SliceSelectConfig(), overrides)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
     warm_cache(studies, cache, cfg.workers)
-    feats = {st.study_id: study_features(st, cache) for st in studies}
+    # geometry and features only: the pixels are dropped as each study is read (bounded memory)
+    feats = {st.study_id: study_features(st, cache, keep_pixels=False) for st in tqdm(studies, desc="load features")}
     rows = {st.study_id: list(training_rows(st, feats[st.study_id])) for st in studies}
     methods = [*cfg.members, "ensemble", "naive"]
     records, oof = [], {}
@@ -143,7 +144,8 @@ def read_oof_selection(run) -> dict[int, Selection]:
 
 
 def region_samples(study, cache) -> list:
-    """(crop name, labelled slice normalised, labelled points) for fitting crop regions."""
+    """(crop name, what CropRegions.fit reads of the labelled slice, labelled points) for fitting crop
+    regions: the slice's shape and spine column, not its pixels (memory stays flat in the studies)."""
     if not study.has_coords:
         return []
     vols = study_volumes(study, cache)
@@ -152,7 +154,7 @@ def region_samples(study, cache) -> list:
     out = []
     for name, (sid, idx) in truth.items():
         px = normalise(by_id[sid].pixels[idx:idx + 1])[0]
-        out.append((name, px, _labels_for(study, name, sid)[0]))
+        out.append((name, slice_summary(name, px), _labels_for(study, name, sid)[0]))
     return out
 
 
@@ -232,6 +234,11 @@ def load_crop_entries(data, run, rc: RunConfig, cache_dir: str, cfg: PreprocessC
     oof_sel = read_oof_selection(run)
     studies, cache = load_train(data, run, rc, cache_dir)
     regions = {k: CropRegions.load(Path(run) / CROPS_DIR / f"regions_fold{k}.json") for k in range(rc.n_folds)}
-    entries = [study_crops(st, oof_sel.get(st.study_id, {}), regions[st.fold], cfg, cache)
-               for st in tqdm(studies, desc="load crops")]
-    return studies, entries
+    keys = []
+    for st in tqdm(studies, desc="load crops"):  # builds what is missing; nothing is kept in memory
+        sel = oof_sel.get(st.study_id, {})
+        study_crops(st, sel, regions[st.fold], cfg, cache)
+        keys.append((st.study_id, crops_key(cfg, sel, regions[st.fold])))
+    if cache.root is None:  # no cache folder: the entries must live in memory
+        return studies, [study_crops(st, oof_sel.get(st.study_id, {}), regions[st.fold], cfg, None) for st in studies]
+    return studies, CachedEntries(cache, keys)

@@ -14,7 +14,8 @@ from .. import config as cfgmod
 from ..metric import probs_to_submission, score, solution_frame
 from ..models.registry import create_model
 from ..models.sequence import SequenceConfig
-from ..preprocess.frames import FramesConfig, study_frames
+from ..data.cache import CachedEntries, take
+from ..preprocess.frames import FramesConfig, frames_key, study_frames
 from .datasets import EpochSeeded
 from .oof import write_oof
 from .preprocess_stage import load_train
@@ -60,15 +61,18 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(SequenceConfig(), overrides)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
     fcfg = FramesConfig.of_model(cfg)
-    entries = [study_frames(st, fcfg, cache) for st in tqdm(studies, desc="frames")]
+    for st in tqdm(studies, desc="frames"):  # builds what is missing; read back per item while training
+        study_frames(st, fcfg, cache)
+    entries = (CachedEntries(cache, [(st.study_id, frames_key(fcfg)) for st in studies]) if cache.root is not None
+               else [study_frames(st, fcfg, None) for st in studies])
     ids = np.array([s.study_id for s in studies])
     y = np.stack([s.labels for s in studies])
     fold = np.array([s.fold for s in studies])
     out = Path(run) / SEQ_DIR
 
     def make_sets(tr, va):
-        return (FramesDataset([entries[i] for i in tr], y[tr], augment=cfg.augment, seed=cfg.seed),
-                FramesDataset([entries[i] for i in va], y[va]))
+        return (FramesDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed),
+                FramesDataset(take(entries, va), y[va]))
 
     oof, fold_scores = cross_validate("sequence", cfg, ids, y, fold, rc.n_folds, out, make_sets,
                                       lambda: create_model("sequence", cfg), lambda probs, va, prior: probs)

@@ -19,6 +19,7 @@ from .datasets import CropDataset, collate
 from .loop import TrainConfig, atomic_torch_save, fit, is_main, pick_device, predict
 from .oof import write_oof
 from .preprocess_stage import load_crop_entries
+from ..data.cache import take
 from .runner import RunConfig, register
 
 SR_DIR = "superres"
@@ -63,8 +64,12 @@ def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(SuperResConfig(), overrides)
     studies, entries = load_crop_entries(data, run, rc, cfg.cache_dir)
     rng = np.random.default_rng(cfg.seed)
-    held = [e for st, e in zip(studies, entries) if st.fold == 0]
-    train_e = [e for st, e in zip(studies, entries) if st.fold != 0]
+    held = take(entries, [i for i, st in enumerate(studies) if st.fold == 0][:max(1, cfg.max_patches // 16)])
+    train_idx = [i for i, st in enumerate(studies) if st.fold != 0]
+    per_study = cfg.patches_per_image * 8  # eight crops a study
+    if len(train_idx) * per_study > cfg.max_patches:  # a sample of studies: memory does not grow with them
+        train_idx = sorted(rng.choice(train_idx, max(1, cfg.max_patches // per_study), replace=False).tolist())
+    train_e = take(entries, train_idx)
     train_p = _patches(train_e, cfg.patch, cfg.patches_per_image, rng)
     val_p = _patches(held, cfg.patch, 2, rng)
     model = create_model("superres", cfg)
@@ -181,11 +186,11 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         return model
 
     def make_sets(tr, va):
-        return (CropDataset([entries[i] for i in tr], y[tr], augment=cfg.augment, seed=cfg.seed),
-                CropDataset([entries[i] for i in va], y[va]))
+        return (CropDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed),
+                CropDataset(take(entries, va), y[va]))
 
     def on_fold(model, val_set, va, device):
-        mm, px = keypoint_errors(model, val_set, [entries[i] for i in va], device)
+        mm, px = keypoint_errors(model, val_set, take(entries, va), device)
         kp_errs.append(mm)
         kp_px.append(px)
 
