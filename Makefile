@@ -17,7 +17,7 @@ TEST_STUDIES ?= 20
 SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: demo setup test test-fast data train export predict kernel train-stage-one local-score validate bench show clean
+.PHONY: rehearsal demo setup test test-fast data train export predict kernel train-stage-one local-score validate bench show clean
 
 setup: $(VENV)/.installed
 
@@ -80,6 +80,12 @@ demo: data
 STUDY ?=
 show: setup
 	$(PY) -m lumbar show --data $(DATA) --run $(RUN) --study $(STUDY) --out reports/show_$(STUDY).png
+
+# Every stage on a real-profile synthetic folder (512-640 px, angled axial blocks, missing tags): seconds and
+# peak RSS per stage, cache size, projections to the real training set and a Kaggle run (docs/rehearsal.md).
+REHEARSAL_STUDIES ?= 40
+rehearsal: setup
+	$(PY) -m lumbar rehearsal --out runs/rehearsal --studies $(REHEARSAL_STUDIES)
 
 bench: setup
 	$(PY) -m lumbar bench --data $(DATA) --run $(RUN) --weights $(WEIGHTS) --out reports/bench.md

@@ -76,6 +76,11 @@ def _cmd_predict(a) -> int:
     return 0
 
 
+def _cmd_rehearsal(a) -> int:
+    from .rehearsal import main
+    return main(a.out, a.studies, a.size_scale, a.workers)
+
+
 def _cmd_demo(a) -> int:
     from .demo import run_demo
     run_demo(a.data, a.run, a.weights, a.kernel, a.cache)
@@ -148,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real: the real data's geometry (512-640 px, angled axial blocks, missing tags, ...)")
     s.add_argument("--size-scale", type=float, default=1.0, help="real profile: matrix sizes times this")
     s.set_defaults(fn=_cmd_synth)
+
+    r = sub.add_parser("rehearsal", help="every stage on a real-profile folder: seconds, peak RSS, projections")
+    r.add_argument("--out", default="runs/rehearsal")
+    r.add_argument("--studies", type=int, default=40)
+    r.add_argument("--size-scale", type=float, default=1.0)
+    r.add_argument("--workers", type=int, default=2)
+    r.set_defaults(fn=_cmd_rehearsal)
 
     v = sub.add_parser("validate", help="check a competition folder; exit 1 on any problem")
     v.add_argument("dir")
