@@ -195,3 +195,27 @@ def test_show_finds_a_test_study_in_a_folder_without_train_csv(stage_one, synth_
     assert main(["show", "--data", str(synth_copy), "--study", str(study), "--out", str(out), "--run", str(run),
                  "--cache", str(cache)]) == 0
     assert out.stat().st_size > 10_000
+
+
+def test_training_holds_geometry_and_keys_not_pixels(stage_one, synth_dir, tmp_path):
+    from lumbar.data.cache import CachedEntries, take
+
+    run, cache, _ = stage_one
+    c = StudyCache(cache, cache_version())
+    study = load_studies(synth_dir, "train")[0]
+    full = study_features(study, c)
+    light = study_features(study, c, keep_pixels=False)
+    for stype in full:
+        for a, b in zip(full[stype], light[stype]):
+            assert b.volume.pixels.shape == a.volume.pixels.shape and b.volume.pixels.strides == (0, 0, 0)
+            np.testing.assert_array_equal(a.features, b.features)
+            np.testing.assert_array_equal(a.volume.positions, b.volume.positions)
+    # the selection made from geometry and features alone is the same
+    assert pipeline.select(full, None) == pipeline.select(light, None)
+
+    entries = CachedEntries(c, [(study.study_id, f"feat_{full[schema.AXIAL][0].series_id}")])
+    np.testing.assert_array_equal(entries[0]["x"], full[schema.AXIAL][0].features)
+    assert len(take(entries, [0, 0])) == 2 and isinstance(take(entries, [0]), CachedEntries)
+    missing = CachedEntries(c, [(study.study_id, "no_such_entry")])
+    with pytest.raises(FileNotFoundError, match="no_such_entry.npz: cache entry missing"):
+        missing[0]
