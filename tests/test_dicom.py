@@ -158,3 +158,21 @@ def test_synthetic_series_read_back(synth_dir):
     assert v.pixels.ndim == 3 and len(v) >= 10
     assert np.all(np.diff(v.depth) > 0)
     assert np.isclose(np.linalg.norm(v.normal), 1)
+
+
+def test_monochrome1_and_monochrome2_copies_give_the_same_volume(tmp_path):
+    from lumbar.data.synth import SeriesWriter
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 3000, size=(4, 24, 24)).astype(np.uint16)
+    values[2] = np.minimum(values[2], 500)  # one dim slice: a per-slice inversion would shift it
+    ex, ey, ez = np.eye(3)
+    for name, mono1 in (("m2", False), ("m1", True)):
+        writer = SeriesWriter(1, 2 if mono1 else 3, "Sagittal T1", 4.0, 1.0, -100.0, mono1=mono1)
+        for k in range(4):
+            g = SliceGeom(np.array([k * 4.0, 0, 0]), ey, -ez, 1.0, 24, 24)
+            stored = 4095 - values[k] if mono1 else values[k]
+            writer.write(tmp_path / name / f"{k + 1}.dcm", stored.astype(np.uint16), g, k + 1)
+    a, b = read_series(tmp_path / "m2"), read_series(tmp_path / "m1")
+    np.testing.assert_allclose(a.pixels, b.pixels, atol=1e-4)
+    np.testing.assert_allclose(a.pixels, values.astype(np.float32) - 100.0, atol=1e-4)

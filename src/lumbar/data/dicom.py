@@ -106,7 +106,11 @@ def _read_slice(path: Path):
     if slope != 1.0 or intercept != 0.0:
         pixels = pixels * slope + intercept
     if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        pixels = pixels.max() - pixels
+        # Inverted against the stored range, not the slice's own maximum: every slice of the series the
+        # same way, so intensities do not jump from slice to slice.
+        bits = int(getattr(ds, "BitsStored", 16) or 16)
+        lo, hi = intercept, (2 ** bits - 1) * slope + intercept  # the stored range, rescaled
+        pixels = (lo + hi) - pixels
     ipp = np.array([float(v) for v in ds.ImagePositionPatient]) if "ImagePositionPatient" in ds else None
     iop = np.array([float(v) for v in ds.ImageOrientationPatient]) if "ImageOrientationPatient" in ds else None
     spacing = np.array([float(v) for v in ds.PixelSpacing]) if "PixelSpacing" in ds else np.array([1.0, 1.0])
