@@ -108,6 +108,7 @@ class StudyPool:
                         try:
                             key, result, error = s.conn.recv()
                         except (EOFError, OSError):
+                            s.proc.join(2)  # the pipe closes before the process is reaped: wait for its code
                             key, result, error = s.key, None, f"worker died (exit code {s.proc.exitcode})"
                             slots[i] = self._replace(ctx, s, key, error)
                             yield key, result, error
