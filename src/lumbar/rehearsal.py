@@ -79,6 +79,18 @@ def rehearse(out: str | Path, studies: int = 40, test_studies: int | None = None
                            str(out / "submission.csv"), "--workers", str(workers)], log)
     m["predict"] = {"seconds": wall, "s_per_study": wall / test_studies, "peak_rss_gb": peak}
 
+    if _cuda():  # one epoch of one fold of each GPU config at real sizes, projected to the full training
+        m["gpu_epoch"] = {}
+        for stage in ("multitask", "sequence"):
+            cfg_file = Path(__file__).resolve().parents[2] / "configs" / f"{stage}_gpu.json"
+            full_epochs = json.loads(cfg_file.read_text()).get("epochs", 1)
+            wall, peak = measured([*py, "train", "--model", stage, "--data", str(data), "--run", str(run),  # after export: fold 0 is retrained
+                                   "--config", str(cfg_file), "epochs=1", "only_fold=0", "pretrained=false",
+                                   f"cache_dir={cache}"], log)
+            per_study = wall / (studies * 0.8)  # one fold trains on 4/5 of the studies
+            m["gpu_epoch"][stage] = {"seconds": wall, "peak_rss_gb": peak, "epochs": full_epochs,
+                                     "projected_h": per_study * REAL_TRAIN * 0.8 * 5 * full_epochs / 3600}
+
     from .bench import STAGES as INFER_STAGES, bench_inference
 
     devices = ["cpu"] + (["cuda"] if _cuda() else [])
@@ -113,6 +125,9 @@ def table(m: dict) -> str:
                    f"{REHEARSAL_EPOCHS[stage]})" if stage in FULL_EPOCHS else f"{s['s_per_study']:.2f} s x 1975")
         lines.append(f"| train {stage} | {s['seconds']:.0f} | {s['s_per_study']:.2f} | {s['peak_rss_gb']:.2f} | "
                      f"{proj:.2f} h = {formula} (CPU) |")
+    for stage, g in m.get("gpu_epoch", {}).items():
+        lines.append(f"| GPU config {stage}, 1 epoch of 1 fold | {g['seconds']:.0f} | | {g['peak_rss_gb']:.2f} | "
+                     f"{g['projected_h']:.1f} h = s/study x 1975 x 0.8 x 5 folds x {g['epochs']} epochs |")
     p = m["predict"]
     lines.append(f"| predict (workers, {m['test_studies']} studies) | {p['seconds']:.0f} | {p['s_per_study']:.2f} | "
                  f"{p['peak_rss_gb']:.2f} | |")
