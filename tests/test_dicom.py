@@ -176,3 +176,23 @@ def test_monochrome1_and_monochrome2_copies_give_the_same_volume(tmp_path):
     a, b = read_series(tmp_path / "m2"), read_series(tmp_path / "m1")
     np.testing.assert_allclose(a.pixels, b.pixels, atol=1e-4)
     np.testing.assert_allclose(a.pixels, values[a.instance_numbers - 1].astype(np.float32) - 100.0, atol=1e-4)
+
+
+def test_a_series_without_orientation_takes_its_plane_from_the_description(tmp_path):
+    from lumbar.data.synth import SeriesWriter
+
+    ex, ey, ez = np.eye(3)
+    values = np.stack([np.full((16, 16), 100 * (k + 1), np.uint16) for k in range(5)])
+    for name, drop in (("tagged", ()), ("untagged", ("ImageOrientationPatient",))):
+        writer = SeriesWriter(1, 2, "Sagittal T2/STIR", 4.0, drop=drop)
+        for k in range(5):  # slices from the patient's right to left, numbered that way
+            g = SliceGeom(np.array([-8.0 + 4 * k, 0, 0]), ey, -ez, 1.0, 16, 16)
+            writer.write(tmp_path / name / f"{k + 1}.dcm", values[k], g, k + 1)
+    tagged = read_series(tmp_path / "tagged")
+    untagged = read_series(tmp_path / "untagged", plane="sagittal")
+    np.testing.assert_array_equal(untagged.pixels, tagged.pixels)
+    np.testing.assert_allclose(np.abs(untagged.normal), [1, 0, 0])
+    np.testing.assert_array_equal(untagged.instance_numbers, tagged.instance_numbers)
+    # read as axial (the old default), the slices' positions say nothing along its normal: order lost
+    as_axial = read_series(tmp_path / "untagged", plane="axial")
+    assert not np.array_equal(as_axial.pixels, tagged.pixels)

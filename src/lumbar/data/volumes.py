@@ -7,9 +7,9 @@ import numpy as np
 
 from .cache import StudyCache
 from .catalog import Study
-from .dicom import DicomError, Volume, read_series
+from .dicom import DicomError, Volume, plane_of, read_series
 
-DECODE_VERSION = 1
+DECODE_VERSION = 2  # 2: a missing ImageOrientationPatient takes the plane of the series description
 
 
 def volume_to_arrays(v: Volume) -> dict[str, np.ndarray]:
@@ -34,8 +34,8 @@ def study_volumes(study: Study, cache: StudyCache | None = None) -> dict[str, li
     out: dict[str, list[tuple[int, Volume]]] = {}
     for stype, records in study.series.items():
         for rec in records:
-            def build(rec=rec):
-                return volume_to_arrays(read_series(rec.path))
+            def build(rec=rec, stype=stype):
+                return volume_to_arrays(read_series(rec.path, plane_of(stype)))
             try:
                 arrays = cache.get(study.study_id, f"vol_{rec.series_id}", build) if cache else build()
             except DicomError as e:
