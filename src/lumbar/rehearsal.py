@@ -9,7 +9,6 @@ measure seconds per study per epoch and memory, which does not depend on the num
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -154,7 +153,3 @@ def main(out: str, studies: int, size_scale: float = 1.0, workers: int = 2) -> i
     print(text)
     print(f"rehearsal: done in {(time.time() - t) / 60:.1f} min; {Path(out) / 'rehearsal.md'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(os.environ.get("OUT", "runs/rehearsal"), int(os.environ.get("STUDIES", 40))))

@@ -460,6 +460,12 @@ def _real_size(rng: np.random.Generator, kind: str, scale: float) -> int:
     return max(32, int(round(int(rng.choice(sizes, p=p)) * scale)))
 
 
+def _second_size(rng: np.random.Generator, kind: str, size: int, scale: float) -> int:
+    """The other matrix size of a series that mixes two (never its own)."""
+    other = _real_size(rng, kind, scale)
+    return other if other != size else size + max(8, size // 16)
+
+
 def _real_slices(rng: np.random.Generator, description: str) -> int:
     """Sagittal slice counts from the real histograms: T1 10-38 (mostly 13-21), T2/STIR 8-29 (mostly 14-19)."""
     if description == schema.SAG_T1:
@@ -492,9 +498,8 @@ def _real_plan(ph: Phantom, rng: np.random.Generator, spec: StudySpec, rot: np.n
         for _ in range(count):
             n, step, size = _real_slices(rng, description), rng.uniform(4.0, 5.0), _real_size(rng, "sag", scale)
             row = -ey if spec.flip.get(index) else ey
-            other = _real_size(rng, "sag", scale) if spec.mixed.get(index) else None
-            geoms = _plane_stack(sag_center + ex * rng.uniform(-2, 2), row, -ez, ex, n, step, size, sag_fov,
-                                 other if other != size else size + max(8, size // 16))
+            other = _second_size(rng, "sag", size, scale) if spec.mixed.get(index) else None
+            geoms = _plane_stack(sag_center + ex * rng.uniform(-2, 2), row, -ez, ex, n, step, size, sag_fov, other)
             plan.append((description, seq, geoms, None, step))
             index += 1
     for a, levels in enumerate(_axial_groups(spec.n_axial)[:spec.n_axial] if spec.n_axial else []):
@@ -505,8 +510,8 @@ def _real_plan(ph: Phantom, rng: np.random.Generator, spec: StudySpec, rot: np.n
         if kind == "blocks":  # one block of 3-6 slices parallel to each disc it covers
             step = rng.uniform(3.5, 4.5)
             for k in levels:
-                normal, ap = disc = ph.disc_axes(k)
-                yd, zd = ph.disc_centre(k)
+                normal, ap = ph.disc_axes(k)
+                zd = ph.z_disc[k]
                 yc, zc = ph._global(k, ph.y_canal(zd) - 20 * ph.s, zd)
                 centre = np.array([rng.uniform(-3, 3), yc, zc]) + rot @ normal * rng.uniform(-1, 1)
                 n_k = int(rng.integers(3, 7))
@@ -521,9 +526,8 @@ def _real_plan(ph: Phantom, rng: np.random.Generator, spec: StudySpec, rot: np.n
             n = int(min(192, np.floor((z_hi - z_lo) / step) + 1))
             centre = np.array([rng.uniform(-5, 5), ph.y_canal((z_hi + z_lo) / 2) - 20 * ph.s, (z_hi + z_lo) / 2])
             row = -ex if flip else ex
-            other = _real_size(rng, "axial", scale) if spec.mixed.get(index) else None
-            geoms = _plane_stack(centre, row, ap, normal, n, step, size, fov,
-                                 other if other != size else (size + max(8, size // 16) if other else None))
+            other = _second_size(rng, "axial", size, scale) if spec.mixed.get(index) else None
+            geoms = _plane_stack(centre, row, ap, normal, n, step, size, fov, other)
         plan.append((schema.AXIAL, 1, geoms, levels, step))
         index += 1
     return plan

@@ -40,7 +40,7 @@ from ..models.registry import create_model, for_inference
 from ..models.sequence import SequenceConfig
 from ..preprocess.crops import CropRegions
 from ..preprocess.frames import FramesConfig
-from ..preprocess.pipeline import PreprocessConfig, cache_version, folder_fingerprint, read_preprocess_config
+from ..preprocess.pipeline import PreprocessConfig, cache_version, read_preprocess_config
 from ..preprocess.slice_select import SliceSelector
 from .budget import Plan
 from .inputs import StudyInputs
@@ -94,7 +94,6 @@ class Bundle:
         self.weights, self.prior = weights, prior
         self.dropped: list[str] = []
         self.selector: SliceSelector | None = None
-        self.selector_id = "naive"
         self.regions: CropRegions | None = None
         self.pcfg: PreprocessConfig | None = None
         self._load_stage_one()
@@ -125,7 +124,6 @@ class Bundle:
             sel = SliceSelector.load(w.folder / "slice_select" / "model", skip=skip)
             self.dropped += sel.dropped
             self.selector = sel if sel.members else None
-            self.selector_id = folder_fingerprint(w.folder / "slice_select" / "model")
         except Exception as e:
             self.dropped.append(f"slice selector ({type(e).__name__}: {e}); slices come from the naive rule")
         try:
@@ -230,7 +228,7 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     write_atomic(submission_frame(row_ids, {}, prior), out)
     _say(cfg, f"{len(studies)} test studies, {len(row_ids)} rows; priors written to {out}")
     if w is not None:
-        table, problems = version_report(w.manifest.get("libraries", {}))
+        _, problems = version_report(w.manifest.get("libraries", {}))
         for p in problems:
             _say(cfg, f"version difference: {p}")
 

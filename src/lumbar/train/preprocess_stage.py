@@ -234,11 +234,11 @@ def load_crop_entries(data, run, rc: RunConfig, cache_dir: str, cfg: PreprocessC
     oof_sel = read_oof_selection(run)
     studies, cache = load_train(data, run, rc, cache_dir)
     regions = {k: CropRegions.load(Path(run) / CROPS_DIR / f"regions_fold{k}.json") for k in range(rc.n_folds)}
-    keys = []
-    for st in tqdm(studies, desc="load crops"):  # builds what is missing; nothing is kept in memory
+    keys, kept = [], []
+    for st in tqdm(studies, desc="load crops"):  # builds what is missing; kept in memory only without a cache
         sel = oof_sel.get(st.study_id, {})
-        study_crops(st, sel, regions[st.fold], cfg, cache)
+        entry = study_crops(st, sel, regions[st.fold], cfg, cache)
         keys.append((st.study_id, crops_key(cfg, sel, regions[st.fold])))
-    if cache.root is None:  # no cache folder: the entries must live in memory
-        return studies, [study_crops(st, oof_sel.get(st.study_id, {}), regions[st.fold], cfg, None) for st in studies]
-    return studies, CachedEntries(cache, keys)
+        if cache.root is None:
+            kept.append(entry)
+    return studies, (CachedEntries(cache, keys) if cache.root is not None else kept)

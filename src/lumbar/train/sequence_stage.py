@@ -61,10 +61,12 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(SequenceConfig(), overrides)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
     fcfg = FramesConfig.of_model(cfg)
-    for st in tqdm(studies, desc="frames"):  # builds what is missing; read back per item while training
-        study_frames(st, fcfg, cache)
-    entries = (CachedEntries(cache, [(st.study_id, frames_key(fcfg)) for st in studies]) if cache.root is not None
-               else [study_frames(st, fcfg, None) for st in studies])
+    kept = []  # builds what is missing; read back per item while training, kept in memory only without a cache
+    for st in tqdm(studies, desc="frames"):
+        entry = study_frames(st, fcfg, cache)
+        if cache.root is None:
+            kept.append(entry)
+    entries = CachedEntries(cache, [(st.study_id, frames_key(fcfg)) for st in studies]) if cache.root is not None else kept
     ids = np.array([s.study_id for s in studies])
     y = np.stack([s.labels for s in studies])
     fold = np.array([s.fold for s in studies])
