@@ -45,7 +45,7 @@ def stage_one(synth_dir, tmp_path_factory):
 
 
 TINY_MULTITASK = ["epochs=1", "kp_input=48", "patch_sag=16", "patch_axial=16", "patch_input=32", "batch_size=4"]
-TINY_SEQUENCE = ["epochs=1", "n_frames=4", "frame_size=32", "d_model=32", "layers=1", "heads=2", "batch_size=4",
+TINY_SEQUENCE = ["epochs=1", "n_frames=5", "frame_size=32", "d_model=32", "layers=1", "heads=2", "batch_size=4",
                  "kp_size=32", "patch_side=12", "patch_input=16"]
 
 

@@ -11,7 +11,7 @@ from lumbar.cli import main
 from lumbar.data.cache import StudyCache
 from lumbar.data.catalog import load_studies
 from lumbar.preprocess import pipeline
-from lumbar.preprocess.crops import CROP_NAMES, crop_resize, find_spine_column, map_points, three_slices, unmap_points
+from lumbar.preprocess.crops import CROP_NAMES, crop_resize, find_spine_column, map_points, unmap_points
 from lumbar.preprocess.pipeline import cache_version, preprocess_study, study_features
 from lumbar.preprocess.slice_select import SliceSelector
 
@@ -39,10 +39,19 @@ def test_crop_puts_a_dot_where_map_points_says(box, size):
     assert abs(peak[1] - expected[0]) <= 1.0 and abs(peak[0] - expected[1]) <= 1.0
 
 
-def test_three_slices_clamped():
-    assert three_slices(10, 0) == [0, 0, 1]
-    assert three_slices(10, 9) == [8, 9, 9]
-    assert three_slices(1, 0) == [0, 0, 0]
+def test_neighbours_clamped_at_series_ends_and_block_edges():
+    from lumbar.data.dicom import Volume
+
+    def vol(blocks):
+        n = len(blocks)
+        return Volume(np.zeros((n, 4, 4), np.float32), np.zeros((n, 3)), np.array([0, 0, -1.0]), np.ones(2),
+                      np.arange(n), np.array([1.0, 0, 0, 0, 1, 0]), blocks=np.array(blocks))
+    assert vol([0] * 10).neighbours(0) == [0, 0, 1]
+    assert vol([0] * 10).neighbours(9) == [8, 9, 9]
+    assert vol([0]).neighbours(0) == [0, 0, 0]
+    # a slice at a block's edge does not take the next block's slice (another disc) as its neighbour
+    assert vol([0, 0, 0, 1, 1, 1]).neighbours(2) == [1, 2, 2]
+    assert vol([0, 0, 0, 1, 1, 1]).neighbours(3) == [3, 3, 4]
 
 
 def test_spine_column_found_on_synthetic_sagittal(synth_dir):

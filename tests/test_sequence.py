@@ -35,7 +35,7 @@ def test_frame_order_follows_position_not_instance_number(tmp_path):
     np.testing.assert_array_equal(a["frames"], b["frames"])
     np.testing.assert_allclose(a["positions"], b["positions"])
     means = a["frames"][0].astype(np.float32).mean(axis=(1, 2))
-    assert np.all(np.diff(means) < 0)  # along the normal (toward the patient's right here): slice values fall
+    assert np.all(np.diff(means) > 0)  # right to left (canonical), the way slice values rise here
     assert a["mask"].tolist() == [True, False, False]
     assert not a["frames"][1:].any()
 
@@ -80,7 +80,7 @@ def test_sequence_trains_and_predicts_all_columns_without_axial(synth_dir, tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = train("sequence", data, run, RunConfig(n_folds=2), [f"cache_dir={tmp_path / 'cache'}", "epochs=1",
-                                                                   "n_frames=4", "frame_size=32", "d_model=32",
+                                                                   "n_frames=5", "frame_size=32", "d_model=32",
                                                                    "layers=1", "heads=2", "batch_size=4",
                                                                    "kp_size=32", "patch_side=12", "patch_input=16"])
     assert np.isfinite(res["oof_score"])

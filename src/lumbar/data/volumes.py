@@ -9,7 +9,9 @@ from .cache import StudyCache
 from .catalog import Study
 from .dicom import DicomError, Volume, plane_of, read_series
 
-DECODE_VERSION = 2  # 2: a missing ImageOrientationPatient takes the plane of the series description
+# 2: a missing ImageOrientationPatient takes the plane of the series description
+# 3: every block of a series kept, canonical orientation, per-slice and source geometry
+DECODE_VERSION = 3
 
 
 def volume_to_arrays(v: Volume) -> dict[str, np.ndarray]:
@@ -19,13 +21,15 @@ def volume_to_arrays(v: Volume) -> dict[str, np.ndarray]:
     q = np.round((v.pixels - lo) / scale).astype(np.uint16)
     return {"q": q, "lo": np.float64(lo), "scale": np.float64(scale), "positions": v.positions, "normal": v.normal,
             "pixel_spacing": v.pixel_spacing, "instance_numbers": v.instance_numbers, "orientation": v.orientation,
-            "thickness": np.float64(v.thickness)}
+            "thickness": np.float64(v.thickness), "orientations": v.orientations, "blocks": v.blocks,
+            "source_geometry": v.source_geometry}
 
 
 def arrays_to_volume(a: dict[str, np.ndarray], source: str = "") -> Volume:
     pixels = (a["q"].astype(np.float32) * np.float32(a["scale"]) + np.float32(a["lo"])).astype(np.float32)
     return Volume(pixels, a["positions"], a["normal"], a["pixel_spacing"], a["instance_numbers"],
-                  a["orientation"], float(a["thickness"]), source)
+                  a["orientation"], float(a["thickness"]), source, a["orientations"], a["blocks"],
+                  a["source_geometry"])
 
 
 def study_volumes(study: Study, cache: StudyCache | None = None) -> dict[str, list[tuple[int, Volume]]]:

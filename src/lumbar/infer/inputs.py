@@ -50,6 +50,7 @@ class StudyInputs:
         if not vols:
             item["errors"].append("no readable series")
             return item
+        sel = None  # the stage-one selection, shared by the crops and the axial frames
         if "multitask" in need and self.regions is not None:
             t = time.perf_counter()
             try:
@@ -63,7 +64,11 @@ class StudyInputs:
         if "sequence" in need and self.fcfg is not None:
             t = time.perf_counter()
             try:
-                item["frames"] = build_frames(vols, self.fcfg)
+                if sel is None and self.fcfg.axial == "levels" and self.selector is not None:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)
+                        sel = select(study_features(st, self.cache, vols), self.selector)
+                item["frames"] = build_frames(vols, self.fcfg, selection=sel)
             except Exception as e:
                 item["errors"].append(f"frames: {type(e).__name__}: {e}")
             item["seconds"]["sequence"] = time.perf_counter() - t

@@ -39,9 +39,10 @@ class SequenceConfig(TrainConfig):
     lr: float = 1e-3
     backbone: str = "test_efficientnet"
     pretrained: bool = False
-    n_frames: int = 8
+    n_frames: int = 10
     frame_size: int = 128
     pick: str = "most_levels"
+    axial_frames: str = "levels"  # n_frames/5 per level at the stage-one axial slices; "even": one series
     d_model: int = 128
     layers: int = 2
     heads: int = 4

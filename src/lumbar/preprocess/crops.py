@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, map_coordinates, sobel
+from scipy.ndimage import gaussian_filter, sobel
 
 from .. import schema
 
@@ -153,14 +153,12 @@ def unmap_points(pts: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
 
 
 def crop_resize(stack: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """[C, h, w] -> [C, S, S] sampling box bilinearly; outside the image is 0."""
-    u = np.arange(size, dtype=np.float64)
-    xs = box[0] + (u + 0.5) * (box[2] - box[0]) / size - 0.5
-    ys = box[1] + (u + 0.5) * (box[3] - box[1]) / size - 0.5
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    return np.stack([map_coordinates(c, [yy, xx], order=1, mode="constant", cval=0.0) for c in stack]).astype(np.float32)
+    """[C, h, w] -> [C, S, S] sampling box bilinearly;
+    outside the image is 0. Output pixel u samples x0 + (u + 0.5) * (x1 - x0) / S - 0.5."""
+    import cv2
 
-
-def three_slices(n: int, i: int) -> list[int]:
-    """The chosen slice and its neighbours, clamped at the series ends."""
-    return [min(max(j, 0), n - 1) for j in (i - 1, i, i + 1)]
+    sx, sy = (box[2] - box[0]) / size, (box[3] - box[1]) / size
+    m = np.array([[sx, 0.0, box[0] + 0.5 * sx - 0.5], [0.0, sy, box[1] + 0.5 * sy - 0.5]])  # output -> input
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return np.stack([cv2.warpAffine(np.ascontiguousarray(c, np.float32), m, (size, size), flags=flags,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) for c in stack]).astype(np.float32)

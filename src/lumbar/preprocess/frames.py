@@ -1,9 +1,14 @@
-"""The sequence model's input: per series type, N evenly spaced frames ordered along the slice normal.
+"""The sequence model's input: per series type, N frames.
 
-Each frame is a crop of the region holding the spine, found in the image (edge energy), resized and
-normalised per volume (scanners differ in range). When a study has several series of a type, `pick`
-chooses the one covering the most (the widest span along its normal; for axial, the most levels) or
-merges them into one stack ordered by position. A missing series type gives zero frames and a mask.
+Sagittal frames are evenly spaced along the slice direction (right to left, the canonical order);
+when a study has several series of a type, `pick` chooses the one covering the most (the widest span
+along its normal) or merges them into one stack ordered by position. Axial frames are placed per level
+(`axial="levels"`): N/5 frames around each level's axial slice, chosen over every block of every axial
+series (the stage-one selection, or the naive rule), so a study whose levels are spread over 2-4
+series, or a 192-slice stack whose discs would fall between evenly spaced frames, still shows every
+level. Each frame is a crop of the region holding the spine, found in the image (edge energy),
+resized and normalised per volume (scanners differ in range). A missing series type gives zero
+frames and a mask.
 """
 from __future__ import annotations
 
@@ -18,22 +23,24 @@ from ..data.catalog import Study
 from ..data.dicom import Volume
 from ..data.volumes import normalise, study_volumes
 from .crops import crop_resize, find_spine_column, map_points
+from .pipeline import naive_selection
 
-FRAMES_VERSION = 2
+FRAMES_VERSION = 3  # 3: axial frames per level across series and blocks; points through slice geometry
 
 
 @dataclass
 class FramesConfig:
     n_frames: int = 10
     size: int = 64
-    pick: str = "most_levels"  # or "merge"
+    pick: str = "most_levels"  # or "merge" (sagittal; axial too with axial="even")
+    axial: str = "levels"  # or "even": evenly spaced over one axial series (`pick`)
     sag_box: float = 0.7  # sagittal box side, fraction of the image
     axial_box: float = 0.55
 
     @classmethod
     def of_model(cls, cfg) -> "FramesConfig":
-        """The frames a sequence-model config (n_frames, frame_size, pick) reads."""
-        return cls(n_frames=cfg.n_frames, size=cfg.frame_size, pick=cfg.pick)
+        """The frames a sequence-model config (n_frames, frame_size, pick, axial_frames) reads."""
+        return cls(n_frames=cfg.n_frames, size=cfg.frame_size, pick=cfg.pick, axial=cfg.axial_frames)
 
 
 def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray, np.ndarray, Volume]:
@@ -82,12 +89,50 @@ def frame_points(coords, stype: str, sid: int, v: Volume, idx: np.ndarray, box: 
         if t != stype:
             continue
         try:
-            d = depth[v.index_of_instance(int(r.instance_number))]
+            at = v.index_of_instance(int(r.instance_number))
         except KeyError:
             continue
-        near = np.abs(depth[idx] - d) <= tol
-        out[near, ch] = map_points(np.array([[float(r.x), float(r.y)]]), box, size)[0]
+        near = (np.abs(depth[idx] - depth[at]) <= tol) & (v.blocks[idx] == v.blocks[at])
+        out[near, ch] = map_points(v.from_source(at, [float(r.x), float(r.y)]), box, size)[0]
     return out
+
+
+def level_counts(n: int) -> list[int]:
+    """Frames per level: n spread over the five levels, the upper levels taking the remainder."""
+    return [n // 5 + (k < n % 5) for k in range(5)]
+
+
+def window(v: Volume, i: int, count: int) -> list[int]:
+    """`count` slices centred on slice i within its block (the block's edge slice repeated)."""
+    offsets = range(-((count - 1) // 2), count // 2 + 1)
+    lo, hi = np.flatnonzero(v.blocks == v.blocks[i])[[0, -1]]
+    return [int(min(max(i + o, lo), hi)) for o in offsets]
+
+
+def axial_level_frames(items: list[tuple[int, Volume]], cfg: FramesConfig, selection: dict, coords=None):
+    """(frames [N, S, S], positions [N], points [N, 5, 2]) with each level's frames around its chosen
+    axial slice; `selection` maps "axial_<level>" to (series_id, slice index)."""
+    n, s = cfg.n_frames, cfg.size
+    frames = np.zeros((n, s, s), np.float32)
+    points = np.full((n, N_CHANNELS, 2), np.nan, np.float32)
+    positions = np.zeros(n, np.float32)
+    by_id, normed = dict(items), {}
+    start = 0
+    for k, (lv, count) in enumerate(zip(schema.LEVELS, level_counts(n))):
+        sid, idx = selection.get(f"axial_{lv}", (None, -1))
+        if sid not in by_id or count == 0:
+            start += count
+            continue
+        v = by_id[sid]
+        if sid not in normed:
+            normed[sid] = normalise(v.pixels)
+        idxs = window(v, idx, count)
+        box = spine_box(normed[sid][idx], False, cfg.axial_box)
+        frames[start:start + count] = crop_resize(normed[sid][idxs], box, s)
+        positions[start:start + count] = (k + np.arange(count) / count) / 5
+        points[start:start + count] = frame_points(coords, schema.AXIAL, sid, v, np.array(idxs), box, s)
+        start += count
+    return frames, positions, points
 
 
 def even_indices(n: int, k: int) -> np.ndarray:
@@ -118,10 +163,16 @@ def spine_box(img: np.ndarray, sagittal: bool, side_frac: float) -> np.ndarray:
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
-def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, coords=None) -> dict[str, np.ndarray]:
+def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, coords=None,
+                 selection: dict | None = None) -> dict[str, np.ndarray]:
     """frames [3, N, S, S] float16 (series types in schema order), mask [3], positions [3, N] in [0, 1],
     points [3, N, 5, 2] (labelled points on the frames in frame pixels, NaN unknown; from `coords`, the
-    study's train_label_coordinates rows, when given)."""
+    study's train_label_coordinates rows, when given). `selection` (crop name -> (series, slice), the
+    stage-one selection) places the axial frames; without it the naive rule does."""
+    if cfg.axial not in ("levels", "even"):
+        raise ValueError(f"axial frames must be 'levels' or 'even', not {cfg.axial!r}")
+    if cfg.axial == "levels" and cfg.n_frames < 5:
+        raise ValueError(f"axial frames per level need n_frames >= 5 (one per level), not {cfg.n_frames}")
     n, s = cfg.n_frames, cfg.size
     frames = np.zeros((len(schema.SERIES_TYPES), n, s, s), np.float16)
     points = np.full((len(schema.SERIES_TYPES), n, N_CHANNELS, 2), np.nan, np.float32)
@@ -130,6 +181,12 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, c
     for t, stype in enumerate(schema.SERIES_TYPES):
         items = vols.get(stype)
         if not items:
+            continue
+        if stype == schema.AXIAL and cfg.axial == "levels":
+            if selection is None:
+                selection = naive_selection(vols)
+            f, positions[t], points[t] = axial_level_frames(items, cfg, selection, coords)
+            frames[t], mask[t] = f.astype(np.float16), True
             continue
         pixels, pos, ref = choose_series(items, cfg.pick)
         idx = even_indices(len(pixels), n)
@@ -145,12 +202,16 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, c
     return {"frames": frames, "mask": mask, "positions": positions, "points": points}
 
 
-def frames_key(cfg: FramesConfig) -> str:
-    return f"frames{FRAMES_VERSION}_" + config_hash(asdict(cfg))
+def frames_key(cfg: FramesConfig, selection: dict | None = None) -> str:
+    axial = None
+    if cfg.axial == "levels" and selection is not None:
+        axial = sorted((k, list(v)) for k, v in selection.items() if k.startswith("axial_"))
+    return f"frames{FRAMES_VERSION}_" + config_hash(asdict(cfg), axial)
 
 
-def study_frames(study: Study, cfg: FramesConfig, cache: StudyCache | None) -> dict[str, np.ndarray]:
+def study_frames(study: Study, cfg: FramesConfig, cache: StudyCache | None,
+                 selection: dict | None = None) -> dict[str, np.ndarray]:
     """A study's frames through the per-study cache (decoded volumes shared with the multitask model)."""
     def build():
-        return build_frames(study_volumes(study, cache), cfg, study.coords if study.has_coords else None)
-    return cache.get(study.study_id, frames_key(cfg), build) if cache else build()
+        return build_frames(study_volumes(study, cache), cfg, study.coords if study.has_coords else None, selection)
+    return cache.get(study.study_id, frames_key(cfg, selection), build) if cache else build()

@@ -15,10 +15,10 @@ from ..data.cache import StudyCache, config_hash
 from ..data.catalog import Study
 from ..data.dicom import Volume
 from ..data.volumes import DECODE_VERSION, normalise, study_volumes
-from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points, three_slices
+from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points
 from .slice_select import FEATURE_VERSION, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: labelled points through each slice's geometry, neighbours within a block
 
 
 @dataclass
@@ -113,6 +113,13 @@ def select(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | Non
     return {name: (sid, idx) for name, (_, sid, idx) in best.items()}
 
 
+def naive_selection(vols: dict[str, list[tuple[int, Volume]]]) -> Selection:
+    """The naive rule's selection from decoded volumes alone (no slice features needed)."""
+    feats = {stype: [SeriesFeatures(sid, v, np.zeros((len(v), 0), np.float32)) for sid, v in items]
+             for stype, items in vols.items()}
+    return select(feats, None, naive=True)
+
+
 def labelled_slices(study: Study, feats: dict[str, list[SeriesFeatures]]) -> list[tuple[str, int, int]]:
     """(crop name, series_id, slice index) of every labelled (condition, level) of the study."""
     out = []
@@ -145,9 +152,10 @@ def true_selection(study: Study, feats: dict[str, list[SeriesFeatures]]) -> Sele
     return out
 
 
-def _labels_for(study: Study, name: str, series_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """The crop's labelled points [K, 2] in the series' pixels (NaN where unlabelled or in another
-    series) and their instance numbers [K] (-1 where unlabelled)."""
+def labels_for(study: Study, name: str, series_id: int, v: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The crop's labelled points [K, 2] in the series' stored pixels (each mapped from its file's pixel
+    grid through its slice's geometry; NaN where unlabelled, in another series or on a slice the
+    series lacks) and their instance numbers [K] (-1 where unlabelled)."""
     cols = CROPS[name][2]
     pts = np.full((len(cols), 2), np.nan)
     inst = np.full(len(cols), -1, np.int64)
@@ -156,9 +164,14 @@ def _labels_for(study: Study, name: str, series_id: int) -> tuple[np.ndarray, np
     rows = study.coords[study.coords["series_id"] == series_id]
     for r in rows.itertuples(index=False):
         j = schema.label_index(schema.condition_slug(r.condition), schema.level_slug(r.level))
-        if j in cols:
-            pts[cols.index(j)] = (float(r.x), float(r.y))
-            inst[cols.index(j)] = int(r.instance_number)
+        if j not in cols:
+            continue
+        try:
+            idx = v.index_of_instance(int(r.instance_number))
+        except KeyError:
+            continue
+        pts[cols.index(j)] = v.from_source(idx, [float(r.x), float(r.y)])[0]
+        inst[cols.index(j)] = int(r.instance_number)
     return pts, inst
 
 
@@ -191,8 +204,8 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
         px = normed[sid]
         size = cfg.sag_size if i < 3 else cfg.axial_size
         box, from_image[i] = regions.box(name, px[idx])
-        img = crop_resize(px[three_slices(len(px), idx)], box, size)
-        raw_pts, labelled = _labels_for(study, name, sid)
+        img = crop_resize(px[v.neighbours(idx)], box, size)
+        raw_pts, labelled = labels_for(study, name, sid, v)
         pts = map_points(raw_pts, box, size).astype(np.float32)
         if i < 3:
             sag[i], sag_pts[i] = img, pts

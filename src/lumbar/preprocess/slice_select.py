@@ -23,7 +23,7 @@ from .. import schema
 from ..data.dicom import Volume
 from ..data.volumes import normalise
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: OpenCV area resize, axial height at slice centres
 MEMBERS = ("rf", "svm", "mlp", "xgb")
 N_CLASSES = {schema.SAG_T2: 2, schema.SAG_T1: 3, schema.AXIAL: 6}
 # (condition, class) pairs each series type's classes stand for.
@@ -36,28 +36,27 @@ STYPE_KEY = {schema.SAG_T2: "sag_t2", schema.SAG_T1: "sag_t1", schema.AXIAL: "ax
 
 
 def _lateral_sign(v: Volume) -> float:
-    """+1 if depth along the normal increases toward the patient's left (+x in LPS)."""
+    """+1 if depth along the normal increases toward the patient's left (+x in LPS; canonical)."""
     return 1.0 if v.normal[0] >= 0 else -1.0
 
 
 def sagittal_extent(v: Volume) -> tuple[float, float]:
-    """(top z, bottom z) in patient mm of a sagittal slice's field of view."""
-    col = v.orientation[3:]
-    top = float(v.positions[:, 2].mean())
-    bottom = top + v.pixels.shape[1] * float(v.pixel_spacing[0]) * float(col[2])
-    return top, bottom
+    """(top z, bottom z) in patient mm of a sagittal series' field of view (mean over its slices)."""
+    first = v.positions[:, 2]
+    last = first + v.orientations[:, 5] * (v.pixels.shape[1] - 1) * float(v.pixel_spacing[0])
+    return float(np.maximum(first, last).mean()), float(np.minimum(first, last).mean())
 
 
 def slice_features(v: Volume, sag_extent: tuple[float, float] | None = None) -> np.ndarray:
     """Per-slice features [n, F]: HOG, LBP histogram, intensity and edge statistics of the centre,
     difference to the neighbours, and the slice's position (lateral for sagittal, craniocaudal for axial)."""
+    import cv2
     from skimage.feature import hog, local_binary_pattern
     from skimage.filters import sobel
-    from skimage.transform import resize
 
     px = normalise(v.pixels)
     n = len(px)
-    small = np.stack([resize(p, (64, 64), anti_aliasing=True, preserve_range=True) for p in px]).astype(np.float32)
+    small = np.stack([cv2.resize(p, (64, 64), interpolation=cv2.INTER_AREA) for p in px]).astype(np.float32)
     centre = small[:, 16:48, 16:48]
     feats = []
     for i in range(n):
@@ -74,8 +73,8 @@ def slice_features(v: Volume, sag_extent: tuple[float, float] | None = None) -> 
     depth = v.depth
     centre_d = (depth.max() + depth.min()) / 2
     half = max((depth.max() - depth.min()) / 2, 1e-3)
-    if abs(v.normal[2]) > 0.7:  # axial: height of the slice within the sagittal field of view
-        z = v.positions[:, 2]
+    if abs(v.normal[2]) > 0.7:  # axial: height of the slice's centre within the sagittal field of view
+        z = v.centres[:, 2]
         if sag_extent is not None:
             top, bottom = sag_extent
             rel = (top - z) / (top - bottom if top != bottom else 1.0)
@@ -285,11 +284,6 @@ def _load_member(name: str, path: Path, trained_sklearn: str | None):
         return pickle.loads(path.read_bytes())
 
 
-def choose(stype: str, proba: np.ndarray) -> dict[int, int]:
-    """Class -> slice index with the highest probability of that class (classes 1..K-1)."""
-    return {c: int(np.argmax(proba[:, c])) for c in range(1, proba.shape[1])}
-
-
 def naive_choice(stype: str, v: Volume, sag_extent: tuple[float, float] | None = None) -> dict[int, int]:
     """The rule a newcomer would write: middle slice for the canal, the typical lateral offset for the
     foramina (+-18 mm), evenly spread levels for axial."""
@@ -300,6 +294,7 @@ def naive_choice(stype: str, v: Volume, sag_extent: tuple[float, float] | None =
         depth = v.depth
         lat = (depth - (depth.max() + depth.min()) / 2) * _lateral_sign(v)
         return {1: int(np.argmin(np.abs(lat - 18))), 2: int(np.argmin(np.abs(lat + 18)))}
-    z = v.positions[:, 2]
-    order = np.argsort(-z)  # superior first
+    if v.n_blocks == 5:  # one angled block per disc: each level its block's middle slice
+        return {k + 1: int(np.flatnonzero(v.blocks == k)[(v.blocks == k).sum() // 2]) for k in range(5)}
+    order = np.argsort(-v.centres[:, 2])  # superior first
     return {k + 1: int(order[min(n - 1, int((k + 0.5) * n / 5))]) for k in range(5)}

@@ -15,7 +15,7 @@ from ..data.cache import CachedEntries, StudyCache
 from ..data.catalog import load_studies
 from ..data.volumes import normalise, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
-from ..preprocess.pipeline import (PreprocessConfig, Selection, _labels_for, cache_version, crops_key, labelled_slices,
+from ..preprocess.pipeline import (PreprocessConfig, Selection, cache_version, crops_key, labelled_slices, labels_for,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
                                    true_selection)
 from ..preprocess.slice_select import MEMBERS, SliceSelector
@@ -154,7 +154,7 @@ def region_samples(study, cache) -> list:
     out = []
     for name, (sid, idx) in truth.items():
         px = normalise(by_id[sid].pixels[idx:idx + 1])[0]
-        out.append((name, slice_summary(name, px), _labels_for(study, name, sid)[0]))
+        out.append((name, slice_summary(name, px), labels_for(study, name, sid, by_id[sid])[0]))
     return out
 
 

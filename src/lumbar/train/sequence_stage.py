@@ -18,7 +18,7 @@ from ..data.cache import CachedEntries, take
 from ..preprocess.frames import FramesConfig, frames_key, study_frames
 from .datasets import EpochSeeded
 from .oof import write_oof
-from .preprocess_stage import load_train
+from .preprocess_stage import load_train, read_oof_selection
 from .runner import RunConfig, register
 from .torch_stages import cross_validate
 from .loop import is_main
@@ -61,12 +61,19 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(SequenceConfig(), overrides)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
     fcfg = FramesConfig.of_model(cfg)
+    # axial frames sit at each study's held-out stage-one selection, as the multitask crops do (the
+    # naive rule's where the run has no slice selector)
+    try:
+        selections = read_oof_selection(run)
+    except FileNotFoundError:
+        selections = {}
     kept = []  # builds what is missing; read back per item while training, kept in memory only without a cache
     for st in tqdm(studies, desc="frames"):
-        entry = study_frames(st, fcfg, cache)
+        entry = study_frames(st, fcfg, cache, selections.get(st.study_id))
         if cache.root is None:
             kept.append(entry)
-    entries = CachedEntries(cache, [(st.study_id, frames_key(fcfg)) for st in studies]) if cache.root is not None else kept
+    entries = (CachedEntries(cache, [(st.study_id, frames_key(fcfg, selections.get(st.study_id))) for st in studies])
+               if cache.root is not None else kept)
     ids = np.array([s.study_id for s in studies])
     y = np.stack([s.labels for s in studies])
     fold = np.array([s.fold for s in studies])
