@@ -50,6 +50,17 @@ def study_volumes(study: Study, cache: StudyCache | None = None) -> dict[str, li
 
 
 def normalise(pixels: np.ndarray) -> np.ndarray:
-    """Robust per-volume scaling to ~[0, 1] (1st/99.5th percentiles): scanners differ in range."""
-    lo, hi = np.percentile(pixels, [1, 99.5])
+    """Robust per-volume scaling to ~[0, 1] (1st/99.5th percentiles): scanners differ in range. The
+    percentiles come from a strided grid of ~256k pixels: at 512² a full sort took most of the input
+    preparation, for the same numbers to a fraction of a percent."""
+    step = max(1, int(np.sqrt(pixels.size / 2 ** 18)))
+    lo, hi = np.percentile(pixels[..., ::step, ::step], [1, 99.5])
     return np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1.5).astype(np.float32)
+
+
+def normalised(v: Volume) -> np.ndarray:
+    """normalise(v.pixels), computed once per Volume object (features, crops and frames all read it)."""
+    cached = v.__dict__.get("_normalised")
+    if cached is None:
+        cached = v.__dict__["_normalised"] = normalise(v.pixels)
+    return cached

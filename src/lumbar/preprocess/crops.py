@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, sobel
+from scipy.ndimage import gaussian_filter
 
 from .. import schema
 
@@ -37,14 +37,23 @@ SAGITTAL_CROPS = ("sag_t2", "sag_t1_left", "sag_t1_right")
 def find_spine_column(img: np.ndarray) -> tuple[float, float]:
     """(column as a fraction of the width, peak prominence) of the vertebral column on a sagittal slice."""
     h, w = img.shape
-    sm = gaussian_filter(img.astype(np.float32), 1.5)
-    gy = np.abs(sobel(sm, axis=0))
+    gy = np.abs(edges(img)[0])
     profile = gy[int(0.15 * h):int(0.85 * h)].mean(axis=0)
     profile = gaussian_filter(profile, max(w / 64, 1.0))
     lo, hi = int(0.1 * w), int(0.9 * w)
     col = lo + int(np.argmax(profile[lo:hi]))
     prominence = float(profile[col] / (np.median(profile[lo:hi]) + 1e-6))
     return col / w, prominence
+
+
+def edges(img: np.ndarray, sigma: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """(d/dy, d/dx) of the image smoothed by a Gaussian of `sigma` pixels (OpenCV: at 512² a few times
+    faster than scipy.ndimage for the same filters)."""
+    import cv2
+
+    sm = cv2.GaussianBlur(np.ascontiguousarray(img, np.float32), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return (cv2.Sobel(sm, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT),
+            cv2.Sobel(sm, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT))
 
 
 def _span(values: np.ndarray, margin: float) -> tuple[float, float]:

@@ -15,14 +15,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, sobel
 
 from .. import schema
 from ..data.cache import StudyCache, config_hash
 from ..data.catalog import Study
 from ..data.dicom import Volume
-from ..data.volumes import normalise, study_volumes
-from .crops import crop_resize, find_spine_column, map_points
+from ..data.volumes import normalised, study_volumes
+from .crops import crop_resize, edges, find_spine_column, map_points
 from .pipeline import naive_selection
 
 FRAMES_VERSION = 3  # 3: axial frames per level across series and blocks; points through slice geometry
@@ -49,17 +48,17 @@ def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray
         raise ValueError(f"pick must be 'most_levels' or 'merge', not {pick!r}")
     if pick == "most_levels" or len(vols) == 1:
         _, v = max(vols, key=lambda item: (np.ptp(item[1].depth), len(item[1])))
-        return normalise(v.pixels), v.depth, v
+        return normalised(v), v.depth, v
     ref = vols[0][1]
     shape = ref.pixels.shape[1:]
     pixels, pos = [], []
     for _, v in vols:
-        px = normalise(v.pixels)
+        px = normalised(v)
         if px.shape[1:] != shape:
-            from scipy.ndimage import zoom
-            px = np.stack([zoom(p, (shape[0] / p.shape[0], shape[1] / p.shape[1]), order=1) for p in px])
+            import cv2
+            px = np.stack([cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for p in px])
         pixels.append(px)
-        pos.append(v.positions @ ref.normal)
+        pos.append(v.centres @ ref.normal)
     pixels, pos = np.concatenate(pixels), np.concatenate(pos)
     order = np.argsort(pos, kind="stable")
     return pixels[order], pos[order], ref
@@ -125,7 +124,7 @@ def axial_level_frames(items: list[tuple[int, Volume]], cfg: FramesConfig, selec
             continue
         v = by_id[sid]
         if sid not in normed:
-            normed[sid] = normalise(v.pixels)
+            normed[sid] = normalised(v)
         idxs = window(v, idx, count)
         box = spine_box(normed[sid][idx], False, cfg.axial_box)
         frames[start:start + count] = crop_resize(normed[sid][idxs], box, s)
@@ -150,8 +149,7 @@ def spine_box(img: np.ndarray, sagittal: bool, side_frac: float) -> np.ndarray:
         cx = col * w + 0.08 * w if prom >= 1.5 else w / 2  # the canal lies just behind the bodies
         cy = h / 2
     else:
-        sm = gaussian_filter(img, 1.5)
-        energy = np.hypot(sobel(sm, 0), sobel(sm, 1))
+        energy = np.hypot(*edges(img))
         y0, y1, x0, x1 = int(0.2 * h), int(0.8 * h), int(0.2 * w), int(0.8 * w)
         e = energy[y0:y1, x0:x1]
         total = e.sum()

@@ -14,7 +14,7 @@ from .. import schema
 from ..data.cache import StudyCache, config_hash
 from ..data.catalog import Study
 from ..data.dicom import Volume
-from ..data.volumes import DECODE_VERSION, normalise, study_volumes
+from ..data.volumes import DECODE_VERSION, normalised, study_volumes
 from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points
 from .slice_select import FEATURE_VERSION, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
 
@@ -200,7 +200,7 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
         sid, idx = selection[name]
         v = by_id[sid]
         if sid not in normed:
-            normed[sid] = normalise(v.pixels)
+            normed[sid] = normalised(v)
         px = normed[sid]
         size = cfg.sag_size if i < 3 else cfg.axial_size
         box, from_image[i] = regions.box(name, px[idx])

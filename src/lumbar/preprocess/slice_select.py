@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import schema
 from ..data.dicom import Volume
-from ..data.volumes import normalise
+from ..data.volumes import normalised
 
 FEATURE_VERSION = 2  # 2: OpenCV area resize, axial height at slice centres
 MEMBERS = ("rf", "svm", "mlp", "xgb")
@@ -54,7 +54,7 @@ def slice_features(v: Volume, sag_extent: tuple[float, float] | None = None) -> 
     from skimage.feature import hog, local_binary_pattern
     from skimage.filters import sobel
 
-    px = normalise(v.pixels)
+    px = normalised(v)
     n = len(px)
     small = np.stack([cv2.resize(p, (64, 64), interpolation=cv2.INTER_AREA) for p in px]).astype(np.float32)
     centre = small[:, 16:48, 16:48]
@@ -160,6 +160,8 @@ def _make_member(name: str, n_classes: int, seed: int):
 
 
 def _proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    if getattr(model, "n_jobs", 1) not in (1, None):
+        model.set_params(n_jobs=1)  # a series' few dozen rows: starting threads costs more than the work
     p = model.predict_proba(X)
     classes = getattr(model, "classes_", np.arange(p.shape[1]))
     out = np.zeros((len(X), n_classes), dtype=np.float64)

@@ -1,0 +1,57 @@
+"""Input preparation per test study (decode, stage one, frames) with the code of an earlier commit and
+with the working tree, on the same data and weights, one after the other in one run.
+
+    python bench/prep_before_after.py REV [--data runs/rehearsal/data] [--weights runs/rehearsal/weights]
+
+REV's source is checked out into a temporary git worktree; each side runs `bench_inference` (cold cache,
+workers=0, a warm-up pass not counted) in its own process with PYTHONPATH pointing at its `src/`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PREP = ("decode", "preprocess multitask", "preprocess sequence")
+_SIDE = ("import json, sys, warnings; warnings.simplefilter('ignore'); from lumbar.bench import bench_inference; "
+         "r = bench_inference(sys.argv[1], sys.argv[2]); print('RESULT', json.dumps(r['per_study']))")
+
+
+def measure(src: Path, data: str, weights: str) -> dict:
+    env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", _SIDE, data, weights], capture_output=True, text=True, env=env)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"bench with {src} failed:\n{r.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("rev")
+    ap.add_argument("--data", default="runs/rehearsal/data")
+    ap.add_argument("--weights", default="runs/rehearsal/weights")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lumbar-before-") as tmp:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, a.rev], check=True,
+                       capture_output=True)
+        try:
+            before = measure(Path(tmp) / "src", a.data, a.weights)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True)
+    after = measure(ROOT / "src", a.data, a.weights)
+    print(f"| s per study ({a.data}) | {a.rev} | working tree | before / after |")
+    print("|---|---|---|---|")
+    for k in (*PREP, "model multitask", "model sequence"):
+        print(f"| {k} | {before[k]:.3f} | {after[k]:.3f} | {before[k] / max(after[k], 1e-9):.2f}x |")
+    b, t = sum(before[k] for k in PREP), sum(after[k] for k in PREP)
+    print(f"| input preparation | {b:.3f} | {t:.3f} | {b / max(t, 1e-9):.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
