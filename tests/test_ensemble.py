@@ -3,7 +3,9 @@ import pytest
 
 from lumbar import schema
 from lumbar.data.labelmodel import LabelModel
-from lumbar.infer.ensemble import GROUP_COLUMNS, Ensemble, fit_ensemble, group_loss
+from lumbar.infer.ensemble import GROUP_COLUMNS, Ensemble
+from lumbar.metric import group_loss
+from lumbar.train.ensemble import fit_ensemble
 from lumbar.metric import probs_to_submission, score, solution_frame
 from lumbar.models.prior import fit_prior
 

@@ -56,7 +56,12 @@ def bench_preprocess(studies, run) -> dict:
             "speedup": cold / warm}
 
 
-STAGES = ("decode", "preprocess multitask", "preprocess sequence", "model multitask", "model sequence")
+def stages() -> tuple[str, ...]:
+    """The engine's timing names: decode, then each registered predictor's input preparation and folds."""
+    from .models.registry import predictors
+
+    names = [s.name for s in predictors()]
+    return ("decode", *(f"preprocess {m}" for m in names), *(f"model {m}" for m in names))
 
 
 def bench_inference(data, weights, device: str = "cpu", amp: bool = False, batch_size: int = 8) -> dict:
@@ -76,7 +81,7 @@ def bench_inference(data, weights, device: str = "cpu", amp: bool = False, batch
     finally:
         shutil.rmtree(root, ignore_errors=True)
     n = max(res["studies"], 1)
-    per = {k: res["timings"].get(k, 0.0) / n for k in STAGES}
+    per = {k: res["timings"].get(k, 0.0) / n for k in stages()}
     return {"studies": res["studies"], "per_study": per, "wall_per_study": wall / n,
             "hours_per_1000": 1000 * wall / n / 3600, "device": res["device"]}
 
@@ -88,13 +93,13 @@ def inference_lines(data, weights, device: str = "cpu") -> list[str]:
     first = runs[modes[0]]
     lines = [f"| inference ({first['studies']} test studies, {first['device']}) | stage, s/study | "
              + " | ".join(name[a] for a in modes) + " |"]
-    for stage in STAGES:
+    for stage in stages():
         lines.append(f"| | {stage} | " + " | ".join(f"{runs[a]['per_study'][stage]:.4f}" for a in modes) + " |")
     lines.append("| | wall, s/study (workers=0) | " + " | ".join(f"{runs[a]['wall_per_study']:.4f}" for a in modes) + " |")
     lines.append("| | projected hours, 1000 studies | " + " | ".join(f"{runs[a]['hours_per_1000']:.2f}" for a in modes) + " |")
     if len(modes) == 2:
-        models = sum(runs[False]["per_study"][s] for s in STAGES if s.startswith("model"))
-        models16 = sum(runs[True]["per_study"][s] for s in STAGES if s.startswith("model"))
+        models = sum(runs[False]["per_study"][s] for s in stages() if s.startswith("model"))
+        models16 = sum(runs[True]["per_study"][s] for s in stages() if s.startswith("model"))
         lines.append(f"| | models fp32 / fp16 | {models / max(models16, 1e-9):.2f}x |")
     return lines
 

@@ -15,6 +15,22 @@ class ConfigError(ValueError):
     pass
 
 
+@dataclasses.dataclass
+class TrainConfig:
+    """The training settings every torch model's config carries (the one training loop reads them)."""
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    accum_steps: int = 1
+    clip_grad: float = 2.0
+    amp: bool = True  # fp16 autocast on CUDA; CPU always trains in fp32
+    ema: float = 0.0  # decay; 0 turns EMA off
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+
 def _coerce(value: str, typ: Any, key: str):
     origin = typing.get_origin(typ)
     if typ is bool:

@@ -13,26 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
-# Fewer epochs than the models' defaults (`make train`: multitask 14, sequence 12), so that the whole
-# demo, setup included, stays within 30 minutes on 2 cores.
-DEMO_OVERRIDES = {"multitask": ["epochs=12"], "sequence": ["epochs=10"]}
+from .train.runner import DONE
 
-# Stage -> the file that says it is done.
-DONE = {"prior": "prior/all.json", "slice_select": "slice_select/model/selector.json", "crops": "crops/regions.json",
-        "superres": "superres/net.pt", "multitask": "multitask/report.json", "sequence": "sequence/report.json",
-        "ensemble": "ensemble/ensemble.json"}
-
-
-def _summary(name: str, run: Path, result: dict) -> str:
-    rep = run / name / "report.json"
-    r = json.loads(rep.read_text()) if rep.exists() else {}
-    if name in ("multitask", "sequence"):
-        return f"OOF {r.get('oof_score')}" + (f", keypoints {r.get('median_keypoint_error_mm')} mm" if name == "multitask" else "")
-    if name == "superres":
-        return f"+{r.get('gain_db')} dB over bicubic"
-    if name == "ensemble":
-        return f"nested OOF {r.get('ensemble_nested_oof')} (in-sample {r.get('ensemble_in_sample')})"
-    return ", ".join(f"{k}={v}" for k, v in (result or {}).items() if not isinstance(v, (dict, list)))[:100]
+def _summary(stage: str, run: Path, result: dict) -> str:
+    """A stage's headline numbers: the scalars of its report.json, else of what its trainer returned."""
+    rep = run / stage / "report.json"
+    r = json.loads(rep.read_text()) if rep.exists() else (result or {})
+    if not r and (run / stage / DONE).exists():
+        r = json.loads((run / stage / DONE).read_text())
+    return ", ".join(f"{k}={v}" for k, v in r.items() if isinstance(v, (int, float, str)) and k != "config")[:120]
 
 
 def test_scores(data, submission: Path, weights) -> dict:
@@ -55,15 +44,15 @@ def run_demo(data, run, weights, kernel, cache: str = "cache") -> dict:
     from .kaggle import kaggle_layout, offline_prefix, run_notebook
     from .scoring import format_table, local_score
     from .train.export import export_weights
-    from .train.runner import ALL, RunConfig, train
+    from .train.runner import RunConfig, stages, takes, train
 
     run, t0 = Path(run), time.time()
-    for name in ALL:
+    for name in stages():
         t = time.time()
-        if (run / DONE[name]).exists():
-            print(f"demo: {name:<12} reused ({run / DONE[name]}) — {_summary(name, run, {})}", flush=True)
+        if (run / name / DONE).exists():
+            print(f"demo: {name:<12} reused ({run / name / DONE}) — {_summary(name, run, {})}", flush=True)
             continue
-        overrides = [] if name in ("prior", "ensemble") else [f"cache_dir={cache}", *DEMO_OVERRIDES.get(name, [])]
+        overrides = [f"cache_dir={cache}"] if takes(name, "cache_dir") else []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = train(name, data, run, RunConfig(), overrides)

@@ -157,32 +157,53 @@ def submission_to_probs(frame: pd.DataFrame, study_ids) -> np.ndarray:
 TERMS = (*schema.GROUPS, "any_severe_spinal")
 
 
+def _weighted_ll_terms(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per study, sum(weight * log loss) and sum(weight) over the columns of p [n, k, 3], y [n, k]
+    (labels -1 ignored); rows clipped and renormalised as `score` does."""
+    m = y >= 0
+    yc = np.where(m, y, 0)
+    w = np.asarray(schema.SEVERITY_WEIGHTS)[yc] * m
+    q = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
+    q = q / q.sum(-1, keepdims=True)
+    ll = -np.log(np.take_along_axis(q, yc[..., None], -1)[..., 0])
+    return (w * ll).sum(1), w.sum(1)
+
+
+def _any_severe_terms(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per study, the any-severe-spinal term's weight * loss and weight from the spinal columns
+    p [n, 5, 3], y [n, 5]: the raw severe column, clipped, as `score` reads it."""
+    ms = y >= 0
+    ws = np.where(ms, np.asarray(schema.SEVERITY_WEIGHTS)[np.where(ms, y, 0)], 0.0)
+    label = ((y == 2) & ms).any(1).astype(float)
+    weight = ws.max(1)
+    pred = np.clip(np.where(ms, np.asarray(p, np.float64)[..., 2], -np.inf).max(1), EPS, 1 - EPS)
+    any_ll = -(label * np.log(pred) + (1 - label) * np.log(1 - pred))
+    return np.where(ms.any(1), weight * any_ll, 0.0), np.where(ms.any(1), weight, 0.0)
+
+
+def group_loss(group: str, p: np.ndarray, y: np.ndarray) -> float:
+    """The metric's terms of one condition group from its columns (p [n, k, 3], y [n, k]): its weighted
+    log loss, plus the any-severe-spinal term for the spinal group. The four terms' mean is `score`."""
+    num, den = _weighted_ll_terms(p, y)
+    loss = float(num.sum() / den.sum())
+    if group == "spinal":
+        num, den = _any_severe_terms(p, y)
+        loss += float(num.sum() / den.sum())
+    return loss
+
+
 def study_terms(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Per study, the numerator and denominator of each of the metric's four weighted means:
     [n, 4, 2] in TERMS order. Every term is sum(weight * loss) / sum(weight) over rows (or, for any
     severe spinal, over studies), so a score over any multiset of studies (a bootstrap resample) is
     a ratio of sums of these: `score_from_terms`. Same clipping as `score`."""
     y, p = np.asarray(y), np.asarray(probs, np.float64)
-    m = y >= 0
-    yc = np.where(m, y, 0)
-    w = np.asarray(schema.SEVERITY_WEIGHTS)[yc] * m
-    q = np.clip(p, EPS, 1 - EPS)
-    q = q / q.sum(-1, keepdims=True)
-    ll = -np.log(np.take_along_axis(q, yc[..., None], -1)[..., 0])
     out = np.zeros((len(y), len(TERMS), 2))
-    groups = np.array([schema.group_of(c) for c in schema.LABEL_COLUMNS])
     for t, g in enumerate(schema.GROUPS):
-        cols = groups == g
-        out[:, t, 0] = (w[:, cols] * ll[:, cols]).sum(1)
-        out[:, t, 1] = w[:, cols].sum(1)
-    sp = groups == "spinal"
-    ms, ws = m[:, sp], w[:, sp]
-    label = ((y[:, sp] == 2) & ms).any(1).astype(float)
-    weight = np.where(ms, ws, 0).max(1)
-    pred = np.clip(np.where(ms, p[:, sp, 2], -np.inf).max(1), EPS, 1 - EPS)  # raw severe, as `score`
-    any_ll = -(label * np.log(pred) + (1 - label) * np.log(1 - pred))
-    out[:, 3, 0] = np.where(ms.any(1), weight * any_ll, 0.0)
-    out[:, 3, 1] = np.where(ms.any(1), weight, 0.0)
+        cols = schema.GROUP_COLUMNS[g]
+        out[:, t, 0], out[:, t, 1] = _weighted_ll_terms(p[:, cols], y[:, cols])
+    sp = schema.GROUP_COLUMNS["spinal"]
+    out[:, 3, 0], out[:, 3, 1] = _any_severe_terms(p[:, sp], y[:, sp])
     return out
 
 

@@ -16,7 +16,7 @@ from .plots import _plt
 from .scoring import format_table, local_score
 from .train.oof import list_oof, read_oof
 
-GROUP_COLS = {g: [j for j, c in enumerate(schema.LABEL_COLUMNS) if schema.group_of(c) == g] for g in schema.GROUPS}
+GROUP_COLS = schema.GROUP_COLUMNS
 
 
 def score_figure(table: pd.DataFrame, out: Path) -> Path:
@@ -144,18 +144,16 @@ def curves_figure(run: Path, out: Path) -> Path | None:
 
 
 def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 2) -> list[Path]:
-    """The show figure for a few held-out studies, with the multitask model's predicted points (red)
-    from the fold that did not train on them."""
+    """The show figure for a few held-out studies, with the predicted points (red) of the first
+    registered model that predicts points on the crops, from the fold that did not train on them."""
     import torch
 
     from . import config as cfgmod
     from .data.cache import StudyCache
     from .data.catalog import load_studies
     from .data.volumes import study_volumes
-    from .models.multitask import MultitaskConfig
-    from .models.registry import create_model, for_inference
+    from .models.registry import create_model, for_inference, predictors
     from .plots import show_study
-    from .preprocess.crops import CROP_NAMES
     from .preprocess.pipeline import cache_version, load_stage_one, preprocess_study
 
     try:
@@ -167,25 +165,19 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
         warnings.simplefilter("ignore")
         studies = [s for s in load_studies(data, "train") if s.has_coords][:n]
     cache = StudyCache(cache_dir, cache_version()) if cache_dir else None
-    cfg_path = run / "multitask" / "config.json"
-    cfg = for_inference(cfgmod.load(MultitaskConfig, cfg_path)) if cfg_path.exists() else None
+    spec = next((s for s in predictors() if s.points is not None and (run / s.name / "config.json").exists()), None)
+    cfg = for_inference(cfgmod.load(spec.config, run / spec.name / "config.json")) if spec else None
     paths = []
     for st in studies:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             entry = preprocess_study(st, selector, sel_id, regions, pcfg, cache)
         predicted = None
-        ckpt = run / "multitask" / f"fold{folds.get(st.study_id, 0)}" / "weights.pt"
-        if ckpt.exists() and cfg is not None:
-            net = create_model("multitask", cfg)
+        ckpt = run / spec.name / f"fold{folds.get(st.study_id, 0)}" / "weights.pt" if spec else None
+        if ckpt is not None and ckpt.exists():
+            net = create_model(spec.name, cfg)
             net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
-            net.eval()
-            batch = {k: torch.from_numpy(np.asarray(entry[k], np.float32))[None]
-                     for k in ("sag_image", "axial_image", "sag_points", "axial_points")}
-            with torch.no_grad():
-                res = net(batch)
-            pts = [*res["sag_kp"][0].numpy(), *res["axial_kp"][0].numpy()]
-            predicted = dict(zip(CROP_NAMES, pts))
+            predicted = spec.points(net.eval(), entry)
         paths.append(show_study(st, study_volumes(st, cache), entry, out / f"example_{st.study_id}.png", predicted))
     return paths
 

@@ -93,6 +93,10 @@ def group_of(column: str) -> str:
     raise ValueError(f"{column!r} belongs to no condition group")
 
 
+# Label columns of each condition group (the metric scores each group on its own).
+GROUP_COLUMNS: dict[str, list[int]] = {g: [j for j, c in enumerate(LABEL_COLUMNS) if group_of(c) == g] for g in GROUPS}
+
+
 def row_id(study_id: int | str, condition: str, level: str) -> str:
     condition = _CONDITION_BY_NAME.get(condition, condition)
     level = _LEVEL_BY_NAME.get(level, level)

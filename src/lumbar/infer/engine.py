@@ -34,12 +34,9 @@ from .. import schema
 from ..data.cache import StudyCache
 from ..data.catalog import SAMPLE_CSV, _read_csv, find_root, load_studies
 from ..devices import pick_device
-from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.prior import load_prior
-from ..models.registry import create_model, for_inference
-from ..models.sequence import SequenceConfig
+from ..models.registry import ModelSpec, create_model, for_inference, get_spec, predictors
 from ..preprocess.crops import CropRegions
-from ..preprocess.frames import FramesConfig
 from ..preprocess.pipeline import PreprocessConfig, cache_version, read_preprocess_config
 from ..preprocess.slice_select import SliceSelector
 from .budget import Plan
@@ -50,7 +47,6 @@ from .weights import Weights, version_report
 from .workers import StudyPool
 
 DEFAULT_BUDGET_S = 8.0 * 3600  # Kaggle allows 9 hours for the whole notebook: an hour of margin
-CONFIGS = {"multitask": MultitaskConfig, "sequence": SequenceConfig}
 
 
 @dataclass
@@ -99,8 +95,8 @@ class Bundle:
         self._load_stage_one()
         self.models: dict[str, dict[int, torch.nn.Module]] = {}
         self.configs: dict = {}
-        for name, cls in CONFIGS.items():
-            self._load_model(name, cls, device)
+        for spec in predictors():
+            self._load_model(spec, device)
         self.ensemble = None
         if weights.has("ensemble.json"):
             try:
@@ -132,18 +128,18 @@ class Bundle:
             self.pcfg = read_preprocess_config(w.folder)
         except Exception as e:
             self.regions = self.pcfg = None
-            self.dropped.append(f"crop regions ({type(e).__name__}: {e}); the multitask model cannot run")
+            self.dropped.append(f"crop regions ({type(e).__name__}: {e}); models that read crops cannot run")
 
-    def _load_model(self, name: str, cls, device: torch.device) -> None:
-        w = self.weights
+    def _load_model(self, spec: ModelSpec, device: torch.device) -> None:
+        w, name = self.weights, spec.name
         folds = sorted((a["fold"], rel) for rel, a in w.artefacts.items() if a["kind"] == name)
         if not folds:
             return
-        if name == "multitask" and self.regions is None:
+        if spec.inputs == "crops" and self.regions is None:
             self.dropped.append(f"model {name}: its crops need stage one, which did not load")
             return
         try:
-            cfg = for_inference(cfgmod.from_dict(cls, w.config(name)))
+            cfg = for_inference(cfgmod.from_dict(spec.config, w.config(name)))
         except Exception as e:
             self.dropped.append(f"model {name}: config unreadable ({type(e).__name__}: {e})")
             return
@@ -190,9 +186,6 @@ class Bundle:
         return lines
 
 
-CROP_INPUTS = ("sag_image", "axial_image", "sag_points", "axial_points", "present")
-FRAME_INPUTS = ("frames", "mask", "positions")
-TIMING_NAMES = {"decode": "decode", "multitask": "preprocess multitask", "sequence": "preprocess sequence"}
 
 
 def _batch(entries: list[dict], keys, device) -> dict:
@@ -274,9 +267,11 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
     if plan.should_stop(cfg.batch_size):
         _say(cfg, f"time budget {cfg.time_budget:.0f}s spent before the first study; every study keeps its prior")
         return
-    seq = bundle.configs.get("sequence")
-    prepare = StudyInputs(bundle.selector, bundle.regions, bundle.pcfg,
-                          FramesConfig.of_model(seq) if seq is not None else None, cache, cfg.fault)
+    wanted = {}  # model -> (input kind, its settings): what the workers prepare for it
+    for name, mcfg in bundle.configs.items():
+        spec = get_spec(name)
+        wanted[name] = (spec.inputs, spec.input_config(mcfg) if spec.input_config else None)
+    prepare = StudyInputs(bundle.selector, bundle.regions, bundle.pcfg, wanted, cache, cfg.fault)
     pool = StudyPool(prepare, cfg.workers, cfg.study_timeout)
     order = iter(range(len(studies)))
     state = {"stop": False, "batches": 0, "last_write": time.perf_counter(), "batch_start": time.perf_counter()}
@@ -298,7 +293,7 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
         prep: dict[str, float] = defaultdict(float)
         for it in batch:
             for k, v in it["seconds"].items():
-                timings[TIMING_NAMES.get(k, k)] += v
+                timings[k if k == "decode" else f"preprocess {k}"] += v
                 prep[k] += v
             if it["errors"]:
                 failures[it["study_id"]] = list(it["errors"])
@@ -344,21 +339,19 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
 def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, failures, cfg, fold_seconds) -> dict:
     """Per active model, a list (one per item) of fold-averaged [25, 3] probabilities or None."""
     out = {}
-    inputs = {"multitask": ("crops", CROP_INPUTS), "sequence": ("frames", FRAME_INPUTS)}
     for name in sorted(plan.models()):
-        key, fields_ = inputs[name]
-        idx = [i for i, it in enumerate(items) if key in it]
-        if name == "sequence":  # a study with no usable series at all has nothing to attend to
-            idx = [i for i in idx if items[i]["frames"]["mask"].any()]
+        spec = get_spec(name)
+        idx = [i for i, it in enumerate(items) if name in it.get("inputs", {})
+               and (spec.usable is None or spec.usable(it["inputs"][name]))]
         res: list = [None] * len(items)
         out[name] = res
         if not idx:
             continue
-        entries = [items[i][key] for i in idx]
+        entries = [items[i]["inputs"][name] for i in idx]
         acc = np.zeros((len(idx), 25, 3), np.float64)
         folds = list(plan.active[name])  # never empty: plan.models() holds only models with folds left
         try:
-            batch = _batch(entries, fields_, device)
+            batch = _batch(entries, spec.batch_keys, device)
             for k in folds:
                 t = time.perf_counter()
                 with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
@@ -373,8 +366,8 @@ def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, fa
                       + traceback.format_exc(limit=3))
             continue
         p = (acc / len(folds)).astype(np.float32)
-        if name == "multitask":
-            p = fill_missing(p, np.stack([e["present"] for e in entries]), bundle.prior)
+        if spec.postprocess is not None:
+            p = spec.postprocess(p, entries, bundle.prior)
         for j, i in enumerate(idx):
             if np.isfinite(p[j]).all():
                 res[i] = p[j]

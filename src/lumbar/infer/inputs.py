@@ -1,5 +1,6 @@
-"""One test study's model inputs (decoded volumes -> crops for the multitask model, frames for the
-sequence model), prepared in a worker process. No torch here: a spawned worker imports only this."""
+"""One test study's model inputs, prepared in a worker process: decoded volumes -> each wanted model's
+input ("crops": stage one's slice selection and crops; "frames": the per-series frames). No torch here:
+a spawned worker imports only this."""
 from __future__ import annotations
 
 import os
@@ -10,19 +11,25 @@ from ..data.cache import StudyCache
 from ..data.catalog import Study
 from ..data.volumes import study_volumes
 from ..preprocess.crops import CropRegions
-from ..preprocess.frames import FramesConfig, build_frames
-from ..preprocess.pipeline import PreprocessConfig, build_crops, select, study_features
+from ..preprocess.frames import build_frames
+from ..preprocess.pipeline import PreprocessConfig, preprocess_study, select_slices
 from ..preprocess.slice_select import SliceSelector
+
+INPUT_KINDS = ("crops", "frames")
 
 
 class StudyInputs:
-    """(study, models needed) -> item: the inputs of each needed model it could prepare ("crops",
-    "frames"), worker seconds per part ("decode", "multitask", "sequence") and errors. Picklable: it
-    holds the slice selector and the crop and frame settings, not the networks."""
+    """(study, models needed) -> item: "inputs" (model -> its prepared input, for each needed model it
+    could prepare), worker seconds ("decode", and per model) and errors. `wanted` maps each model to
+    (input kind, the input's settings). Picklable: it holds the slice selector and the settings, not
+    the networks."""
 
     def __init__(self, selector: SliceSelector | None, regions: CropRegions | None, pcfg: PreprocessConfig | None,
-                 fcfg: FramesConfig | None, cache: StudyCache, fault: str = ""):
-        self.selector, self.regions, self.pcfg, self.fcfg = selector, regions, pcfg, fcfg
+                 wanted: dict[str, tuple[str, object]], cache: StudyCache, fault: str = ""):
+        unknown = {kind for kind, _ in wanted.values()} - set(INPUT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown input kinds {sorted(unknown)}; known: {INPUT_KINDS}")
+        self.selector, self.regions, self.pcfg, self.wanted = selector, regions, pcfg, wanted
         self.cache, self.fault = cache, fault
 
     def _inject(self, study_id: int) -> None:
@@ -37,7 +44,7 @@ class StudyInputs:
         st, need = task
         if self.fault:
             self._inject(st.study_id)
-        item: dict = {"study_id": st.study_id, "errors": [], "seconds": {}}
+        item: dict = {"study_id": st.study_id, "errors": [], "seconds": {}, "inputs": {}}
         t = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -50,26 +57,28 @@ class StudyInputs:
         if not vols:
             item["errors"].append("no readable series")
             return item
-        sel = None  # the stage-one selection, shared by the crops and the axial frames
-        if "multitask" in need and self.regions is not None:
+        selection: list = []  # the stage-one selection, made once and shared by crops and axial frames
+
+        def selected():
+            if not selection:
+                selection.append(select_slices(st, self.selector, self.cache, vols))
+            return selection[0]
+
+        for name in sorted(need, key=lambda m: self.wanted.get(m, ("",))[0]):  # crops first: they select
+            if name not in self.wanted:
+                continue
+            kind, settings = self.wanted[name]
             t = time.perf_counter()
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # sklearn feature-name chatter
-                    sel = select(study_features(st, self.cache, vols), self.selector)
-                    item["crops"] = build_crops(st, vols, sel, self.regions, self.pcfg)
+                if kind == "crops":
+                    if self.regions is None:
+                        continue
+                    item["inputs"][name] = preprocess_study(st, self.selector, "", self.regions, self.pcfg,
+                                                            self.cache, vols, selected())
+                else:
+                    axial_levels = getattr(settings, "axial", "") == "levels" and self.selector is not None
+                    item["inputs"][name] = build_frames(vols, settings, selection=selected() if axial_levels else None)
             except Exception as e:
-                item["errors"].append(f"crops: {type(e).__name__}: {e}")
-            item["seconds"]["multitask"] = time.perf_counter() - t
-        if "sequence" in need and self.fcfg is not None:
-            t = time.perf_counter()
-            try:
-                if sel is None and self.fcfg.axial == "levels" and self.selector is not None:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)
-                        sel = select(study_features(st, self.cache, vols), self.selector)
-                item["frames"] = build_frames(vols, self.fcfg, selection=sel)
-            except Exception as e:
-                item["errors"].append(f"frames: {type(e).__name__}: {e}")
-            item["seconds"]["sequence"] = time.perf_counter() - t
+                item["errors"].append(f"{name}: {type(e).__name__}: {e}")
+            item["seconds"][name] = time.perf_counter() - t
         return item

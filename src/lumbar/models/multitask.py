@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import schema
-from ..train.loop import TrainConfig
+from ..config import TrainConfig
+from .losses import class_weighted_ce
 from .registry import register_model
 from .superres import ESPCN
 
@@ -55,7 +56,7 @@ def fill_missing(probs: np.ndarray, present: np.ndarray, prior: np.ndarray) -> n
 @dataclass
 class MultitaskConfig(TrainConfig):
     # The tiny CPU config (tests, demo); configs/multitask_gpu.json is the real-data one.
-    epochs: int = 14
+    epochs: int = 12
     batch_size: int = 8
     backbone: str = "test_efficientnet"
     pretrained: bool = False  # True downloads timm's weights (needs internet)
@@ -123,7 +124,6 @@ class MultitaskModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.head_w = nn.Parameter(torch.randn(schema.N_LABELS, nf, 3) * 0.01)
         self.head_b = nn.Parameter(torch.zeros(schema.N_LABELS, 3))
-        self.register_buffer("class_w", torch.tensor(schema.SEVERITY_WEIGHTS))
         self.register_buffer("column_crop", torch.tensor(COLUMN_CROP))
 
     @torch.no_grad()
@@ -184,17 +184,29 @@ class MultitaskModel(nn.Module):
         out = {"logits": logits, "probs": logits.float().softmax(-1),
                "sag_kp": (sag_kp * s - 0.5).detach(), "axial_kp": (ax_kp * sa - 0.5).detach(), "kp_loss": kp_loss.detach()}
         if "labels" in batch:
-            y = batch["labels"]
-            present = batch["present"][:, self.column_crop]
-            mask = (y >= 0) & present
-            w = self.class_w[y.clamp(min=0)] * mask
-            ce = F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none").view(b, -1)
-            cls_loss = (ce * w).sum() / w.sum().clamp(min=1.0)
+            cls_loss = class_weighted_ce(logits, batch["labels"], batch["present"][:, self.column_crop])
             out["loss"] = cls_loss + cfg.kp_weight * kp_loss
             out["cls_loss"] = cls_loss.detach()
         return out
 
 
-@register_model("multitask", MultitaskConfig)
+def _fill_missing_crops(probs: np.ndarray, entries: list, prior: np.ndarray) -> np.ndarray:
+    return fill_missing(probs, np.stack([e["present"] for e in entries]), prior)
+
+
+def predicted_points(net: "MultitaskModel", entry: dict) -> dict:
+    """{crop name: predicted points [K, 2] in crop pixels} for one study's crops."""
+    from ..preprocess.crops import CROP_NAMES
+
+    batch = {k: torch.from_numpy(np.asarray(entry[k], np.float32))[None]
+             for k in ("sag_image", "axial_image", "sag_points", "axial_points")}
+    with torch.no_grad():
+        res = net(batch)
+    return dict(zip(CROP_NAMES, [*res["sag_kp"][0].numpy(), *res["axial_kp"][0].numpy()]))
+
+
+@register_model("multitask", MultitaskConfig, inputs="crops",
+                batch_keys=("sag_image", "axial_image", "sag_points", "axial_points", "present"),
+                postprocess=_fill_missing_crops, points=predicted_points)
 def build_multitask(cfg: MultitaskConfig) -> MultitaskModel:
     return MultitaskModel(cfg)

@@ -1,45 +1,86 @@
-"""A timm-style factory: builders register under a name; `create_model(name, cfg)` builds one."""
+"""A timm-style factory over model specs: a model registers once, with everything the engine, export,
+demo, bench and reports need to know about it, and nothing else names it.
+
+A spec says how to build the network from its config, which prepared input it reads (`inputs`: "crops",
+the multitask model's stage-one crops, or "frames", the sequence model's per-series frames; None for a
+network that is part of another model, like super-resolution), which fields of that input make a batch,
+and what to do with its probabilities afterwards. Its trainer registers under the same name in
+`train/` (training settings and datasets live there).
+
+Built-in models register when `lumbar.models` is imported (its `__init__` imports them); this module
+imports none of them, so the registry and its members form no import circle.
+"""
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
 
-_BUILDERS: dict[str, tuple[Callable, type]] = {}
+import numpy as np
 
 
-def register_model(name: str, config_cls: type):
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    config: type  # the config dataclass (architecture and training settings)
+    build: Callable[[Any], Any]  # config -> torch module whose forward(batch) returns a dict
+    inputs: str | None = None  # "crops" | "frames": what it predicts from; None: not a predictor
+    batch_keys: tuple[str, ...] = ()  # fields of its input stacked into a batch
+    input_config: Callable[[Any], Any] | None = None  # config -> the input's settings (FramesConfig, ...)
+    usable: Callable[[dict], bool] | None = None  # whether a study's input can be predicted at all
+    # (probs [B, 25, 3], the batch's input entries, prior [25, 3]) -> probs: after the fold average
+    postprocess: Callable[[np.ndarray, list, np.ndarray], np.ndarray] | None = None
+    # (network, one input entry) -> {crop name: points [K, 2]}: predicted points for the example figures
+    points: Callable[[Any, dict], dict] | None = None
+
+
+_SPECS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, config_cls: type, **spec: Any):
+    """Decorator on a builder: registers ModelSpec(name, config_cls, builder, **spec)."""
     def deco(fn):
-        _BUILDERS[name] = (fn, config_cls)
+        register_spec(ModelSpec(name, config_cls, fn, **spec))
         return fn
     return deco
 
 
+def register_spec(spec: ModelSpec) -> ModelSpec:
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    _SPECS.pop(name, None)
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in _SPECS:
+        raise ValueError(f"unknown model {name!r}; registered: {sorted(_SPECS)}")
+    return _SPECS[name]
+
+
 def list_models() -> list[str]:
-    _load_all()
-    return sorted(_BUILDERS)
+    return sorted(_SPECS)
+
+
+def predictors() -> list[ModelSpec]:
+    """The specs that predict test studies (in registration order: the order of the ensemble's models)."""
+    return [s for s in _SPECS.values() if s.inputs is not None]
 
 
 def model_config(name: str):
     """The default config of a registered model."""
-    _load_all()
-    return _BUILDERS[name][1]()
+    return get_spec(name).config()
 
 
 def create_model(name: str, cfg=None):
-    _load_all()
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; registered: {sorted(_BUILDERS)}")
-    fn, cls = _BUILDERS[name]
-    return fn(cfg if cfg is not None else cls())
+    spec = get_spec(name)
+    return spec.build(cfg if cfg is not None else spec.config())
 
 
 def for_inference(cfg):
     """A trained model's config with its initial-weights source switched off: the saved weights replace
     them, and an offline machine (Kaggle) must not try to download or read a checkpoint."""
-    import dataclasses
-
     off = {k: v for k, v in (("pretrained", False), ("backbone_checkpoint", "")) if hasattr(cfg, k)}
     return dataclasses.replace(cfg, **off)
-
-
-def _load_all() -> None:
-    from . import multitask, sequence, superres  # noqa: F401  (register on import)

@@ -25,8 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import schema
-from ..train.loop import TrainConfig
-from ..preprocess.frames import N_CHANNELS
+from ..config import TrainConfig
+from ..preprocess.frames import FramesConfig, N_CHANNELS
+from .losses import class_weighted_ce
 from .multitask import cut_patches, soft_argmax
 from .registry import register_model
 
@@ -34,7 +35,7 @@ from .registry import register_model
 @dataclass
 class SequenceConfig(TrainConfig):
     # Tiny CPU config (tests, demo); configs/sequence_gpu.json is the real-data one.
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 8
     lr: float = 1e-3
     backbone: str = "test_efficientnet"
@@ -106,7 +107,6 @@ class SequenceModel(nn.Module):
         per_query = schema.N_LABELS * schema.N_CLASSES // self.n_query
         self.head = nn.Linear(cfg.d_model, per_query)  # shared by the level queries, which differ by embedding
         self.level_bias = nn.Parameter(torch.zeros(len(schema.LEVELS), len(schema.CONDITIONS), 3))
-        self.register_buffer("class_w", torch.tensor(schema.SEVERITY_WEIGHTS))
 
     @torch.no_grad()
     def init_prior(self, prior) -> None:
@@ -152,10 +152,7 @@ class SequenceModel(nn.Module):
             logits = out_q.view(b, schema.N_LABELS, schema.N_CLASSES)
         out = {"logits": logits, "probs": logits.float().softmax(-1)}
         if "labels" in batch:
-            y = batch["labels"]
-            w = self.class_w[y.clamp(min=0)] * (y >= 0)
-            ce = F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none").view(b, -1)
-            out["loss"] = (ce * w).sum() / w.sum().clamp(min=1.0)
+            out["loss"] = class_weighted_ce(logits, batch["labels"])
             if kp_loss is not None:
                 out["kp_loss"] = kp_loss.detach()
                 out["loss"] = out["loss"] + self.cfg.kp_weight * kp_loss
@@ -195,6 +192,7 @@ class SequenceModel(nn.Module):
         return tokens, pad, kp_loss
 
 
-@register_model("sequence", SequenceConfig)
+@register_model("sequence", SequenceConfig, inputs="frames", batch_keys=("frames", "mask", "positions"),
+                input_config=FramesConfig.of_model, usable=lambda entry: bool(entry["mask"].any()))
 def build_sequence(cfg: SequenceConfig) -> SequenceModel:
     return SequenceModel(cfg)

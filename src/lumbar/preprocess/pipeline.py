@@ -226,10 +226,10 @@ def crops_key(cfg: PreprocessConfig, selection: Selection, regions: CropRegions)
 
 
 def study_crops(study: Study, selection: Selection, regions: CropRegions, cfg: PreprocessConfig,
-                cache: StudyCache | None) -> dict[str, np.ndarray]:
-    """Cached build_crops: decodes the study only on a miss."""
+                cache: StudyCache | None, vols: dict[str, list[tuple[int, Volume]]] | None = None) -> dict[str, np.ndarray]:
+    """Cached build_crops: decodes the study (unless `vols` are given) only on a miss."""
     def build():
-        return build_crops(study, study_volumes(study, cache), selection, regions, cfg)
+        return build_crops(study, vols if vols is not None else study_volumes(study, cache), selection, regions, cfg)
     return cache.get(study.study_id, crops_key(cfg, selection, regions), build) if cache else build()
 
 
@@ -242,15 +242,26 @@ def arrays_to_selection(a: dict[str, np.ndarray]) -> Selection:
     return {n: (int(s), int(i)) for n, s, i in zip(CROP_NAMES, a["series_id"], a["slice"]) if s >= 0}
 
 
-def preprocess_study(study: Study, selector: SliceSelector | None, selector_id: str, regions: CropRegions,
-                     cfg: PreprocessConfig, cache: StudyCache | None) -> dict[str, np.ndarray]:
-    """Inference path: choose slices (cached per selector) and crop (cached per selection)."""
-    def build_selection():
+def select_slices(study: Study, selector: SliceSelector | None, cache: StudyCache | None,
+                  vols: dict[str, list[tuple[int, Volume]]] | None = None, selector_id: str = "") -> Selection:
+    """Stage one's choice of slices for a study (the naive rule without a selector); cached per
+    selector when `selector_id` names it."""
+    def build():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # sklearn feature-name chatter
-            return selection_to_arrays(select(study_features(study, cache), selector))
-    sel_arrays = cache.get(study.study_id, f"sel_{selector_id}", build_selection) if cache else build_selection()
-    return study_crops(study, arrays_to_selection(sel_arrays), regions, cfg, cache)
+            return selection_to_arrays(select(study_features(study, cache, vols), selector))
+    arrays = cache.get(study.study_id, f"sel_{selector_id}", build) if cache and selector_id else build()
+    return arrays_to_selection(arrays)
+
+
+def preprocess_study(study: Study, selector: SliceSelector | None, selector_id: str, regions: CropRegions,
+                     cfg: PreprocessConfig, cache: StudyCache | None, vols=None,
+                     selection: Selection | None = None) -> dict[str, np.ndarray]:
+    """Stage one at inference, the one path the engine, bench and reports take: choose slices (unless
+    `selection` is given) and crop (cached per selection)."""
+    if selection is None:
+        selection = select_slices(study, selector, cache, vols, selector_id)
+    return study_crops(study, selection, regions, cfg, cache, vols)
 
 
 def folder_fingerprint(folder) -> str:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ..data.cache import atomic_write_text
 from ..infer.weights import MANIFEST, MANIFEST_VERSION, WeightsError, library_versions, sha256
-
-TORCH_MODELS = ("multitask", "sequence")
+from ..models.registry import predictors
 
 
 def data_fingerprint(data: str | Path) -> str:
@@ -80,7 +79,7 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
         add(run / "crops" / "regions.json", "crops/regions.json", "crops")
         add(run / "crops" / "config.json", "crops/config.json", "crops")
     models = {}
-    for name in TORCH_MODELS:
+    for name in (spec.name for spec in predictors()):
         cfg_path = run / name / "config.json"
         folds = sorted((run / name).glob("fold*/weights.pt"), key=lambda p: int(p.parent.name[4:]))
         if not cfg_path.exists() or not folds:

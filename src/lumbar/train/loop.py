@@ -27,22 +27,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..devices import dist_info, pick_device  # noqa: F401  (pick_device: the stages' import point)
+from ..config import TrainConfig  # noqa: F401  (the stages' import point)
+from ..devices import dist_info, pick_device  # noqa: F401
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    accum_steps: int = 1
-    clip_grad: float = 2.0
-    amp: bool = True  # fp16 autocast on CUDA; CPU always trains in fp32
-    ema: float = 0.0  # decay; 0 turns EMA off
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
 
 
 # --- distributed ---------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def warm_cache(studies, cache: StudyCache, workers: int = 2) -> None:
             pass
 
 
-@register("slice_select")
+@register("slice_select", order=10, config=SliceSelectConfig)
 def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(SliceSelectConfig(), overrides)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
@@ -167,7 +167,7 @@ def _preprocess_config(cfg: CropsConfig) -> PreprocessConfig:
     return PreprocessConfig(sag_size=cfg.sag_size, axial_size=cfg.axial_size, margin=cfg.margin)
 
 
-@register("crops")
+@register("crops", order=20, config=CropsConfig)
 def train_crops(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(CropsConfig(), overrides)
     pcfg = _preprocess_config(cfg)

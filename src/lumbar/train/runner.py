@@ -1,6 +1,7 @@
 """`python -m lumbar train --model NAME`: a registry of trainers, each writing OOF predictions."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -9,19 +10,41 @@ import numpy as np
 
 from .. import config as cfgmod
 from ..cv import ensure_folds
+from ..data.cache import atomic_write_text
 from ..data.catalog import read_labels
 from ..metric import labels_to_array
 from ..models.prior import fit_prior, save_prior
 from .oof import write_oof
 
 TRAINERS: dict[str, Callable] = {}
+CONFIGS: dict[str, type] = {}  # stage -> its config dataclass (the `key=value` overrides it takes)
+_ORDER: dict[str, float] = {}
+DONE = "done.json"  # written into a stage's folder when its trainer returns: what `make demo` skips
 
 
-def register(name: str):
+def register(name: str, order: float = 50.0, config: type | None = None):
+    """Registers a trainer `fn(data, run, rc, overrides) -> dict` under a stage name; `order` places it
+    in `train --model all` (the data's flow: stage one 10-20, models 30-60, ensemble 90); `config` is
+    the dataclass its overrides apply to."""
     def deco(fn):
-        TRAINERS[name] = fn
+        TRAINERS[name], _ORDER[name] = fn, order
+        if config is not None:
+            CONFIGS[name] = config
         return fn
     return deco
+
+
+def takes(stage: str, key: str) -> bool:
+    """Whether a stage's config has `key` (the demo passes cache_dir=... only where it does)."""
+    import dataclasses
+
+    cls = CONFIGS.get(stage)
+    return cls is not None and key in {f.name for f in dataclasses.fields(cls)}
+
+
+def stages() -> list[str]:
+    """Every registered stage in the order the data flows (what `train --model all` runs)."""
+    return sorted(TRAINERS, key=lambda n: (_ORDER[n], n))
 
 
 @dataclass
@@ -44,7 +67,7 @@ def run_folds(data: str | Path, run: str | Path, rc: RunConfig):
     return ids, y, np.array([folds[int(s)] for s in ids])
 
 
-@register("prior")
+@register("prior", order=0, config=PriorConfig)
 def train_prior(data: str | Path, run: str | Path, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(PriorConfig(), overrides)
     ids, y, fold = run_folds(data, run, rc)
@@ -60,23 +83,20 @@ def train_prior(data: str | Path, run: str | Path, rc: RunConfig, overrides: lis
     return {"oof": str(path)}
 
 
-# `train --model all`: every stage, in the order the data flows.
-ALL = ("prior", "slice_select", "crops", "superres", "multitask", "sequence", "ensemble")
-
-
 def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = None,
           overrides: list[str] | None = None) -> dict:
-    load_trainers()
     if model == "all":
         if overrides:
             raise ValueError("key=value overrides need one --model; `all` trains each stage with its defaults")
-        return {name: TRAINERS[name](data, run, rc or RunConfig(), []) for name in ALL}
+        return {name: train(name, data, run, rc, []) for name in stages()}
     if model not in TRAINERS:
-        raise ValueError(f"unknown model {model!r}; known: all, {', '.join(sorted(TRAINERS))}")
-    return TRAINERS[model](data, run, rc or RunConfig(), overrides or [])
+        raise ValueError(f"unknown model {model!r}; known: all, {', '.join(stages())}")
+    result = TRAINERS[model](data, run, rc or RunConfig(), overrides or [])
+    if result:  # ranks other than the main one of a distributed run return nothing
+        atomic_write_text(Path(run) / model / DONE, json.dumps(result, indent=1, default=str))
+    return result
 
 
 def load_trainers() -> dict[str, Callable]:
-    """Every trainer (they register themselves on import; imported here, late, to keep imports acyclic)."""
-    from . import ensemble_stage, preprocess_stage, sequence_stage, torch_stages  # noqa: F401
+    """Every trainer (the built-in ones register when `lumbar.train` is imported: its __init__)."""
     return TRAINERS

@@ -56,7 +56,7 @@ class FramesDataset(EpochSeeded, Dataset):
                 "labels": torch.from_numpy(self.labels[i].astype(np.int64))}
 
 
-@register("sequence")
+@register("sequence", order=50, config=SequenceConfig)
 def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(SequenceConfig(), overrides)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)

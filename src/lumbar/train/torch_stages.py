@@ -59,7 +59,7 @@ class _PatchSet(torch.utils.data.Dataset):
         return {"hr": self.patches[i]}
 
 
-@register("superres")
+@register("superres", order=30, config=SuperResConfig)
 def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(SuperResConfig(), overrides)
     studies, entries = load_crop_entries(data, run, rc, cfg.cache_dir)
@@ -163,7 +163,7 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
     return oof, scores
 
 
-@register("multitask")
+@register("multitask", order=40, config=MultitaskConfig)
 def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(MultitaskConfig(), overrides)
     sr_cfg = superres_config(run)

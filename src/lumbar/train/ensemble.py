@@ -1,0 +1,126 @@
+"""`train --model ensemble`: weights per condition group fitted on the run's OOF predictions to
+minimise the competition metric (applied by `infer/ensemble.py`).
+
+The groups' columns are disjoint and the metric is a sum over groups (the any-severe-spinal term
+belongs to the spinal group), so each group is fitted on its own terms (`metric.group_loss`). Every
+single model (weight 1, T = 1) is a candidate too, so on the OOF predictions the ensemble never scores
+worse than the best single model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .. import config as cfgmod
+from .. import schema
+from ..infer.ensemble import Ensemble, blend
+from ..metric import group_loss, probs_to_submission, score, solution_frame
+from .oof import list_oof, read_oof, write_oof
+from .runner import RunConfig, register, run_folds
+
+ENSEMBLE_DIR = "ensemble"
+
+
+@dataclass
+class EnsembleConfig:
+    temperature: bool = True  # fit a temperature per group besides the weights
+
+
+def _fit_group(s: np.ndarray, yy: np.ndarray, g: str, temperature: bool,
+               names: list[str]) -> tuple[float, np.ndarray, float, str]:
+    """The best of: each single model, and blends fitted from two starts. (loss, weights, T, name)."""
+    k = s.shape[0]
+    candidates = {}
+    for i in range(k):
+        w = np.eye(k)[i]
+        candidates[f"only {names[i]}"] = (group_loss(g, blend(s, w, 1.0), yy), w, 1.0)
+
+    def objective(theta):
+        w = np.exp(theta[:k] - theta[:k].max())
+        w = w / w.sum()
+        t = float(np.exp(theta[k])) if temperature else 1.0
+        return group_loss(g, blend(s, w, t), yy)
+
+    best_single = min(candidates.values(), key=lambda c: c[0])
+    starts = [np.zeros(k + 1), np.append(np.log(best_single[1] + 1e-3), 0.0)]
+    for x0 in starts:
+        res = minimize(objective, x0, method="Nelder-Mead", options={"maxiter": 400 * (k + 1), "xatol": 1e-4, "fatol": 1e-7})
+        w = np.exp(res.x[:k] - res.x[:k].max())
+        w /= w.sum()
+        t = float(np.exp(res.x[k])) if temperature else 1.0
+        candidates[f"fitted from {'uniform' if x0 is starts[0] else 'best'}"] = (float(res.fun), w, t)
+    name, (loss, w, t) = min(candidates.items(), key=lambda kv: kv[1][0])
+    return loss, w, t, name
+
+
+def fit_ensemble(oof: dict[str, np.ndarray], y: np.ndarray, temperature: bool = True,
+                 folds: np.ndarray | None = None) -> tuple[Ensemble, dict]:
+    """Weights (and temperatures) per group minimising the metric's terms on OOF predictions.
+
+    With `folds` (a fold id per study), each group first chooses by cross-validation between the best
+    single model and a fitted blend: the blend's loss is measured on each fold with weights fitted on
+    the others, so a blend that only fits noise (a weak member, a few hundred studies) loses to the
+    single model it would have perturbed. Returns the ensemble and, per group, the losses considered."""
+    models = sorted(oof)
+    stack = np.stack([np.asarray(oof[m], np.float64) for m in models])
+    ens = Ensemble(models=models)
+    report = {}
+    for g, cols in schema.GROUP_COLUMNS.items():
+        s, yy = stack[:, :, cols], y[:, cols]
+        loss, w, t, name = _fit_group(s, yy, g, temperature, models)
+        rep = {"fitted": round(loss, 5)}
+        if folds is not None and len(np.unique(folds)) > 1:
+            singles = [group_loss(g, s[i], yy) for i in range(len(models))]
+            best = int(np.argmin(singles))
+            blended = np.zeros(s.shape[1:])
+            for k in np.unique(folds):
+                tr, va = folds != k, folds == k
+                _, wk, tk, _ = _fit_group(s[:, tr], yy[tr], g, temperature, models)
+                blended[va] = blend(s[:, va], wk, tk)
+            cv_blend = group_loss(g, blended, yy)
+            rep.update({"cv_blend": round(cv_blend, 5), f"only {models[best]}": round(singles[best], 5)})
+            if singles[best] <= cv_blend:
+                w, t, name = np.eye(len(models))[best], 1.0, f"only {models[best]}"
+        ens.weights[g] = [float(v) for v in w]
+        ens.temperature[g] = float(t)
+        rep["chosen"] = name
+        report[g] = rep
+    return ens, report
+
+
+
+@register("ensemble", order=90, config=EnsembleConfig)
+def train_ensemble(data, run, rc: RunConfig, overrides: list[str]) -> dict:
+    temperature = cfgmod.override(EnsembleConfig(), overrides).temperature
+    ids, y, fold = run_folds(data, run, rc)
+    members = [m for m in list_oof(run) if m != "ensemble"]
+    if not members:
+        raise FileNotFoundError(f"{run}: no OOF predictions to ensemble; train some models first")
+    oof = {m: read_oof(run, m, ids) for m in members}
+    sol = solution_frame(ids, y)
+    singles = {m: score(sol, probs_to_submission(ids, p)) for m, p in oof.items()}
+
+    # Honest OOF: weights fitted on the other folds, applied to each held-out fold.
+    nested = np.zeros((len(ids), 25, 3), np.float32)
+    for k in range(rc.n_folds):
+        tr, va = fold != k, fold == k
+        ens_k, _ = fit_ensemble({m: p[tr] for m, p in oof.items()}, y[tr], temperature, folds=fold[tr])
+        nested[va] = ens_k.apply({m: p[va] for m, p in oof.items()})
+    ens, report = fit_ensemble(oof, y, temperature, folds=fold)
+    in_sample = score(sol, probs_to_submission(ids, ens.apply(oof)))
+    nested_score = score(sol, probs_to_submission(ids, nested))
+    out = Path(run) / ENSEMBLE_DIR
+    ens.save(out / "ensemble.json")
+    write_oof(run, "ensemble", ids, nested)
+    summary = {"members": members, "single_oof": {m: round(v, 4) for m, v in singles.items()},
+               "ensemble_in_sample": round(in_sample, 4), "ensemble_nested_oof": round(nested_score, 4),
+               "weights": ens.weights, "temperature": ens.temperature, "candidates": report}
+    (out / "report.json").write_text(json.dumps(summary, indent=1))
+    print(f"ensemble: members {members}; best single {min(singles.values()):.4f}; "
+          f"fitted on all OOF {in_sample:.4f}; nested (weights from the other folds) {nested_score:.4f}")
+    return {"in_sample": round(in_sample, 4), "nested_oof": round(nested_score, 4)}
+
