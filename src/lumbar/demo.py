@@ -61,8 +61,9 @@ def run_demo(data, run, weights, kernel, cache: str = "cache") -> dict:
     print(f"demo: weights exported to {weights}/ (manifest.json)")
     table = local_score(data, run)
     print(format_table(table))
-    import build_kernel  # the repo root is the working directory of `make demo`
-    nb = build_kernel.build(Path(weights), Path(kernel))
+    from .notebook import build
+
+    nb = build(Path(weights), Path(kernel))
     print(f"demo: kernel built: {nb}")
     t = time.time()
     inp, working = kaggle_layout(data, weights, run / "kaggle")

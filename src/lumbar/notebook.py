@@ -1,0 +1,311 @@
+"""`make kernel` (`build_kernel.py` at the repo root calls this): the inference closure of src/lumbar + the
+weights manifest -> kernel/ (one notebook).
+
+Each module of the closure is written out by a `%%writefile` cell, byte for byte the package's source,
+and imported as the package it is. Chosen over inlining because nothing is rewritten: relative
+imports, module-level names and lazy imports work as they do in the repo, a name defined in two
+modules cannot collide, and a traceback on Kaggle points at the same file and line as in the repo.
+
+The notebook's first cells find the competition folder and the weights dataset under /kaggle/input by
+glob (LUMBAR_KAGGLE_INPUT overrides it) and write a submission of priors embedded at build time, before
+anything from the package is imported; the last cell runs `lumbar.infer.engine.predict` and writes
+/kaggle/working/submission.csv (LUMBAR_KAGGLE_WORKING overrides it).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent
+ROOT = PKG.parents[1]  # the repository (for the commit recorded in the notebook)
+ENTRY = "lumbar.infer.engine"
+COMPETITION = "rsna-2024-lumbar-spine-degenerative-classification"
+KAGGLE_MODULES = {"torch", "timm", "pydicom", "numpy", "pandas", "skimage", "sklearn", "xgboost", "cv2", "scipy",
+                  "tqdm", "PIL", "matplotlib"}  # what Kaggle's image has; the kernel installs nothing
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def module_path(name: str) -> Path | None:
+    rel = name.split(".")[1:]
+    base = PKG.joinpath(*rel) if rel else PKG
+    if (base / "__init__.py").exists():
+        return base / "__init__.py"
+    if base.with_suffix(".py").exists():
+        return base.with_suffix(".py")
+    return None
+
+
+def _imports(name: str, path: Path) -> tuple[list[str], set[str]]:
+    """Package modules and third-party top-level modules a module imports (anywhere, lazy ones too)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    inner, outer = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                (inner.append(a.name) if a.name.split(".")[0] == "lumbar" else outer.add(a.name.split(".")[0]))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                if node.module.split(".")[0] == "lumbar":
+                    base = node.module
+                else:
+                    outer.add(node.module.split(".")[0])
+                    continue
+            else:
+                parts = package.split(".")
+                parts = parts[:len(parts) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            inner.append(base)
+            for a in node.names:  # `from . import config`: a module, not a name
+                if module_path(f"{base}.{a.name}") is not None:
+                    inner.append(f"{base}.{a.name}")
+    return inner, outer
+
+
+def closure(entry: str = ENTRY) -> list[str]:
+    """Modules the entry imports, transitively, dependencies first (the order of the cells)."""
+    order: list[str] = []
+    seen: set[str] = set()
+    third: dict[str, set[str]] = {}
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        if name in seen:
+            return
+        path = module_path(name)
+        if path is None:
+            raise BuildError(f"{stack[-1] if stack else entry}: imports {name}, which is not in {PKG}")
+        seen.add(name)
+        parts = name.split(".")
+        for i in range(1, len(parts)):  # parent packages first
+            visit(".".join(parts[:i]), stack + (name,))
+        inner, outer = _imports(name, path)
+        third[name] = outer
+        for dep in inner:
+            visit(dep, stack + (name,))
+        order.append(name)
+
+    visit(entry, ())
+    bad = {m: sorted(o - KAGGLE_MODULES - set(sys.stdlib_module_names)) for m, o in third.items()}
+    bad = {m: o for m, o in bad.items() if o}
+    if bad:
+        raise BuildError(f"the inference closure imports what Kaggle's image lacks: {bad}")
+    return order
+
+
+def _check_python310(name: str, path: Path) -> None:
+    try:
+        ast.parse(path.read_text(), str(path), feature_version=(3, 10))
+    except SyntaxError as e:
+        raise BuildError(f"{path}:{e.lineno}: not Python 3.10 syntax ({e.msg}); Kaggle runs 3.10") from None
+
+
+def _rel(name: str) -> str:
+    return str(module_path(name).relative_to(PKG.parent))
+
+
+def _cell(kind: str, source: str) -> dict:
+    cell = {"cell_type": kind, "metadata": {}, "source": source.splitlines(keepends=True)}
+    if kind == "code":
+        cell.update(execution_count=None, outputs=[])
+    return cell
+
+
+SETUP = '''\
+# Where things are. Kaggle has moved its mounts before: find them by glob, never by a fixed path.
+import glob, os, sys, time
+T0 = time.time()
+INPUT = os.environ.get("LUMBAR_KAGGLE_INPUT", "/kaggle/input")
+WORKING = os.environ.get("LUMBAR_KAGGLE_WORKING", "/kaggle/working")
+SUBMISSION = os.path.join(WORKING, "submission.csv")
+SRC = os.path.join(WORKING, "lumbar_src")
+
+
+def find_dir(marker):
+    hits = sorted(glob.glob(os.path.join(INPUT, "**", marker), recursive=True), key=len)
+    return os.path.dirname(hits[0]) if hits else None
+
+
+DATA = find_dir("test_series_descriptions.csv")
+WEIGHTS = find_dir("manifest.json")
+for sub in MODULE_DIRS:
+    os.makedirs(os.path.join(SRC, sub), exist_ok=True)
+for rel in EMPTY_MODULES:  # %%writefile needs a body: the package's empty files are made here
+    open(os.path.join(SRC, rel), "w").close()
+print(f"competition folder: {DATA}\\nweights: {WEIGHTS}\\nsource: {SRC}")
+'''
+
+FALLBACK = '''\
+# A valid submission before anything else can fail: the priors embedded at build time, one row per
+# row id of sample_submission.csv (pandas only; the package is not imported yet). The last cell calls
+# it again if, whatever happened, no submission.csv exists at the end.
+import pandas as pd
+
+COLUMNS = PRIOR_COLUMNS
+
+
+def write_fallback():
+    try:
+        _sample = pd.read_csv(os.path.join(DATA, "sample_submission.csv")) if DATA else None
+        if _sample is not None and len(_sample):
+            _rows = []
+            for rid in _sample["row_id"]:
+                col = rid.split("_", 1)[1]
+                _rows.append([rid, *PRIOR[COLUMNS.index(col)]])
+            os.makedirs(WORKING, exist_ok=True)
+            pd.DataFrame(_rows, columns=["row_id", "normal_mild", "moderate", "severe"]).to_csv(
+                SUBMISSION + ".tmp", index=False)
+            os.replace(SUBMISSION + ".tmp", SUBMISSION)
+            print(f"fallback submission of priors: {len(_rows)} rows")
+    except Exception as e:  # the engine writes its own priors too; this one is only the first net
+        print(f"fallback submission not written: {e!r}")
+
+
+write_fallback()
+'''
+
+
+VERSIONS = '''\
+# The library versions the weights were exported with next to the installed ones, before anything is
+# loaded: a pickled selector member from another scikit-learn is dropped (and said so), not trusted.
+import json
+try:
+    _manifest = json.load(open(os.path.join(WEIGHTS, "manifest.json"))) if WEIGHTS else {}
+    _table, _problems = version_report(_manifest.get("libraries", {}))
+    print(_table)
+    print("\\n".join(f"VERSION DIFFERENCE: {p}" for p in _problems) or "versions: no difference that matters")
+except Exception:
+    traceback.print_exc()
+'''
+
+IMPORT = '''\
+# The package as written above, not any other copy that may be importable here. Guarded like every
+# cell that can fail: a notebook that raises scores as an error whatever submission.csv holds.
+import traceback
+predict = None
+try:
+    for _name in [m for m in sys.modules if m == "lumbar" or m.startswith("lumbar.")]:
+        del sys.modules[_name]
+    sys.path.insert(0, SRC)
+    import lumbar
+    from lumbar.infer.engine import PredictConfig, predict
+    from lumbar.infer.weights import version_report
+    assert os.path.realpath(lumbar.__file__).startswith(os.path.realpath(SRC)), lumbar.__file__
+    print(f"lumbar {lumbar.__version__} from {os.path.dirname(lumbar.__file__)}")
+except BaseException:
+    traceback.print_exc()
+    print("the package did not import; the fallback submission stands")
+    predict = None
+    def version_report(_):
+        return "versions: not compared (the package did not import)", []
+'''
+
+RUN = '''\
+# Inference. The budget is what is left of 8 hours (Kaggle stops a notebook at 9). Everything is caught:
+# the engine rewrites submission.csv atomically as it goes (and once more when it fails), so what
+# stands after an exception is its last complete version, priors at the least.
+import shutil
+try:
+    budget = float(os.environ.get("LUMBAR_TIME_BUDGET", 8 * 3600)) - (time.time() - T0)
+    if predict is None or DATA is None or WEIGHTS is None:
+        print(f"nothing to run (package imported: {predict is not None}, competition folder {DATA}, "
+              f"weights {WEIGHTS}); the fallback submission stands")
+    else:
+        cfg = PredictConfig(batch_size=int(os.environ.get("LUMBAR_BATCH_SIZE", 8)),
+                            workers=min(4, max(1, (os.cpu_count() or 1) - 1)), time_budget=budget,
+                            study_timeout=float(os.environ.get("LUMBAR_STUDY_TIMEOUT", 600)),
+                            fallback_prior=PRIOR, fault=os.environ.get("LUMBAR_FAULT", ""))
+        summary = predict(DATA, WEIGHTS, SUBMISSION, cfg)
+        print({k: summary[k] for k in ("studies", "predicted", "failed", "seconds", "device")})
+        for _line in summary["dropped"]:
+            print(f"DROPPED: {_line}")
+except BaseException:
+    traceback.print_exc()
+    print("predict raised; the last submission.csv it wrote stands")
+finally:
+    if not os.path.exists(SUBMISSION):
+        write_fallback()
+    shutil.rmtree(SRC, ignore_errors=True)  # keep the notebook's output to submission.csv
+'''
+
+
+def build(weights: Path, out: Path) -> Path:
+    weights, out = Path(weights), Path(out)
+    manifest = weights / "manifest.json"
+    if not manifest.exists():
+        raise BuildError(f"{manifest}: no trained weights; run `make train` (real data) or `make demo` "
+                         "(synthetic) first")
+    man = json.loads(manifest.read_text())
+    prior = json.loads((weights / "prior.json").read_text())
+    mods = closure()
+    for m in mods:
+        _check_python310(m, module_path(m))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    dirs = sorted({str(Path(_rel(m)).parent) for m in mods})
+    empty = [_rel(m) for m in mods if not module_path(m).read_text()]
+    models = ", ".join(f"{k} ({v['folds']} folds, CV {v['oof_score']})" for k, v in man.get("models", {}).items())
+    cells = [
+        _cell("markdown", f"# lumbar inference\n\nBuilt by `make kernel` from commit `{commit}`; weights exported "
+                          f"{man.get('created', '?')} (training data {man.get('data_fingerprint', '?')}); models: "
+                          f"{models or 'prior only'}.\n\nThe package's inference modules follow, one `%%writefile` "
+                          "cell each, then one cell that runs inference."),
+        _cell("code", f"MODULE_DIRS = {dirs!r}\nEMPTY_MODULES = {empty!r}\n" + SETUP),
+        _cell("code", f"PRIOR_COLUMNS = {prior['columns']!r}\nPRIOR = {prior['probs']!r}\n" + FALLBACK),
+    ]
+    for m in mods:
+        rel = _rel(m)
+        if rel in empty:
+            continue
+        cells.append(_cell("markdown", f"## `{rel}`"))
+        cells.append(_cell("code", f"%%writefile {{SRC}}/{rel}\n" + module_path(m).read_text()))
+    cells += [_cell("markdown", "## Import the package written above"), _cell("code", IMPORT),
+              _cell("markdown", "## Library versions: trained with, installed here"), _cell("code", VERSIONS),
+              _cell("markdown", "## Predict"), _cell("code", RUN)]
+    for i, c in enumerate(cells):
+        c["id"] = f"cell-{i}"
+    nb = {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                                       "language_info": {"name": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "lumbar-inference.ipynb"
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(nb, indent=1))
+    tmp.replace(path)
+    dataset = "YOUR_KAGGLE_USERNAME/lumbar-weights"
+    if (weights / "dataset-metadata.json").exists():
+        dataset = json.loads((weights / "dataset-metadata.json").read_text()).get("id", dataset)
+    user = dataset.split("/")[0]
+    meta = {"id": f"{user}/lumbar-inference", "title": "lumbar-inference", "code_file": path.name,
+            "language": "python", "kernel_type": "notebook", "is_private": True, "enable_gpu": True,
+            "enable_internet": False, "dataset_sources": [dataset], "competition_sources": [COMPETITION],
+            "kernel_sources": []}
+    (out / "kernel-metadata.json").write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default="weights")
+    p.add_argument("--out", default="kernel")
+    a = p.parse_args(argv)
+    try:
+        path = build(Path(a.weights), Path(a.out))
+    except BuildError as e:
+        print(f"build_kernel: {e}", file=sys.stderr)
+        return 2
+    print(f"build_kernel: {path} ({len(closure())} modules) and {path.parent / 'kernel-metadata.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
