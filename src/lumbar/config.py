@@ -93,11 +93,9 @@ def from_dict(cls: type[T], data: dict) -> T:
 
 
 def save(cfg, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=1))
-    tmp.replace(path)
+    from .files import write_json
+
+    write_json(path, to_dict(cfg))
 
 
 def load(cls: type[T], path: str | Path) -> T:

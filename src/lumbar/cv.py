@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .files import atomic_path
+
 
 FOLDS_FILE = "folds.csv"
 
@@ -45,10 +47,8 @@ def make_folds(study_ids, y: np.ndarray, n_folds: int = 5, seed: int = 42) -> di
 
 def write_folds(run_dir: str | Path, folds: dict[int, int]) -> Path:
     path = Path(run_dir) / FOLDS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pd.DataFrame({"study_id": list(folds), "fold": list(folds.values())}).to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame({"study_id": list(folds), "fold": list(folds.values())}).to_csv(tmp, index=False)
     return path
 
 

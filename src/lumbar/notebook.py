@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .files import write_json
+
 PKG = Path(__file__).resolve().parent
 ROOT = PKG.parents[1]  # the repository (for the commit recorded in the notebook)
 ENTRY = "lumbar.infer.engine"
@@ -278,9 +280,7 @@ def build(weights: Path, out: Path) -> Path:
           "nbformat": 4, "nbformat_minor": 5}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "lumbar-inference.ipynb"
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(nb, indent=1))
-    tmp.replace(path)
+    write_json(path, nb)
     dataset = "YOUR_KAGGLE_USERNAME/lumbar-weights"
     if (weights / "dataset-metadata.json").exists():
         dataset = json.loads((weights / "dataset-metadata.json").read_text()).get("id", dataset)
@@ -289,7 +289,7 @@ def build(weights: Path, out: Path) -> Path:
             "language": "python", "kernel_type": "notebook", "is_private": True, "enable_gpu": True,
             "enable_internet": False, "dataset_sources": [dataset], "competition_sources": [COMPETITION],
             "kernel_sources": []}
-    (out / "kernel-metadata.json").write_text(json.dumps(meta, indent=1))
+    write_json(out / "kernel-metadata.json", meta)
     return path
 
 

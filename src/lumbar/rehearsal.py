@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from .files import write_json
+
 REAL_TRAIN = 1975
 HIDDEN_TEST = 700
 KAGGLE_WORKERS = 3  # the notebook's input workers on Kaggle's 4 CPUs
@@ -98,7 +100,7 @@ def rehearse(out: str | Path, studies: int = 40, test_studies: int | None = None
         for amp in ([False] if dev == "cpu" else [False, True]):
             r = bench_inference(data, weights, dev, amp)
             m["inference"][f"{dev} {'fp16' if amp else 'fp32'}"] = {k: r["per_study"][k] for k in infer_stages()}
-    (out / "rehearsal.json").write_text(json.dumps(m, indent=1))
+    write_json(out / "rehearsal.json", m)
     return m
 
 

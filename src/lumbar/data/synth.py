@@ -10,7 +10,6 @@ latent severity (labelmodel.py); its structure narrows with it, only at its leve
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -22,6 +21,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from .. import schema
+from ..files import write_json
 from .labelmodel import DEFAULT_RATER_NOISE, LabelModel, real_stats
 
 # Tissues and their (T1, T2) signal, in [0, 1] before scanner scaling.
@@ -766,7 +766,7 @@ def generate(cfg: SynthConfig, progress: bool = True) -> Path:
     from ..metric import probs_to_submission
     probs_to_submission(study_ids, oracle).to_csv(out / "oracle.csv", index=False, float_format="%.10g")
     meta = {"synth_version": SYNTH_VERSION, "config": asdict(cfg)}
-    (out / "synth_meta.json").write_text(json.dumps(meta, indent=1))
+    write_json(out / "synth_meta.json", meta)
     return out
 
 

@@ -1,13 +1,13 @@
 """submission.csv: the row ids it must hold, and writing it atomically (a reader never sees half a file)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import schema
+from ..files import atomic_path
 
 
 def required_row_ids(sample: pd.DataFrame | None, study_ids: list[int]) -> list[str]:
@@ -38,8 +38,5 @@ def submission_frame(row_ids: list[str], probs: dict[int, np.ndarray], prior: np
 
 
 def write_atomic(frame: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.8f")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.8f")

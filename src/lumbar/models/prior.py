@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import schema
+from ..files import write_json
 
 
 def fit_prior(y: np.ndarray, smoothing: float = 0.5) -> np.ndarray:
@@ -23,12 +24,8 @@ def fit_prior(y: np.ndarray, smoothing: float = 0.5) -> np.ndarray:
 
 
 def save_prior(p: np.ndarray, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"kind": "prior", "columns": list(schema.LABEL_COLUMNS), "probs": np.asarray(p).round(8).tolist()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+    write_json(path, data, indent=None)
 
 
 def load_prior(path: str | Path) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from .. import schema
+from ..files import write_json
 
 # name -> (series type, selector class, label columns of its points)
 CROPS: dict[str, tuple[str, int, list[int]]] = {
@@ -134,11 +135,7 @@ class CropRegions:
         return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]), from_image
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> "CropRegions":

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import schema
+from ..files import atomic_path, write_json
 from ..data.dicom import Volume
 from ..data.volumes import normalised
 
@@ -222,17 +223,14 @@ class SliceSelector:
             names = []
             for m, model in models.items():
                 path = folder / f"{key}_{m}.{'json' if m == 'xgb' else 'pkl'}"
-                tmp = folder / f".tmp.{path.name}"  # keeps the extension: xgboost picks its format by it
-                if m == "xgb":
-                    model.save_model(str(tmp))
-                else:
-                    tmp.write_bytes(pickle.dumps(model))
-                tmp.replace(path)
+                with atomic_path(path) as tmp:  # keeps the extension: xgboost picks its format by it
+                    if m == "xgb":
+                        model.save_model(str(tmp))
+                    else:
+                        tmp.write_bytes(pickle.dumps(model))
                 names.append(m)
             manifest["types"][stype] = names
-        tmp = folder / "selector.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        tmp.replace(folder / "selector.json")
+        write_json(folder / "selector.json", manifest)
 
     @classmethod
     def load(cls, folder: str | Path, strict: bool = False, skip: dict[str, str] | None = None) -> "SliceSelector":

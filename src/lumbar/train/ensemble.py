@@ -8,7 +8,6 @@ worse than the best single model.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from scipy.optimize import minimize
 
 from .. import config as cfgmod
 from .. import schema
+from ..files import write_json
 from ..infer.ensemble import Ensemble, blend
 from ..metric import group_loss, probs_to_submission, score, solution_frame
 from .oof import list_oof, read_oof, write_oof
@@ -119,7 +119,7 @@ def train_ensemble(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     summary = {"members": members, "single_oof": {m: round(v, 4) for m, v in singles.items()},
                "ensemble_in_sample": round(in_sample, 4), "ensemble_nested_oof": round(nested_score, 4),
                "weights": ens.weights, "temperature": ens.temperature, "candidates": report}
-    (out / "report.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "report.json", summary)
     print(f"ensemble: members {members}; best single {min(singles.values()):.4f}; "
           f"fitted on all OOF {in_sample:.4f}; nested (weights from the other folds) {nested_score:.4f}")
     return {"in_sample": round(in_sample, 4), "nested_oof": round(nested_score, 4)}

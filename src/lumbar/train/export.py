@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..data.cache import atomic_write_text
+from ..files import atomic_path
 from ..infer.weights import MANIFEST, MANIFEST_VERSION, WeightsError, library_versions, sha256
 from ..models.registry import predictors
 
@@ -33,10 +34,8 @@ def data_fingerprint(data: str | Path) -> str:
 
 
 def _copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _report(run: Path, model: str) -> dict:

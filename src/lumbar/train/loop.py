@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig  # noqa: F401  (the stages' import point)
+from ..files import atomic_path
 from ..devices import dist_info, pick_device  # noqa: F401
 
 
@@ -55,10 +55,8 @@ def is_main() -> bool:
 # --- checkpoints ---------------------------------------------------------------------------------
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class EMA:
@@ -224,12 +222,10 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
 def write_log(history: list[dict], out_dir: Path, name: str) -> None:
     if not history:
         return
-    tmp = out_dir / ".log.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out_dir / "log.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for h in history for k in h)), restval="")
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, out_dir / "log.csv")
     try:
         import matplotlib
         matplotlib.use("Agg")

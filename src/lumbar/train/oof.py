@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..files import atomic_path
 from ..metric import probs_to_submission, submission_to_probs
 
 OOF_DIR = "oof"
@@ -17,10 +18,8 @@ def write_oof(run_dir: str | Path, model: str, study_ids, probs: np.ndarray) -> 
         raise ValueError(f"{model}: OOF probabilities contain NaN or inf")
     probs = probs / probs.sum(axis=-1, keepdims=True)
     path = Path(run_dir) / OOF_DIR / f"{model}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    probs_to_submission(list(study_ids), probs).to_csv(tmp, index=False, float_format="%.8g")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        probs_to_submission(list(study_ids), probs).to_csv(tmp, index=False, float_format="%.8g")
     return path
 
 

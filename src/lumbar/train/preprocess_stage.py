@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .. import config as cfgmod
 from ..data.cache import CachedEntries, StudyCache
+from ..files import write_json
 from ..data.catalog import load_studies
 from ..data.volumes import normalise, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
@@ -112,9 +113,8 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     out = Path(run) / SELECT_DIR
     full.save(out / "model")
     cfgmod.save(cfg, out / "config.json")
-    tmp = out / "oof_selection.json.tmp"
-    tmp.write_text(json.dumps({str(s): {n: list(v) for n, v in sel.items()} for s, sel in oof.items()}))
-    tmp.replace(out / "oof_selection.json")
+    write_json(out / "oof_selection.json", {str(s): {n: list(v) for n, v in sel.items()} for s, sel in oof.items()},
+               indent=None)
     report = selection_report(pd.DataFrame(records))
     report.to_csv(out / "report.csv")
     print(format_report(report))

@@ -1,7 +1,6 @@
 """`train --model sequence`: frames per series type, the sequence model, the same folds and loop."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ..models.registry import create_model
 from ..models.sequence import SequenceConfig
 from ..data.cache import CachedEntries, take
 from ..preprocess.frames import FramesConfig, frames_key, study_frames
+from ..files import write_json
 from .datasets import EpochSeeded
 from .oof import write_oof
 from .preprocess_stage import load_train, read_oof_selection
@@ -92,8 +92,7 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfgmod.save(cfg, out / "config.json")
     path = write_oof(run, "sequence", ids, oof)
     oof_score = score(solution_frame(ids, y), probs_to_submission(ids, oof))
-    (out / "report.json").write_text(json.dumps({"oof_score": round(oof_score, 4),
-                                                 "fold_scores": [round(s, 4) for s in fold_scores],
-                                                 "config": asdict(cfg)}, indent=1))
+    write_json(out / "report.json", {"oof_score": round(oof_score, 4),
+                                     "fold_scores": [round(s, 4) for s in fold_scores], "config": asdict(cfg)})
     print(f"sequence: OOF score {oof_score:.4f}")
     return {"oof": str(path), "oof_score": round(oof_score, 4)}

@@ -1,7 +1,6 @@
 """Trainers of the torch models: `train --model superres` and `train --model multitask`."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 
 from .. import config as cfgmod
 from ..data.cache import config_hash
+from ..files import write_json
 from ..metric import probs_to_submission, score, solution_frame
 from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.prior import fit_prior
@@ -90,7 +90,7 @@ def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     atomic_torch_save(model.net.state_dict(), out / "net.pt")
     report = {"psnr_network": round(net_psnr, 3), "psnr_bicubic": round(bicubic, 3), "gain_db": round(net_psnr - bicubic, 3),
               "held_out_patches": len(val_p)}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    write_json(out / "report.json", report)
     cfgmod.save(cfg, out / "config.json")
     print(f"superres: held-out PSNR network {net_psnr:.2f} dB vs bicubic {bicubic:.2f} dB ({net_psnr - bicubic:+.2f} dB)")
     return report
@@ -210,7 +210,7 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
               "median_keypoint_error_mm": round(float(np.median(errs)), 2),
               "median_keypoint_error_px": round(float(np.median(errs_px)), 2), "keypoints": int(len(errs)),
               "config": asdict(cfg)}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    write_json(out / "report.json", report)
     print(f"multitask: OOF score {oof_score:.4f}; held-out median keypoint error {np.median(errs_px):.2f} px "
           f"({np.median(errs):.2f} mm) over {len(errs)} points")
     return {"oof": str(path), "oof_score": round(oof_score, 4),
