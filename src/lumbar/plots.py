@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -19,7 +19,7 @@ def show_study(study, vols, entry: dict, out: str | Path, predicted: dict | None
     from .data.volumes import normalise
     from .preprocess.crops import CROP_NAMES, unmap_points
 
-    plt = _plt()
+    plt = pyplot()
     by_id = {sid: v for items in vols.values() for sid, v in items}
     n = len(CROP_NAMES)
     fig, axes = plt.subplots(2, n, figsize=(2.4 * n, 5.2))

@@ -12,7 +12,7 @@ import pandas as pd
 from . import schema
 from .data.catalog import read_labels
 from .metric import labels_to_array
-from .plots import _plt
+from .plots import pyplot
 from .scoring import format_table, local_score
 from .train.oof import list_oof, read_oof
 
@@ -22,7 +22,7 @@ GROUP_COLS = schema.GROUP_COLUMNS
 def score_figure(table: pd.DataFrame, out: Path) -> Path:
     """Left: the score per condition group. Right: overall with its bootstrap 95% interval, and each
     model's paired difference to the best single model with its interval (0 inside it: no measured gain)."""
-    plt = _plt()
+    plt = pyplot()
     cols = [*schema.GROUPS, "overall"]
     fig, ax = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     width = 0.8 / len(table)
@@ -53,7 +53,7 @@ def score_figure(table: pd.DataFrame, out: Path) -> Path:
 
 def confusion_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path) -> Path:
     """Rows: models; columns: condition groups; each a 3 x 3 count of label vs most probable class."""
-    plt = _plt()
+    plt = pyplot()
     models = [m for m in oof if m != "prior"] or list(oof)
     fig, axes = plt.subplots(len(models), 3, figsize=(9, 2.9 * len(models)), squeeze=False)
     for r, m in enumerate(models):
@@ -83,7 +83,7 @@ def confusion_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path) -> Pa
 
 def calibration_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path, bins: int = 10) -> Path:
     """Per group and class: predicted probability (binned) against the observed frequency, per model."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(3, 3, figsize=(9, 8.4))
     edges = np.linspace(0, 1, bins + 1)
     for r, (g, cols) in enumerate(GROUP_COLS.items()):
@@ -126,7 +126,7 @@ def curves_figure(run: Path, out: Path) -> Path | None:
             logs[d.name] = files
     if not logs:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(logs), figsize=(4.2 * len(logs), 3.4), squeeze=False)
     for ax, (name, files) in zip(axes[0], logs.items()):
         for f in files:

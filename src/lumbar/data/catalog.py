@@ -66,7 +66,7 @@ def find_root(path: str | Path) -> Path:
     raise CatalogError(f"{path}: not a competition folder (no {TRAIN_CSV} or {TEST_SERIES_CSV} found)")
 
 
-def _read_csv(path: Path, required: bool = True) -> pd.DataFrame | None:
+def read_csv(path: Path, required: bool = True) -> pd.DataFrame | None:
     if not path.exists():
         if required:
             raise CatalogError(f"{path}: file not found")
@@ -86,7 +86,7 @@ def _read_csv(path: Path, required: bool = True) -> pd.DataFrame | None:
 def read_labels(root: str | Path) -> pd.DataFrame:
     """train.csv, checked: integer study ids, known severity names."""
     path = Path(root) / TRAIN_CSV
-    frame = _read_csv(path)
+    frame = read_csv(path)
     bad = _label_problems(frame, path)
     if bad:
         raise CatalogError(bad[0].text())
@@ -104,15 +104,15 @@ def load_studies(root: str | Path, split: str = "train", folds: dict[int, int] |
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     root = find_root(root)
     images = root / f"{split}_images"
-    series_df = _read_csv(root / (TRAIN_SERIES_CSV if split == "train" else TEST_SERIES_CSV))
+    series_df = read_csv(root / (TRAIN_SERIES_CSV if split == "train" else TEST_SERIES_CSV))
     study_ids: list[int] = list(dict.fromkeys(int(s) for s in series_df["study_id"]))
     labels = coords = None
     if split == "train":
         labels = read_labels(root)
         study_ids = list(dict.fromkeys([*map(int, labels["study_id"]), *study_ids]))
-        coords = _read_csv(root / COORDS_CSV, required=False)
+        coords = read_csv(root / COORDS_CSV, required=False)
     else:
-        sample = _read_csv(root / SAMPLE_CSV, required=False)
+        sample = read_csv(root / SAMPLE_CSV, required=False)
         if sample is not None and len(sample):
             extra = [schema.parse_row_id(r)[0] for r in sample["row_id"]]
             study_ids = list(dict.fromkeys([*study_ids, *extra]))

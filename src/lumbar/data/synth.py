@@ -621,7 +621,7 @@ def _coordinates(ph: Phantom, first_of: dict, study_id: int, rng: np.random.Gene
     return rows
 
 
-def _study_specs(cfg: SynthConfig, n: int, rng: np.random.Generator, offset: int, test: bool = False) -> list[StudySpec]:
+def _study_specs(cfg: SynthConfig, n: int, rng: np.random.Generator, test: bool = False) -> list[StudySpec]:
     comp = real_stats()["series_composition_counts"]
     keys = list(comp)
     p = np.array([comp[k] for k in keys], dtype=float)
@@ -638,7 +638,7 @@ def _study_specs(cfg: SynthConfig, n: int, rng: np.random.Generator, offset: int
                          coordinates=bool(rng.random() < cfg.coord_fraction))
         specs.append(spec)
     if cfg.ensure_irregularities and n >= 8:
-        # Studies offset.. get one irregularity each (series index 0 = first sagittal T1 / T2).
+        # The first studies get one irregularity each (series index 0 = first sagittal T1 / T2).
         specs[0].n_axial = 2
         specs[1].n_t1 = 0
         specs[2].n_t2 = 0
@@ -727,7 +727,7 @@ def generate(cfg: SynthConfig, progress: bool = True) -> Path:
     train_ids, test_ids = study_ids[:cfg.studies], study_ids[cfg.studies:]
     if cfg.profile not in ("default", "real"):
         raise ValueError(f"unknown synthetic profile {cfg.profile!r}: 'default' or 'real'")
-    specs = _study_specs(cfg, cfg.studies, rng, 0) + _study_specs(cfg, cfg.test_studies, rng, 0, test=True)
+    specs = _study_specs(cfg, cfg.studies, rng) + _study_specs(cfg, cfg.test_studies, rng, test=True)
     for spec in specs[cfg.studies:]:
         spec.coordinates = False
     seeds = rng.integers(0, 2 ** 31, size=n_total)

@@ -32,7 +32,7 @@ import torch
 from .. import config as cfgmod
 from .. import schema
 from ..data.cache import StudyCache
-from ..data.catalog import SAMPLE_CSV, _read_csv, find_root, load_studies
+from ..data.catalog import SAMPLE_CSV, read_csv, find_root, load_studies
 from ..devices import pick_device
 from ..models.prior import load_prior
 from ..models.registry import ModelSpec, create_model, for_inference, get_spec, predictors
@@ -211,10 +211,14 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     cfg = cfg or PredictConfig()
     start = time.perf_counter()
     root = find_root(data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # skipped series are counted per study below
+    with warnings.catch_warnings(record=True) as caught:  # said once each below, not as tracebacks
+        warnings.simplefilter("always")
         studies = load_studies(root, "test")
-    sample = _read_csv(root / SAMPLE_CSV, required=False)
+    for wmsg in caught[:20]:
+        _say(cfg, f"catalog: {wmsg.message}")
+    if len(caught) > 20:
+        _say(cfg, f"catalog: {len(caught) - 20} more warnings")
+    sample = read_csv(root / SAMPLE_CSV, required=False)
     row_ids = required_row_ids(sample, [s.study_id for s in studies])
     # Priors before anything that can fail: the run has a valid submission from here on.
     w, prior = _open_weights(weights, cfg)

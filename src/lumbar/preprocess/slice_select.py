@@ -187,16 +187,17 @@ class SliceSelector:
             self.members[stype] = {}
             for m in members:
                 model = _make_member(m, k, self.seed)
-                warnings.filterwarnings("ignore", message=".*`probability` parameter was deprecated.*")
-                if m == "xgb":
-                    # xgboost wants classes 0..K-1 all present: pad with one zero-weight copy of each missing class.
-                    missing = [c for c in range(k) if c not in set(ys.tolist())]
-                    Xf = np.concatenate([Xs, np.repeat(Xs[:1], len(missing), 0)]) if missing else Xs
-                    yf = np.concatenate([ys, missing]) if missing else ys
-                    w = np.concatenate([np.ones(len(ys)), np.zeros(len(missing))])
-                    model.fit(Xf, yf, sample_weight=w)
-                else:
-                    model.fit(Xs, ys)
+                with warnings.catch_warnings():  # newer scikit-learn deprecates SVC(probability=True)
+                    warnings.filterwarnings("ignore", message=".*`probability` parameter was deprecated.*")
+                    if m == "xgb":
+                        # xgboost wants classes 0..K-1 all present: pad with one zero-weight copy of each missing class.
+                        missing = [c for c in range(k) if c not in set(ys.tolist())]
+                        Xf = np.concatenate([Xs, np.repeat(Xs[:1], len(missing), 0)]) if missing else Xs
+                        yf = np.concatenate([ys, missing]) if missing else ys
+                        w = np.concatenate([np.ones(len(ys)), np.zeros(len(missing))])
+                        model.fit(Xf, yf, sample_weight=w)
+                    else:
+                        model.fit(Xs, ys)
                 self.members[stype][m] = model
         return self
 
