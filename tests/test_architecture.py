@@ -128,10 +128,10 @@ def _register_mean_frames():
     from lumbar.models.registry import register_model, unregister
     from lumbar.preprocess.frames import FramesConfig, study_frames, frames_key
     from lumbar.train.oof import write_oof
-    from lumbar.train.preprocess_stage import load_train
+    from lumbar.train.stage_one import load_train
     from lumbar.train.runner import CONFIGS, TRAINERS, register
-    from lumbar.train.sequence_stage import FramesDataset
-    from lumbar.train.torch_stages import cross_validate
+    from lumbar.train.sequence import FramesDataset
+    from lumbar.train.folds import cross_validate
 
     @dataclass
     class MeanFramesConfig(TrainConfig):

@@ -16,7 +16,7 @@ from lumbar.data.synth import SliceGeom, StudySpec, make_real_study, write_dicom
 from lumbar.data.volumes import study_volumes
 from lumbar.preprocess.crops import CropRegions
 from lumbar.preprocess.frames import FramesConfig, build_frames
-from lumbar.preprocess.pipeline import (PreprocessConfig, build_crops, labelled_slices, naive_selection,
+from lumbar.preprocess.stage_one import (PreprocessConfig, build_crops, labelled_slices, naive_selection,
                                         study_features, true_selection)
 
 

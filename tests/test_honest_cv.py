@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lumbar import schema
-from lumbar.train.datasets import CropDataset, collate
+from lumbar.train.datasets import collate
+from lumbar.train.multitask import CropDataset
 from lumbar.train.oof import read_oof
 from lumbar.cv import read_folds
 from lumbar.train.runner import RunConfig, train

@@ -97,7 +97,7 @@ def test_superres_starts_as_bicubic_and_keeps_shape():
 
 @pytest.mark.parametrize("name,cls_path", [("multitask", "lumbar.models.multitask:MultitaskConfig"),
                                             ("superres", "lumbar.models.superres:SuperResConfig"),
-                                            ("crops", "lumbar.train.preprocess_stage:CropsConfig"),
+                                            ("crops", "lumbar.train.stage_one:CropsConfig"),
                                             ("sequence", "lumbar.models.sequence:SequenceConfig")])
 def test_gpu_configs_fit_their_dataclasses(name, cls_path):
     import importlib

@@ -10,9 +10,9 @@ from lumbar import schema
 from lumbar.cli import main
 from lumbar.data.cache import StudyCache
 from lumbar.data.catalog import load_studies
-from lumbar.preprocess import pipeline
+from lumbar.preprocess import stage_one as pipeline
 from lumbar.preprocess.crops import CROP_NAMES, crop_resize, find_spine_column, map_points, unmap_points
-from lumbar.preprocess.pipeline import cache_version, preprocess_study, study_features
+from lumbar.preprocess.stage_one import cache_version, preprocess_study, study_features
 from lumbar.preprocess.slice_select import SliceSelector
 
 boxes = st.tuples(st.floats(-50, 200), st.floats(-50, 200), st.floats(10, 400), st.floats(10, 400))

@@ -35,7 +35,7 @@ def bench_decode(studies, max_series: int = 40) -> dict:
 
 
 def bench_preprocess(studies, run) -> dict:
-    from .preprocess.pipeline import cache_version, load_stage_one, preprocess_study
+    from .preprocess.stage_one import cache_version, load_stage_one, preprocess_study
 
     selector, sel_id, regions, cfg = load_stage_one(run)
     root = Path(tempfile.mkdtemp(prefix="lumbar-bench-"))

@@ -107,7 +107,7 @@ def _cmd_show(a) -> int:
     from .data.catalog import CatalogError, load_studies
     from .data.volumes import study_volumes
     from .plots import show_study
-    from .preprocess.pipeline import cache_version, load_stage_one, preprocess_study
+    from .preprocess.stage_one import cache_version, load_stage_one, preprocess_study
 
     study = None
     for split in ("train", "test"):

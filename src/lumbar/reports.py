@@ -154,7 +154,7 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
     from .data.volumes import study_volumes
     from .models.registry import create_model, for_inference, predictors
     from .plots import show_study
-    from .preprocess.pipeline import cache_version, load_stage_one, preprocess_study
+    from .preprocess.stage_one import cache_version, load_stage_one, preprocess_study
 
     try:
         selector, sel_id, regions, pcfg = load_stage_one(run)

@@ -37,7 +37,7 @@ from ..devices import pick_device
 from ..models.prior import load_prior
 from ..models.registry import ModelSpec, create_model, for_inference, get_spec, predictors
 from ..preprocess.crops import CropRegions
-from ..preprocess.pipeline import PreprocessConfig, cache_version, read_preprocess_config
+from ..preprocess.stage_one import PreprocessConfig, cache_version, read_preprocess_config
 from ..preprocess.slice_select import SliceSelector
 from .budget import Plan
 from .inputs import StudyInputs

@@ -16,7 +16,7 @@ from ..files import write_json
 from ..data.catalog import load_studies
 from ..data.volumes import normalise, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
-from ..preprocess.pipeline import (PreprocessConfig, Selection, cache_version, crops_key, labelled_slices, labels_for,
+from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, labelled_slices, labels_for,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
                                    true_selection)
 from ..preprocess.slice_select import MEMBERS, SliceSelector

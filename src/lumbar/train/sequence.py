@@ -18,9 +18,9 @@ from ..preprocess.frames import FramesConfig, frames_key, study_frames
 from ..files import write_json
 from .datasets import EpochSeeded
 from .oof import write_oof
-from .preprocess_stage import load_train, read_oof_selection
+from .stage_one import load_train, read_oof_selection
 from .runner import RunConfig, register
-from .torch_stages import cross_validate
+from .folds import cross_validate
 from .loop import is_main
 
 SEQ_DIR = "sequence"

@@ -1,0 +1,151 @@
+"""`train --model multitask`: model one on the stage-one crops, and its dataset."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .. import config as cfgmod
+from .. import schema
+from ..data.cache import take
+from ..files import write_json
+from ..metric import probs_to_submission, score, solution_frame
+from ..models.multitask import MultitaskConfig, fill_missing
+from ..models.registry import create_model
+from .datasets import EpochSeeded, collate
+from .folds import cross_validate
+from .loop import is_main
+from .oof import write_oof
+from .runner import RunConfig, register
+from .stage_one import load_crop_entries
+from .superres import SR_DIR, superres_config
+
+MT_DIR = "multitask"
+
+
+class CropDataset(EpochSeeded, Dataset):
+    """One study per item: its 8 three-slice crops, points (NaN unknown), presence, labels (-1 unknown).
+
+    Augmentation keeps points and labels consistent: intensity gain/gamma, and a small translation of
+    each crop that moves its points with it. No flips: a left-right flip of an axial crop would swap
+    the left and right labels, and an anterior-posterior flip has no anatomical counterpart.
+    """
+
+    def __init__(self, entries: list[dict], labels: np.ndarray | None = None, augment: bool = False, seed: int = 0,
+                 max_shift: int = 6):
+        self.entries = entries
+        self.labels = labels if labels is not None else np.full((len(entries), schema.N_LABELS), -1, np.int64)
+        self.augment = augment
+        self.max_shift = max_shift
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _shift(self, img: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dx, dy = self.rng.integers(-self.max_shift, self.max_shift + 1, size=2)
+        img = np.roll(img, (int(dy), int(dx)), axis=(-2, -1))
+        return img, pts + np.array([dx, dy], dtype=pts.dtype)
+
+    def __getitem__(self, i: int) -> dict:
+        e = self.entries[i]
+        sag = e["sag_image"].astype(np.float32)
+        axial = e["axial_image"].astype(np.float32)
+        sag_pts = e["sag_points"].astype(np.float32).copy()
+        ax_pts = e["axial_points"].astype(np.float32).copy()
+        if self.augment:
+            for j in range(len(sag)):
+                sag[j], sag_pts[j] = self._shift(sag[j], sag_pts[j])
+            for j in range(len(axial)):
+                axial[j], ax_pts[j] = self._shift(axial[j], ax_pts[j])
+            gain = self.rng.uniform(0.85, 1.15)
+            gamma = self.rng.uniform(0.85, 1.15)
+            sag = np.clip(sag, 0, None) ** gamma * gain
+            axial = np.clip(axial, 0, None) ** gamma * gain
+        return {"sag_image": torch.from_numpy(np.ascontiguousarray(sag)),
+                "axial_image": torch.from_numpy(np.ascontiguousarray(axial)),
+                "sag_points": torch.from_numpy(sag_pts), "axial_points": torch.from_numpy(ax_pts),
+                "present": torch.from_numpy(e["present"].astype(bool)),
+                "labels": torch.from_numpy(self.labels[i].astype(np.int64))}
+
+
+def keypoint_errors(model, dataset, entries, device) -> tuple[np.ndarray, np.ndarray]:
+    """Per labelled point, the distance between predicted and labelled point: (millimetres, pixels of
+    the original slice)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False, collate_fn=collate)
+    errs, errs_px, i = [], [], 0
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            res = model({k: v.to(device) for k, v in batch.items()})
+            for b in range(len(batch["labels"])):
+                mm = entries[i]["mm_per_px"]
+                boxes = entries[i]["boxes"]
+                for key, pred, off in (("sag_points", res["sag_kp"][b], 0), ("axial_points", res["axial_kp"][b], 3)):
+                    true = batch[key][b].numpy()
+                    d = np.linalg.norm(pred.cpu().numpy() - true, axis=-1)
+                    size = batch["sag_image" if off == 0 else "axial_image"].shape[-1]
+                    for c in range(d.shape[0]):
+                        ok = np.isfinite(d[c])
+                        errs += (d[c][ok] * mm[off + c]).tolist()
+                        errs_px += (d[c][ok] * (boxes[off + c][2] - boxes[off + c][0]) / size).tolist()
+                i += 1
+    return np.array(errs), np.array(errs_px)
+
+
+@register("multitask", order=40, config=MultitaskConfig)
+def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
+    cfg = cfgmod.override(MultitaskConfig(), overrides)
+    sr_cfg = superres_config(run)
+    if sr_cfg is not None:  # the frozen super-resolution net is the one `train --model superres` made
+        cfg = cfgmod.override(cfg, [f"sr_scale={sr_cfg.scale}", f"sr_channels={sr_cfg.channels}"])
+    elif is_main():
+        print(f"multitask: no trained super-resolution in {Path(run) / SR_DIR}; patches are upscaled bicubically")
+    studies, entries = load_crop_entries(data, run, rc, cfg.cache_dir)
+    ids = np.array([s.study_id for s in studies])
+    y = np.stack([s.labels for s in studies])
+    fold = np.array([s.fold for s in studies])
+    present = np.stack([e["present"] for e in entries])
+    out = Path(run) / MT_DIR
+    kp_errs, kp_px = [], []
+
+    def make_model():
+        model = create_model("multitask", cfg)
+        if sr_cfg is not None:
+            model.sr.load_state_dict(torch.load(Path(run) / SR_DIR / "net.pt", map_location="cpu", weights_only=True))
+        return model
+
+    def make_sets(tr, va):
+        return (CropDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed),
+                CropDataset(take(entries, va), y[va]))
+
+    def on_fold(model, val_set, va, device):
+        mm, px = keypoint_errors(model, val_set, take(entries, va), device)
+        kp_errs.append(mm)
+        kp_px.append(px)
+
+    oof, fold_scores = cross_validate("multitask", cfg, ids, y, fold, rc.n_folds, out, make_sets, make_model,
+                                      lambda probs, va, prior: fill_missing(probs, present[va], prior), on_fold)
+    if not is_main():
+        return {}
+    if cfg.only_fold >= 0:
+        return {"fold": cfg.only_fold, "val_score": round(fold_scores[0], 4),
+                "median_keypoint_error_px": round(float(np.median(np.concatenate(kp_px))), 2)}
+    cfgmod.save(cfg, out / "config.json")
+    path = write_oof(run, "multitask", ids, oof)
+    errs = np.concatenate(kp_errs) if kp_errs else np.array([np.nan])
+    errs_px = np.concatenate(kp_px) if kp_px else np.array([np.nan])
+    oof_score = score(solution_frame(ids, y), probs_to_submission(ids, oof))
+    report = {"oof_score": round(oof_score, 4), "fold_scores": [round(s, 4) for s in fold_scores],
+              "median_keypoint_error_mm": round(float(np.median(errs)), 2),
+              "median_keypoint_error_px": round(float(np.median(errs_px)), 2), "keypoints": int(len(errs)),
+              "config": asdict(cfg)}
+    write_json(out / "report.json", report)
+    print(f"multitask: OOF score {oof_score:.4f}; held-out median keypoint error {np.median(errs_px):.2f} px "
+          f"({np.median(errs):.2f} mm) over {len(errs)} points")
+    return {"oof": str(path), "oof_score": round(oof_score, 4),
+            "median_keypoint_error_px": round(float(np.median(errs_px)), 2),
+            "median_keypoint_error_mm": round(float(np.median(errs)), 2)}
