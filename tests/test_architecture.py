@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lumbar"
 
 # Lower layers never import higher ones: schema/config/metric/cv -> data -> preprocess -> models ->
 # infer -> train -> commands. Inference never imports training (the kernel ships no training code).
-LAYERS = {"schema": 0, "config": 0, "metric": 0, "cv": 0, "devices": 0, "files": 0, "data": 1, "preprocess": 2, "models": 3,
+LAYERS = {"schema": 0, "config": 0, "metric": 0, "cv": 0, "devices": 0, "files": 0, "layout": 0, "data": 1, "preprocess": 2, "models": 3,
           "infer": 4, "train": 5}
 COMMANDS = 6  # cli, demo, bench, reports, rehearsal, scoring, plots, kaggle, kernel
 
@@ -124,6 +124,7 @@ def _register_mean_frames():
     from lumbar import config as cfgmod
     from lumbar.config import TrainConfig
     from lumbar.data.cache import CachedEntries
+    from lumbar.layout import Run
     from lumbar.models.losses import class_weighted_ce
     from lumbar.models.registry import register_model, unregister
     from lumbar.preprocess.frames import FramesConfig, study_frames, frames_key
@@ -170,13 +171,12 @@ def _register_mean_frames():
         ids = np.array([s.study_id for s in studies])
         y = np.stack([s.labels for s in studies])
         fold = np.array([s.fold for s in studies])
-        out = Path(run) / "meanframes"
 
         def make_sets(tr, va):
             return (FramesDataset([entries[i] for i in tr], y[tr]), FramesDataset([entries[i] for i in va], y[va]))
-        oof, scores = cross_validate("meanframes", cfg, ids, y, fold, rc.n_folds, out, make_sets,
+        oof, scores = cross_validate("meanframes", cfg, ids, y, fold, rc.n_folds, run, make_sets,
                                      lambda: MeanFrames(cfg), lambda probs, va, prior: probs)
-        cfgmod.save(cfg, out / "config.json")
+        cfgmod.save(cfg, Run(run).config("meanframes"))
         write_oof(run, "meanframes", ids, oof)
         return {"fold_scores": scores}
 

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from .files import atomic_path
+from .layout import Run
 
 
-FOLDS_FILE = "folds.csv"
 
 
 def severity_strata(y: np.ndarray) -> np.ndarray:
@@ -46,14 +46,14 @@ def make_folds(study_ids, y: np.ndarray, n_folds: int = 5, seed: int = 42) -> di
 
 
 def write_folds(run_dir: str | Path, folds: dict[int, int]) -> Path:
-    path = Path(run_dir) / FOLDS_FILE
+    path = Run(run_dir).folds
     with atomic_path(path) as tmp:
         pd.DataFrame({"study_id": list(folds), "fold": list(folds.values())}).to_csv(tmp, index=False)
     return path
 
 
 def read_folds(run_dir: str | Path) -> dict[int, int]:
-    path = Path(run_dir) / FOLDS_FILE
+    path = Run(run_dir).folds
     frame = pd.read_csv(path)
     return dict(zip(frame["study_id"].astype(int), frame["fold"].astype(int)))
 
@@ -61,7 +61,7 @@ def read_folds(run_dir: str | Path) -> dict[int, int]:
 def ensure_folds(run_dir: str | Path, study_ids, y: np.ndarray, n_folds: int = 5, seed: int = 42) -> dict[int, int]:
     """The run's split: read it if the run has one (every model of a run shares it), else make it.
     A split that does not cover the given studies is an error, not silently remade."""
-    path = Path(run_dir) / FOLDS_FILE
+    path = Run(run_dir).folds
     if path.exists():
         folds = read_folds(run_dir)
         missing = [s for s in study_ids if int(s) not in folds]

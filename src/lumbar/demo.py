@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .train.runner import DONE
+from .layout import Run, WeightsLayout
 
 def _summary(stage: str, run: Path, result: dict) -> str:
     """A stage's headline numbers: the scalars of its report.json, else of what its trainer returned."""
-    rep = run / stage / "report.json"
+    rep, done = Run(run).report(stage), Run(run).done(stage)
     r = json.loads(rep.read_text()) if rep.exists() else (result or {})
-    if not r and (run / stage / DONE).exists():
-        r = json.loads((run / stage / DONE).read_text())
+    if not r and done.exists():
+        r = json.loads(done.read_text())
     return ", ".join(f"{k}={v}" for k, v in r.items() if isinstance(v, (int, float, str)) and k != "config")[:120]
 
 
@@ -34,7 +34,7 @@ def test_scores(data, submission: Path, weights) -> dict:
     root = find_root(data)
     sol = labels_to_solution(pd.read_csv(root / "test_labels.csv"))
     sub = pd.read_csv(submission)
-    prior = submission_frame(list(sub["row_id"]), {}, load_prior(Path(weights) / "prior.json"))
+    prior = submission_frame(list(sub["row_id"]), {}, load_prior(Path(weights) / WeightsLayout.PRIOR))
     oracle = pd.read_csv(root / "oracle.csv")
     oracle = oracle[oracle["row_id"].isin(sub["row_id"])]
     return {"submission": score(sol, sub), "prior": score(sol, prior), "oracle": score(sol, oracle)}
@@ -49,8 +49,8 @@ def run_demo(data, run, weights, kernel, cache: str = "cache") -> dict:
     run, t0 = Path(run), time.time()
     for name in stages():
         t = time.time()
-        if (run / name / DONE).exists():
-            print(f"demo: {name:<12} reused ({run / name / DONE}) — {_summary(name, run, {})}", flush=True)
+        if Run(run).done(name).exists():
+            print(f"demo: {name:<12} reused ({Run(run).done(name)}) — {_summary(name, run, {})}", flush=True)
             continue
         overrides = [f"cache_dir={cache}"] if takes(name, "cache_dir") else []
         with warnings.catch_warnings():
@@ -66,7 +66,7 @@ def run_demo(data, run, weights, kernel, cache: str = "cache") -> dict:
     nb = build(Path(weights), Path(kernel))
     print(f"demo: kernel built: {nb}")
     t = time.time()
-    inp, working = kaggle_layout(data, weights, run / "kaggle")
+    inp, working = kaggle_layout(data, weights, Run(run).stage("kaggle"))
     offline = bool(offline_prefix())
     res = run_notebook(nb, inp, working, offline=offline)
     if res.returncode != 0:

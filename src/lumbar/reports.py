@@ -12,6 +12,7 @@ import pandas as pd
 from . import schema
 from .data.catalog import read_labels
 from .metric import labels_to_array
+from .layout import Run
 from .plots import pyplot
 from .scoring import format_table, local_score
 from .train.oof import list_oof, read_oof
@@ -160,20 +161,20 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
         selector, sel_id, regions, pcfg = load_stage_one(run)
     except FileNotFoundError:
         return []
-    folds = pd.read_csv(run / "folds.csv").set_index("study_id")["fold"].to_dict()
+    folds = pd.read_csv(Run(run).folds).set_index("study_id")["fold"].to_dict()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         studies = [s for s in load_studies(data, "train") if s.has_coords][:n]
     cache = StudyCache(cache_dir, cache_version()) if cache_dir else None
-    spec = next((s for s in predictors() if s.points is not None and (run / s.name / "config.json").exists()), None)
-    cfg = for_inference(cfgmod.load(spec.config, run / spec.name / "config.json")) if spec else None
+    spec = next((s for s in predictors() if s.points is not None and Run(run).config(s.name).exists()), None)
+    cfg = for_inference(cfgmod.load(spec.config, Run(run).config(spec.name))) if spec else None
     paths = []
     for st in studies:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             entry = preprocess_study(st, selector, sel_id, regions, pcfg, cache)
         predicted = None
-        ckpt = run / spec.name / f"fold{folds.get(st.study_id, 0)}" / "weights.pt" if spec else None
+        ckpt = Run(run).fold_weights(spec.name, folds.get(st.study_id, 0)) if spec else None
         if ckpt is not None and ckpt.exists():
             net = create_model(spec.name, cfg)
             net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])

@@ -15,7 +15,8 @@ import pandas as pd
 from . import schema
 from .data.catalog import find_root, read_labels
 from .metric import labels_to_array, labels_to_solution, score_groups, study_terms, score_from_terms, submission_to_probs
-from .train.oof import OOF_DIR, list_oof
+from .layout import Run
+from .train.oof import list_oof
 
 COLUMNS = [*schema.GROUPS, "any_severe_spinal", "overall"]
 INTERVAL = ["ci_low", "ci_high", "vs_best", "vs_best_low", "vs_best_high"]
@@ -56,12 +57,12 @@ def local_score(data: str | Path, run: str | Path, n_boot: int = N_BOOT) -> pd.D
     ids = labels["study_id"].astype(int).tolist()
     y = labels_to_array(labels)
     rows, probs = {}, {}
-    frames = {m: pd.read_csv(Path(run) / OOF_DIR / f"{m}.csv") for m in list_oof(run)}
+    frames = {m: pd.read_csv(Run(run).oof(m)) for m in list_oof(run)}
     oracle = root / "oracle.csv"
     if oracle.exists():
         frames["oracle"] = pd.read_csv(oracle)
     if not frames:
-        raise FileNotFoundError(f"{run}: no OOF predictions in {Path(run) / OOF_DIR}; run `make train` first")
+        raise FileNotFoundError(f"{run}: no OOF predictions in {Run(run).oof_dir}; run `make train` first")
     for m, frame in frames.items():
         rows[m] = score_groups(solution, frame)
         probs[m] = submission_to_probs(frame, ids)

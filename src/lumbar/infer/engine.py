@@ -34,6 +34,7 @@ from .. import schema
 from ..data.cache import StudyCache
 from ..data.catalog import SAMPLE_CSV, read_csv, find_root, load_studies
 from ..devices import pick_device
+from ..layout import WeightsLayout as W
 from ..models.prior import load_prior
 from ..models.registry import ModelSpec, create_model, for_inference, get_spec, predictors
 from ..preprocess.crops import CropRegions
@@ -98,15 +99,15 @@ class Bundle:
         for spec in predictors():
             self._load_model(spec, device)
         self.ensemble = None
-        if weights.has("ensemble.json"):
+        if weights.has(W.ENSEMBLE):
             try:
-                self.ensemble = Ensemble.load(weights.file("ensemble.json"))
+                self.ensemble = Ensemble.load(weights.file(W.ENSEMBLE))
             except Exception as e:
                 self.dropped.append(f"ensemble weights ({type(e).__name__}: {e}); models are averaged")
 
     def _load_stage_one(self) -> None:
         w = self.weights
-        if not w.has("slice_select/model/selector.json"):
+        if not w.has(W.SELECTOR_INDEX):
             return
         skip = {}  # member files whose sha256 differs from the manifest: never unpickled
         for rel, a in w.artefacts.items():
@@ -116,15 +117,15 @@ class Bundle:
                 except Exception as e:
                     skip[Path(rel).name] = str(e)
         try:
-            w.file("slice_select/model/selector.json")
-            sel = SliceSelector.load(w.folder / "slice_select" / "model", skip=skip)
+            w.file(W.SELECTOR_INDEX)
+            sel = SliceSelector.load(w.folder / W.SELECTOR, skip=skip)
             self.dropped += sel.dropped
             self.selector = sel if sel.members else None
         except Exception as e:
             self.dropped.append(f"slice selector ({type(e).__name__}: {e}); slices come from the naive rule")
         try:
-            self.regions = CropRegions.load(w.file("crops/regions.json"))
-            w.file("crops/config.json")
+            self.regions = CropRegions.load(w.file(W.REGIONS))
+            w.file(W.CROPS_CONFIG)
             self.pcfg = read_preprocess_config(w.folder)
         except Exception as e:
             self.regions = self.pcfg = None
@@ -200,7 +201,7 @@ def _open_weights(weights, cfg: PredictConfig) -> tuple[Weights | None, np.ndarr
         _say(cfg, f"weights unusable ({e}); every study keeps the fallback prior")
         return None, _fallback_prior(cfg)
     try:
-        return w, load_prior(w.file("prior.json"))
+        return w, load_prior(w.file(W.PRIOR))
     except Exception as e:
         _say(cfg, f"prior unusable ({e}); the fallback prior stands in")
         return w, _fallback_prior(cfg)

@@ -12,7 +12,9 @@ import json
 import platform
 from pathlib import Path
 
-MANIFEST = "manifest.json"
+from ..layout import WeightsLayout
+
+MANIFEST = WeightsLayout.MANIFEST
 MANIFEST_VERSION = 1
 
 

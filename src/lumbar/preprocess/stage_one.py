@@ -14,6 +14,7 @@ from .. import schema
 from ..data.cache import StudyCache, config_hash
 from ..data.catalog import Study
 from ..data.dicom import Volume
+from ..layout import Run
 from ..data.volumes import DECODE_VERSION, normalised, study_volumes
 from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points
 from .slice_select import FEATURE_VERSION, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
@@ -36,9 +37,8 @@ def cache_version() -> str:
 def read_preprocess_config(run) -> PreprocessConfig:
     """The crop geometry `train --model crops` used in a run (its config.json)."""
     import json
-    from pathlib import Path
 
-    path = Path(run) / "crops" / "config.json"
+    path = Run(run).config("crops")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no crops in this run; run `python -m lumbar train --model crops` first")
     d = json.loads(path.read_text())
@@ -280,13 +280,11 @@ def folder_fingerprint(folder) -> str:
 def load_stage_one(run):
     """(selector, selector id, crop regions, preprocess config) saved by `train --model slice_select`
     and `train --model crops` in a run directory; clear errors when a stage has not been trained."""
-    from pathlib import Path
-
-    run = Path(run)
-    model = run / "slice_select" / "model"
+    run = Run(run)
+    model = run.selector
     if not (model / "selector.json").exists():
         raise FileNotFoundError(f"{model}: no slice selector; run `python -m lumbar train --model slice_select` first")
-    regions_path = run / "crops" / "regions.json"
+    regions_path = run.regions()
     if not regions_path.exists():
         raise FileNotFoundError(f"{regions_path}: no crop regions; run `python -m lumbar train --model crops` first")
-    return SliceSelector.load(model), folder_fingerprint(model), CropRegions.load(regions_path), read_preprocess_config(run)
+    return SliceSelector.load(model), folder_fingerprint(model), CropRegions.load(regions_path), read_preprocess_config(run.root)

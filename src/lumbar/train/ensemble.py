@@ -9,7 +9,6 @@ worse than the best single model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
@@ -18,11 +17,11 @@ from .. import config as cfgmod
 from .. import schema
 from ..files import write_json
 from ..infer.ensemble import Ensemble, blend
+from ..layout import Run
 from ..metric import group_loss, probs_to_submission, score, solution_frame
 from .oof import list_oof, read_oof, write_oof
 from .runner import RunConfig, register, run_folds
 
-ENSEMBLE_DIR = "ensemble"
 
 
 @dataclass
@@ -113,13 +112,12 @@ def train_ensemble(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     ens, report = fit_ensemble(oof, y, temperature, folds=fold)
     in_sample = score(sol, probs_to_submission(ids, ens.apply(oof)))
     nested_score = score(sol, probs_to_submission(ids, nested))
-    out = Path(run) / ENSEMBLE_DIR
-    ens.save(out / "ensemble.json")
+    ens.save(Run(run).ensemble)
     write_oof(run, "ensemble", ids, nested)
     summary = {"members": members, "single_oof": {m: round(v, 4) for m, v in singles.items()},
                "ensemble_in_sample": round(in_sample, 4), "ensemble_nested_oof": round(nested_score, 4),
                "weights": ens.weights, "temperature": ens.temperature, "candidates": report}
-    write_json(out / "report.json", summary)
+    write_json(Run(run).report("ensemble"), summary)
     print(f"ensemble: members {members}; best single {min(singles.values()):.4f}; "
           f"fitted on all OOF {in_sample:.4f}; nested (weights from the other folds) {nested_score:.4f}")
     return {"in_sample": round(in_sample, 4), "nested_oof": round(nested_score, 4)}

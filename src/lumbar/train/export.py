@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..data.cache import atomic_write_text
 from ..files import atomic_path
+from ..layout import Run, WeightsLayout
 from ..infer.weights import MANIFEST, MANIFEST_VERSION, WeightsError, library_versions, sha256
 from ..models.registry import predictors
 
@@ -38,8 +39,8 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def _report(run: Path, model: str) -> dict:
-    p = run / model / "report.json"
+def _report(run: Run, model: str) -> dict:
+    p = run.report(model)
     return json.loads(p.read_text()) if p.exists() else {}
 
 
@@ -52,8 +53,8 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
 
     from .loop import atomic_torch_save
 
-    run, out = Path(run), Path(out)
-    prior = run / "prior" / "all.json"
+    run, out, W = Run(run), Path(out), WeightsLayout
+    prior = run.prior()
     if not prior.exists():
         raise WeightsError(f"{prior}: no prior in this run; run `make train` (or `python -m lumbar train --model prior`) first")
     for old in _listed(out):  # files of an earlier export that this one may not rewrite
@@ -69,41 +70,38 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
         _copy(src, out / rel)
         record(rel, kind, **kw)
 
-    add(prior, "prior.json", "prior", cv_score=_oof_score(run, "prior", data))
-    sel = run / "slice_select" / "model"
-    if (sel / "selector.json").exists():
-        for f in sorted(sel.iterdir()):
+    add(prior, W.PRIOR, "prior", cv_score=_oof_score(run.root, "prior", data))
+    if (run.selector / "selector.json").exists():
+        for f in sorted(run.selector.iterdir()):
             if f.is_file() and not f.name.startswith("."):
-                add(f, f"slice_select/model/{f.name}", "slice_select")
-        add(run / "crops" / "regions.json", "crops/regions.json", "crops")
-        add(run / "crops" / "config.json", "crops/config.json", "crops")
+                add(f, f"{W.SELECTOR}/{f.name}", "slice_select")
+        add(run.regions(), W.REGIONS, "crops")
+        add(run.config("crops"), W.CROPS_CONFIG, "crops")
     models = {}
     for name in (spec.name for spec in predictors()):
-        cfg_path = run / name / "config.json"
-        folds = sorted((run / name).glob("fold*/weights.pt"), key=lambda p: int(p.parent.name[4:]))
+        cfg_path = run.config(name)
+        folds = run.trained_folds(name)
         if not cfg_path.exists() or not folds:
             continue
         report = _report(run, name)
         config = json.loads(cfg_path.read_text())
         fold_scores = report.get("fold_scores", [])
-        for p in folds:
-            k = int(p.parent.name[4:])
+        for k, p in folds:
             state = torch.load(p, map_location="cpu", weights_only=True)["model"]
             # weights only: no optimiser, loadable with weights_only=True
-            atomic_torch_save(state, out / name / f"fold{k}.pt")
-            record(f"{name}/fold{k}.pt", name, fold=k, config=config,
+            atomic_torch_save(state, out / W.fold(name, k))
+            record(W.fold(name, k), name, fold=k, config=config,
                    cv_score=fold_scores[k] if k < len(fold_scores) else None)
         models[name] = {"folds": len(folds), "oof_score": report.get("oof_score"), "config": config}
-    ens = run / "ensemble" / "ensemble.json"
-    if ens.exists():
+    if run.ensemble.exists():
         rep = _report(run, "ensemble")
-        add(ens, "ensemble.json", "ensemble", cv_score=rep.get("ensemble_nested_oof"))
+        add(run.ensemble, W.ENSEMBLE, "ensemble", cv_score=rep.get("ensemble_nested_oof"))
     manifest = {"format": MANIFEST_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "data_fingerprint": data_fingerprint(data), "libraries": library_versions(),
                 "models": models, "artefacts": entries}
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    atomic_write_text(out / W.MANIFEST, json.dumps(manifest, indent=1))
     user = os.environ.get("KAGGLE_USERNAME", "YOUR_KAGGLE_USERNAME")
-    atomic_write_text(out / "dataset-metadata.json", json.dumps(
+    atomic_write_text(out / W.METADATA, json.dumps(
         {"title": "lumbar-weights", "id": dataset_id or f"{user}/lumbar-weights", "licenses": [{"name": "CC0-1.0"}]},
         indent=1))
     return manifest

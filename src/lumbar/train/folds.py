@@ -11,6 +11,7 @@ import torch
 from ..data.cache import config_hash
 from ..metric import probs_to_submission, score, solution_frame
 from ..models.prior import fit_prior
+from ..layout import Run
 from .datasets import collate
 from .loop import TrainConfig, fit, is_main, pick_device, predict
 from .oof import write_oof
@@ -21,7 +22,7 @@ def train_config(cfg) -> TrainConfig:
     return TrainConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
 
 
-def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndarray, n_folds: int, out: Path,
+def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndarray, n_folds: int, run: Path,
                    make_sets, make_model, postprocess, on_fold=None) -> tuple[np.ndarray, list[float]]:
     """Every fold through the one loop: OOF probabilities [n, 25, 3] (post-processed with the fold's
     prior, e.g. for missing series) and each fold's score, both from the final weights of a fixed
@@ -45,13 +46,13 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
             probs = predict(m, val_set, collate, cfg.batch_size, device, cfg.amp, desc="val")
             return score(sol, probs_to_submission(ids[va], postprocess(probs, va, prior)))
 
-        res = fit(model, train_set, tcfg, out / f"fold{k}", collate, evaluate, name=f"{name} fold {k}",
+        res = fit(model, train_set, tcfg, Run(run).fold(name, k), collate, evaluate, name=f"{name} fold {k}",
                   run_key=config_hash(asdict(cfg), ids[tr].tolist()))
         if not is_main():
             continue
         device = pick_device(cfg.device)
         oof[va] = postprocess(predict(model, val_set, collate, cfg.batch_size, device, cfg.amp, desc="oof"), va, prior)
-        write_oof(out / f"fold{k}", "oof", ids[va], oof[va])
+        write_oof(Run(run).fold(name, k), "oof", ids[va], oof[va])
         if on_fold is not None:
             on_fold(model, val_set, va, device)
         scores.append(score(sol, probs_to_submission(ids[va], oof[va])))

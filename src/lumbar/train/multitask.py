@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,15 +14,15 @@ from ..files import write_json
 from ..metric import probs_to_submission, score, solution_frame
 from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.registry import create_model
+from ..layout import Run
 from .datasets import EpochSeeded, collate
 from .folds import cross_validate
 from .loop import is_main
 from .oof import write_oof
 from .runner import RunConfig, register
 from .stage_one import load_crop_entries
-from .superres import SR_DIR, superres_config
+from .superres import superres_config
 
-MT_DIR = "multitask"
 
 
 class CropDataset(EpochSeeded, Dataset):
@@ -103,19 +102,18 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     if sr_cfg is not None:  # the frozen super-resolution net is the one `train --model superres` made
         cfg = cfgmod.override(cfg, [f"sr_scale={sr_cfg.scale}", f"sr_channels={sr_cfg.channels}"])
     elif is_main():
-        print(f"multitask: no trained super-resolution in {Path(run) / SR_DIR}; patches are upscaled bicubically")
+        print(f"multitask: no trained super-resolution in {Run(run).superres_net}; patches are upscaled bicubically")
     studies, entries = load_crop_entries(data, run, rc, cfg.cache_dir)
     ids = np.array([s.study_id for s in studies])
     y = np.stack([s.labels for s in studies])
     fold = np.array([s.fold for s in studies])
     present = np.stack([e["present"] for e in entries])
-    out = Path(run) / MT_DIR
     kp_errs, kp_px = [], []
 
     def make_model():
         model = create_model("multitask", cfg)
         if sr_cfg is not None:
-            model.sr.load_state_dict(torch.load(Path(run) / SR_DIR / "net.pt", map_location="cpu", weights_only=True))
+            model.sr.load_state_dict(torch.load(Run(run).superres_net, map_location="cpu", weights_only=True))
         return model
 
     def make_sets(tr, va):
@@ -127,14 +125,14 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         kp_errs.append(mm)
         kp_px.append(px)
 
-    oof, fold_scores = cross_validate("multitask", cfg, ids, y, fold, rc.n_folds, out, make_sets, make_model,
+    oof, fold_scores = cross_validate("multitask", cfg, ids, y, fold, rc.n_folds, run, make_sets, make_model,
                                       lambda probs, va, prior: fill_missing(probs, present[va], prior), on_fold)
     if not is_main():
         return {}
     if cfg.only_fold >= 0:
         return {"fold": cfg.only_fold, "val_score": round(fold_scores[0], 4),
                 "median_keypoint_error_px": round(float(np.median(np.concatenate(kp_px))), 2)}
-    cfgmod.save(cfg, out / "config.json")
+    cfgmod.save(cfg, Run(run).config("multitask"))
     path = write_oof(run, "multitask", ids, oof)
     errs = np.concatenate(kp_errs) if kp_errs else np.array([np.nan])
     errs_px = np.concatenate(kp_px) if kp_px else np.array([np.nan])
@@ -143,7 +141,7 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
               "median_keypoint_error_mm": round(float(np.median(errs)), 2),
               "median_keypoint_error_px": round(float(np.median(errs_px)), 2), "keypoints": int(len(errs)),
               "config": asdict(cfg)}
-    write_json(out / "report.json", report)
+    write_json(Run(run).report("multitask"), report)
     print(f"multitask: OOF score {oof_score:.4f}; held-out median keypoint error {np.median(errs_px):.2f} px "
           f"({np.median(errs):.2f} mm) over {len(errs)} points")
     return {"oof": str(path), "oof_score": round(oof_score, 4),

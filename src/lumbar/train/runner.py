@@ -11,6 +11,7 @@ import numpy as np
 from .. import config as cfgmod
 from ..cv import ensure_folds
 from ..data.cache import atomic_write_text
+from ..layout import Run
 from ..data.catalog import read_labels
 from ..metric import labels_to_array
 from ..models.prior import fit_prior, save_prior
@@ -19,7 +20,6 @@ from .oof import write_oof
 TRAINERS: dict[str, Callable] = {}
 CONFIGS: dict[str, type] = {}  # stage -> its config dataclass (the `key=value` overrides it takes)
 _ORDER: dict[str, float] = {}
-DONE = "done.json"  # written into a stage's folder when its trainer returns: what `make demo` skips
 
 
 def register(name: str, order: float = 50.0, config: type | None = None):
@@ -72,13 +72,12 @@ def train_prior(data: str | Path, run: str | Path, rc: RunConfig, overrides: lis
     cfg = cfgmod.override(PriorConfig(), overrides)
     ids, y, fold = run_folds(data, run, rc)
     oof = np.zeros((len(ids), 25, 3), dtype=np.float32)
-    out = Path(run) / "prior"
     for k in range(rc.n_folds):
         p = fit_prior(y[fold != k], cfg.smoothing)
-        save_prior(p, out / f"fold{k}.json")
+        save_prior(p, Run(run).prior(k))
         oof[fold == k] = p
-    save_prior(fit_prior(y, cfg.smoothing), out / "all.json")
-    cfgmod.save(cfg, out / "config.json")
+    save_prior(fit_prior(y, cfg.smoothing), Run(run).prior())
+    cfgmod.save(cfg, Run(run).config("prior"))
     path = write_oof(run, "prior", ids, oof)
     return {"oof": str(path)}
 
@@ -93,7 +92,7 @@ def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = 
         raise ValueError(f"unknown model {model!r}; known: all, {', '.join(stages())}")
     result = TRAINERS[model](data, run, rc or RunConfig(), overrides or [])
     if result:  # ranks other than the main one of a distributed run return nothing
-        atomic_write_text(Path(run) / model / DONE, json.dumps(result, indent=1, default=str))
+        atomic_write_text(Run(run).done(model), json.dumps(result, indent=1, default=str))
     return result
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from ..models.sequence import SequenceConfig
 from ..data.cache import CachedEntries, take
 from ..preprocess.frames import FramesConfig, frames_key, study_frames
 from ..files import write_json
+from ..layout import Run
 from .datasets import EpochSeeded
 from .oof import write_oof
 from .stage_one import load_train, read_oof_selection
@@ -23,7 +23,6 @@ from .runner import RunConfig, register
 from .folds import cross_validate
 from .loop import is_main
 
-SEQ_DIR = "sequence"
 
 
 class FramesDataset(EpochSeeded, Dataset):
@@ -77,22 +76,21 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     ids = np.array([s.study_id for s in studies])
     y = np.stack([s.labels for s in studies])
     fold = np.array([s.fold for s in studies])
-    out = Path(run) / SEQ_DIR
 
     def make_sets(tr, va):
         return (FramesDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed),
                 FramesDataset(take(entries, va), y[va]))
 
-    oof, fold_scores = cross_validate("sequence", cfg, ids, y, fold, rc.n_folds, out, make_sets,
+    oof, fold_scores = cross_validate("sequence", cfg, ids, y, fold, rc.n_folds, run, make_sets,
                                       lambda: create_model("sequence", cfg), lambda probs, va, prior: probs)
     if not is_main():
         return {}
     if cfg.only_fold >= 0:
         return {"fold": cfg.only_fold, "val_score": round(fold_scores[0], 4)}
-    cfgmod.save(cfg, out / "config.json")
+    cfgmod.save(cfg, Run(run).config("sequence"))
     path = write_oof(run, "sequence", ids, oof)
     oof_score = score(solution_frame(ids, y), probs_to_submission(ids, oof))
-    write_json(out / "report.json", {"oof_score": round(oof_score, 4),
+    write_json(Run(run).report("sequence"), {"oof_score": round(oof_score, 4),
                                      "fold_scores": [round(s, 4) for s in fold_scores], "config": asdict(cfg)})
     print(f"sequence: OOF score {oof_score:.4f}")
     return {"oof": str(path), "oof_score": round(oof_score, 4)}

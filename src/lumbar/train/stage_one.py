@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +12,7 @@ from tqdm.auto import tqdm
 from .. import config as cfgmod
 from ..data.cache import CachedEntries, StudyCache
 from ..files import write_json
+from ..layout import Run
 from ..data.catalog import load_studies
 from ..data.volumes import normalise, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
@@ -22,8 +22,6 @@ from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, 
 from ..preprocess.slice_select import MEMBERS, SliceSelector
 from .runner import RunConfig, register, run_folds
 
-SELECT_DIR = "slice_select"
-CROPS_DIR = "crops"
 
 
 @dataclass
@@ -110,15 +108,15 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                     records.append({"fold": k, "series_type": stype, "method": m, "exact": exact, "within1": near})
     X, Y = _stack([r for st in studies for r in rows[st.study_id]])
     full = SliceSelector(seed=cfg.seed).fit(X, Y, cfg.members)
-    out = Path(run) / SELECT_DIR
-    full.save(out / "model")
-    cfgmod.save(cfg, out / "config.json")
-    write_json(out / "oof_selection.json", {str(s): {n: list(v) for n, v in sel.items()} for s, sel in oof.items()},
+    out = Run(run).stage("slice_select")
+    full.save(Run(run).selector)
+    cfgmod.save(cfg, Run(run).config(out.name))
+    write_json(Run(run).oof_selection, {str(s): {n: list(v) for n, v in sel.items()} for s, sel in oof.items()},
                indent=None)
     report = selection_report(pd.DataFrame(records))
     report.to_csv(out / "report.csv")
     print(format_report(report))
-    return {"report": str(out / "report.csv"), "selector": str(out / "model")}
+    return {"report": str(out / "report.csv"), "selector": str(Run(run).selector)}
 
 
 def selection_report(records: pd.DataFrame) -> pd.DataFrame:
@@ -136,7 +134,7 @@ def format_report(report: pd.DataFrame) -> str:
 
 
 def read_oof_selection(run) -> dict[int, Selection]:
-    path = Path(run) / SELECT_DIR / "oof_selection.json"
+    path = Run(run).oof_selection
     if not path.exists():
         raise FileNotFoundError(f"{path}: no slice selection in this run; run `train --model slice_select` first")
     raw = json.loads(path.read_text())
@@ -174,17 +172,17 @@ def train_crops(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     oof_sel = read_oof_selection(run)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
     samples = {st.study_id: region_samples(st, cache) for st in tqdm(studies, desc="crop regions")}
-    out = Path(run) / CROPS_DIR
+    out = Run(run).stage("crops")
     keys, records = {}, []
     for k in range(rc.n_folds):
         regions = CropRegions.fit([s for st in studies if st.fold != k for s in samples[st.study_id]], cfg.margin)
-        regions.save(out / f"regions_fold{k}.json")
+        regions.save(Run(run).regions(k))
         for st in tqdm([s for s in studies if s.fold == k], desc=f"crops fold {k}", leave=False):
             entry = study_crops(st, oof_sel.get(st.study_id, {}), regions, pcfg, cache)
             keys[st.study_id] = k
             records += containment(st, entry, pcfg)
-    CropRegions.fit([s for st in studies for s in samples[st.study_id]], cfg.margin).save(out / "regions.json")
-    cfgmod.save(cfg, out / "config.json")
+    CropRegions.fit([s for st in studies for s in samples[st.study_id]], cfg.margin).save(Run(run).regions())
+    cfgmod.save(cfg, Run(run).config(out.name))
     rec = pd.DataFrame(records)
     rep = rec.groupby("crop")["inside"].agg(["mean", "size"]) if len(rec) else pd.DataFrame()
     rep.to_csv(out / "containment.csv")
@@ -233,7 +231,7 @@ def load_crop_entries(data, run, rc: RunConfig, cache_dir: str, cfg: PreprocessC
         cfg = read_preprocess_config(run)
     oof_sel = read_oof_selection(run)
     studies, cache = load_train(data, run, rc, cache_dir)
-    regions = {k: CropRegions.load(Path(run) / CROPS_DIR / f"regions_fold{k}.json") for k in range(rc.n_folds)}
+    regions = {k: CropRegions.load(Run(run).regions(k)) for k in range(rc.n_folds)}
     keys, kept = [], []
     for st in tqdm(studies, desc="load crops"):  # builds what is missing; kept in memory only without a cache
         sel = oof_sel.get(st.study_id, {})

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,6 +9,7 @@ import torch
 from .. import config as cfgmod
 from ..data.cache import config_hash, take
 from ..files import write_json
+from ..layout import Run
 from ..models.registry import create_model
 from ..models.superres import SuperResConfig, downscale, psnr
 from .datasets import collate
@@ -17,7 +17,6 @@ from .loop import TrainConfig, atomic_torch_save, fit
 from .runner import RunConfig, register
 from .stage_one import load_crop_entries
 
-SR_DIR = "superres"
 
 
 def _patches(entries, size: int, per_image: int, rng: np.random.Generator) -> torch.Tensor:
@@ -69,22 +68,22 @@ def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         return -psnr(sr.cpu(), val_p)  # the loop minimises
 
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
-    out = Path(run) / SR_DIR
+    out = Run(run).stage("superres")
     fit(model, _PatchSet(train_p), tcfg, out, collate, evaluate, name="superres",
         run_key=config_hash(asdict(cfg), len(train_p)))
     with torch.no_grad():
         lr = downscale(val_p, cfg.scale)
         net_psnr = psnr(model.cpu().net(lr), val_p)
         bicubic = psnr(torch.nn.functional.interpolate(lr, scale_factor=cfg.scale, mode="bicubic", align_corners=False), val_p)
-    atomic_torch_save(model.net.state_dict(), out / "net.pt")
+    atomic_torch_save(model.net.state_dict(), Run(run).superres_net)
     report = {"psnr_network": round(net_psnr, 3), "psnr_bicubic": round(bicubic, 3), "gain_db": round(net_psnr - bicubic, 3),
               "held_out_patches": len(val_p)}
-    write_json(out / "report.json", report)
-    cfgmod.save(cfg, out / "config.json")
+    write_json(Run(run).report("superres"), report)
+    cfgmod.save(cfg, Run(run).config("superres"))
     print(f"superres: held-out PSNR network {net_psnr:.2f} dB vs bicubic {bicubic:.2f} dB ({net_psnr - bicubic:+.2f} dB)")
     return report
 
 
 def superres_config(run) -> SuperResConfig | None:
-    path = Path(run) / SR_DIR / "config.json"
-    return cfgmod.load(SuperResConfig, path) if path.exists() and (path.parent / "net.pt").exists() else None
+    path = Run(run).config("superres")
+    return cfgmod.load(SuperResConfig, path) if path.exists() and Run(run).superres_net.exists() else None
