@@ -2,7 +2,7 @@
 # bench/gpu.sh: the CUDA paths of training and inference, on a GPU machine with torch and timm but no
 # internet, in under 8 minutes. Writes reports/gpu/ (or $OUT/gpu/ where OUT is set):
 #   1. a small synthetic folder; every stage trained for one epoch per fold (2 folds) with the GPU
-#      configs (configs/*_gpu.json, pretrained off: no hub) and AMP;
+#      configs (configs/gpu/*.json, pretrained off: no hub) and AMP;
 #   2. inference per study by stage through the engine, fp32 against fp16 autocast.
 # Packages the machine lacks travel as wheels in .whl/ (pydicom, xgboost-cpu; see the README).
 # LUMBAR_GPU_SMOKE=1 runs the same steps with the tiny CPU configs (a dry run of this script on a CPU).
@@ -23,7 +23,7 @@ W=${WORK:-/tmp/lumbar-gpu}; D=$W/data; R=$W/run; C=$W/cache; WT=$W/weights
 rm -rf "$W"; mkdir -p "$W"
 DEVICE=cuda; [ "$SMOKE" = 1 ] && DEVICE=cpu
 STUDIES=${STUDIES:-48}
-cfg() { [ "$SMOKE" = 1 ] && echo "" || echo "--config configs/$1_gpu.json"; }
+cfg() { [ "$SMOKE" = 1 ] && echo "" || echo "--config configs/gpu/$1.json"; }
 TINY_MT=""; TINY_SEQ=""
 if [ "$SMOKE" = 1 ]; then
   TINY_MT="kp_input=48 patch_sag=16 patch_axial=16 patch_input=32 batch_size=4"

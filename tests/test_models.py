@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from lumbar import schema
+from conftest import TINY_MULTITASK, TINY_SEQUENCE
+from lumbar import config, schema
 from lumbar.models.multitask import COLUMN_CROP, COLUMN_SOURCE, MultitaskConfig, cut_patches, soft_argmax
 from lumbar.models.registry import create_model, list_models, model_config
 from lumbar.models.sequence import SequenceConfig
@@ -25,9 +26,8 @@ def random_batch(b=2, s=64, sa=48):
             "mask": torch.tensor([[True, True, True], [True, True, False]])}
 
 
-TINY = MultitaskConfig(kp_input=64, patch_sag=16, patch_axial=16, patch_input=32)
-SEQ_TINY = SequenceConfig(n_frames=4, frame_size=32, d_model=32, layers=1, heads=2, kp_size=32, patch_side=12,
-                          patch_input=16)
+TINY = config.override(MultitaskConfig(), TINY_MULTITASK)  # the tests' one set of tiny configs (conftest)
+SEQ_TINY = config.override(SequenceConfig(), TINY_SEQUENCE)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -95,22 +95,36 @@ def test_superres_starts_as_bicubic_and_keeps_shape():
     assert downscale(y, 2).shape == x.shape
 
 
-@pytest.mark.parametrize("name,cls_path", [("multitask", "lumbar.models.multitask:MultitaskConfig"),
-                                            ("superres", "lumbar.models.superres:SuperResConfig"),
-                                            ("crops", "lumbar.train.stage_one:CropsConfig"),
-                                            ("sequence", "lumbar.models.sequence:SequenceConfig")])
-def test_gpu_configs_fit_their_dataclasses(name, cls_path):
-    import importlib
+def test_config_presets_are_complete_and_the_tiny_ones_are_the_defaults(tmp_path):
+    """configs/tiny/<stage>.json is each stage's config dataclass at its defaults and configs/gpu/ holds
+    every field too (`python -m lumbar configs` rewrites them): a preset says all a run will use."""
+    import dataclasses
+    import json
     from pathlib import Path
 
     from lumbar import config
-    from lumbar.cli import config_file_overrides
+    from lumbar.cli import write_presets
+    from lumbar.train.runner import CONFIGS
 
-    mod, cls = cls_path.split(":")
-    path = Path(__file__).parents[1] / "configs" / f"{name}_gpu.json"
-    cfg = config.override(getattr(importlib.import_module(mod), cls)(), config_file_overrides(str(path)))
-    if name == "multitask":
-        assert cfg.pretrained is True and cfg.backbone == "efficientnet_b2" and cfg.amp is True
+    root = Path(__file__).parents[1] / "configs"
+    for stage, cls in CONFIGS.items():
+        tiny = json.loads((root / "tiny" / f"{stage}.json").read_text())
+        assert tiny == json.loads(json.dumps(config.to_dict(cls()))), f"configs/tiny/{stage}.json is stale"
+    gpu = sorted(p.stem for p in (root / "gpu").glob("*.json"))
+    assert gpu == ["crops", "multitask", "sequence", "superres"]
+    for stage in gpu:
+        cls = CONFIGS[stage]
+        data = json.loads((root / "gpu" / f"{stage}.json").read_text())
+        assert set(data) == {f.name for f in dataclasses.fields(cls)}, f"configs/gpu/{stage}.json incomplete"
+        cfg = config.load(cls, root / "gpu" / f"{stage}.json")
+        if stage == "multitask":
+            assert cfg.pretrained is True and cfg.backbone == "efficientnet_b2" and cfg.amp is True
+    # the writer completes a partial preset and keeps its values
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "sequence.json").write_text(json.dumps({"n_frames": 15}))
+    write_presets(tmp_path)
+    done = json.loads((tmp_path / "gpu" / "sequence.json").read_text())
+    assert done["n_frames"] == 15 and set(done) == {f.name for f in dataclasses.fields(CONFIGS["sequence"])}
 
 
 def test_backbone_from_a_local_checkpoint(tmp_path):

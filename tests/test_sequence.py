@@ -13,6 +13,7 @@ from lumbar.preprocess.frames import FramesConfig, build_frames, choose_series, 
 from lumbar.train.oof import read_oof
 from lumbar.train.runner import RunConfig, train
 
+from conftest import TINY_SEQUENCE
 from test_dicom import _sagittal
 
 
@@ -79,10 +80,7 @@ def test_sequence_trains_and_predicts_all_columns_without_axial(synth_dir, tmp_p
     run = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = train("sequence", data, run, RunConfig(n_folds=2), [f"cache_dir={tmp_path / 'cache'}", "epochs=1",
-                                                                   "n_frames=5", "frame_size=32", "d_model=32",
-                                                                   "layers=1", "heads=2", "batch_size=4",
-                                                                   "kp_size=32", "patch_side=12", "patch_input=16"])
+        res = train("sequence", data, run, RunConfig(n_folds=2), [f"cache_dir={tmp_path / 'cache'}", *TINY_SEQUENCE])
     assert np.isfinite(res["oof_score"])
     ids = pd.read_csv(data / "train.csv").study_id.tolist()
     oof = read_oof(run, "sequence", ids)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TINY_MULTITASK
 from lumbar.cv import read_folds
 from lumbar.models.multitask import COLUMN_CROP
 from lumbar.models.prior import fit_prior
@@ -18,7 +19,7 @@ from lumbar.preprocess.crops import CROP_NAMES, CROPS
 from lumbar.train.oof import read_oof
 from lumbar.train.runner import RunConfig, train
 
-TINY = ["epochs=2", "kp_input=48", "patch_sag=16", "patch_axial=16", "patch_input=32", "batch_size=4"]
+TINY = [*TINY_MULTITASK, "epochs=2"]
 
 
 def _cli(run, data, cache, *extra, folds=2):

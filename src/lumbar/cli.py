@@ -2,16 +2,43 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 import time
 from pathlib import Path
 
 
+def _bool(value: str) -> bool:
+    low = value.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r}: expected true or false")
+
+
+def dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One `--field-name` option per plain field of a config dataclass, typed and defaulted by it, so
+    the command line restates no default."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if f.name in skip or typ not in (bool, int, float, str):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parser.add_argument("--" + f.name.replace("_", "-"), type=_bool if typ is bool else typ, default=default,
+                            help=f"(default: {default})")
+
+
+def dataclass_from(cls: type, a: argparse.Namespace):
+    """The config dataclass from the options `dataclass_options` added."""
+    return cls(**{f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if hasattr(a, f.name)})
+
+
 def _cmd_synth(a) -> int:
     from .data.synth import SynthConfig, generate
-    cfg = SynthConfig(out=a.out, studies=a.studies, test_studies=a.test_studies, seed=a.seed,
-                      sag_size=a.sag_size, axial_size=a.axial_size, workers=a.workers, profile=a.profile,
-                      size_scale=a.size_scale)
+    cfg = dataclass_from(SynthConfig, a)
     t = time.time()
     out = generate(cfg)
     print(f"synth: {cfg.studies} train + {cfg.test_studies} test studies in {out} ({time.time() - t:.0f}s)")
@@ -56,6 +83,34 @@ def _cmd_train(a) -> int:
     return 0
 
 
+def write_presets(folder: str | Path = "configs") -> list[Path]:
+    """configs/tiny/<stage>.json: every stage's config dataclass at its defaults (the tiny CPU configs);
+    configs/gpu/<stage>.json completed with the fields they lack (their own values kept). A preset
+    always holds every field, so a file says everything the stage will run with."""
+    import json
+
+    from . import config as cfgmod
+    from .files import write_json
+    from .train.runner import CONFIGS
+
+    folder, written = Path(folder), []
+    for stage, cls in sorted(CONFIGS.items()):
+        write_json(folder / "tiny" / f"{stage}.json", cfgmod.to_dict(cls()))
+        written.append(folder / "tiny" / f"{stage}.json")
+        gpu = folder / "gpu" / f"{stage}.json"
+        if gpu.exists():
+            cfg = cfgmod.from_dict(cls, {**cfgmod.to_dict(cls()), **json.loads(gpu.read_text())})
+            write_json(gpu, cfgmod.to_dict(cfg))
+            written.append(gpu)
+    return written
+
+
+def _cmd_configs(a) -> int:
+    paths = write_presets(a.out)
+    print(f"configs: {len(paths)} presets written under {a.out}/ (tiny/, gpu/)")
+    return 0
+
+
 def _cmd_export(a) -> int:
     from .train.export import export_weights
     m = export_weights(a.run, a.data, a.out)
@@ -65,10 +120,8 @@ def _cmd_export(a) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .infer.engine import DEFAULT_BUDGET_S, PredictConfig, predict
-    cfg = PredictConfig(batch_size=a.batch_size, workers=a.workers, device=a.device,
-                        time_budget=a.time_budget if a.time_budget is not None else DEFAULT_BUDGET_S,
-                        cache_dir=a.cache or "")
+    from .infer.engine import PredictConfig, predict
+    cfg = dataclass_from(PredictConfig, a)
     res = predict(a.data, a.weights, a.out, cfg)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in res["timings"].items())
     print(f"predict: {res['predicted']}/{res['studies']} studies in {res['seconds']:.1f}s on {res['device']} "
@@ -141,17 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lumbar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("synth", help="write a synthetic competition folder")
-    s.add_argument("--out", default="data/synthetic")
-    s.add_argument("--studies", type=int, default=200)
-    s.add_argument("--test-studies", type=int, default=20)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--sag-size", type=int, default=192)
-    s.add_argument("--axial-size", type=int, default=128)
-    s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--profile", choices=["default", "real"], default="default",
-                   help="real: the real data's geometry (512-640 px, angled axial blocks, missing tags, ...)")
-    s.add_argument("--size-scale", type=float, default=1.0, help="real profile: matrix sizes times this")
+    from .data.synth import SynthConfig
+    s = sub.add_parser("synth", help="write a synthetic competition folder (options: SynthConfig's fields)")
+    dataclass_options(s, SynthConfig)
     s.set_defaults(fn=_cmd_synth)
 
     r = sub.add_parser("rehearsal", help="every stage on a real-profile folder: seconds, peak RSS, projections")
@@ -172,9 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run", "--run-dir", dest="run", default="runs/default")
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=42)
-    t.add_argument("--config", default=None, help="JSON file of config values (e.g. configs/multitask_gpu.json)")
+    t.add_argument("--config", default=None, help="a preset (configs/gpu/multitask.json) or any JSON of config values")
     t.add_argument("overrides", nargs="*", help="config overrides, key=value")
     t.set_defaults(fn=_cmd_train)
+
+    cf = sub.add_parser("configs", help="rewrite configs/tiny/ from the config dataclasses, complete configs/gpu/")
+    cf.add_argument("--out", default="configs")
+    cf.set_defaults(fn=_cmd_configs)
 
     e = sub.add_parser("export", help="copy a run's inference artefacts to a weights folder with manifest.json")
     e.add_argument("--run", "--run-dir", dest="run", default="runs/default")
@@ -182,15 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="weights")
     e.set_defaults(fn=_cmd_export)
 
-    pr = sub.add_parser("predict", help="submission.csv for a folder's test studies from a weights folder")
+    from .infer.engine import PredictConfig
+    pr = sub.add_parser("predict", help="submission.csv for a folder's test studies from a weights folder "
+                                        "(options: PredictConfig's fields)")
     pr.add_argument("--data", default="data/synthetic")
     pr.add_argument("--weights", default="weights")
     pr.add_argument("--out", default="submission.csv")
-    pr.add_argument("--time-budget", type=float, default=None, help="seconds (default: 8 hours)")
-    pr.add_argument("--batch-size", type=int, default=8)
-    pr.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding studies")
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--cache", default=None, help="per-study cache folder (default: a temporary one)")
+    dataclass_options(pr, PredictConfig, skip=("fault",))
     pr.set_defaults(fn=_cmd_predict)
 
     dm = sub.add_parser("demo", help="train every stage (reusing what is built), export, build and run the kernel")

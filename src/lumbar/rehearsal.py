@@ -83,7 +83,7 @@ def rehearse(out: str | Path, studies: int = 40, test_studies: int | None = None
     if _cuda():  # one epoch of one fold of each GPU config at real sizes, projected to the full training
         m["gpu_epoch"] = {}
         for stage in ("multitask", "sequence"):
-            cfg_file = Path(__file__).resolve().parents[2] / "configs" / f"{stage}_gpu.json"
+            cfg_file = Path(__file__).resolve().parents[2] / "configs" / "gpu" / f"{stage}.json"
             full_epochs = json.loads(cfg_file.read_text()).get("epochs", 1)
             wall, peak = measured([*py, "train", "--model", stage, "--data", str(data), "--run", str(run),  # after export: fold 0 is retrained
                                    "--config", str(cfg_file), "epochs=1", "only_fold=0", "pretrained=false",

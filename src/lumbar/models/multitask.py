@@ -55,7 +55,7 @@ def fill_missing(probs: np.ndarray, present: np.ndarray, prior: np.ndarray) -> n
 
 @dataclass
 class MultitaskConfig(TrainConfig):
-    # The tiny CPU config (tests, demo); configs/multitask_gpu.json is the real-data one.
+    # The tiny CPU config (tests, demo); configs/gpu/multitask.json is the real-data one.
     epochs: int = 12
     batch_size: int = 8
     backbone: str = "test_efficientnet"

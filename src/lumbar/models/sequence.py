@@ -34,7 +34,7 @@ from .registry import register_model
 
 @dataclass
 class SequenceConfig(TrainConfig):
-    # Tiny CPU config (tests, demo); configs/sequence_gpu.json is the real-data one.
+    # Tiny CPU config (tests, demo); configs/gpu/sequence.json is the real-data one.
     epochs: int = 10
     batch_size: int = 8
     lr: float = 1e-3
