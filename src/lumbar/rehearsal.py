@@ -22,7 +22,13 @@ HIDDEN_TEST = 700
 KAGGLE_WORKERS = 3  # the notebook's input workers on Kaggle's 4 CPUs
 STAGES = ("prior", "slice_select", "crops", "superres", "multitask", "sequence", "ensemble")
 REHEARSAL_EPOCHS = {"superres": 2, "multitask": 2, "sequence": 2}
-FULL_EPOCHS = {"superres": 20, "multitask": 12, "sequence": 10}  # the models' configs (make train)
+
+
+def full_epochs() -> dict[str, int]:
+    """Each rehearsed torch stage's epochs in its config (what `make train` runs)."""
+    from .train.runner import CONFIGS
+
+    return {stage: CONFIGS[stage]().epochs for stage in REHEARSAL_EPOCHS}
 
 _PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
          "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True); "
@@ -114,16 +120,17 @@ def _cuda() -> bool:
 
 def table(m: dict) -> str:
     """The rehearsal as one markdown table, with the projections and their formulas."""
+    full = full_epochs()
     n = m["studies"]
     lines = [f"Real-profile synthetic folder: {n} train + {m['test_studies']} test studies "
              f"(size scale {m['size_scale']}), {m['data_MB_per_study']:.1f} MB of DICOM per study; "
              f"cache {m['cache_MB_per_study']:.1f} MB per study.", "",
              "| stage | seconds | s/study | peak RSS, GB | projected to 1,975 studies |", "|---|---|---|---|---|"]
     for stage, s in m["stages"].items():
-        factor = FULL_EPOCHS.get(stage, 1) / REHEARSAL_EPOCHS.get(stage, 1)
+        factor = full.get(stage, 1) / REHEARSAL_EPOCHS.get(stage, 1)
         proj = s["s_per_study"] * REAL_TRAIN * factor / 3600
-        formula = (f"{s['s_per_study']:.2f} s x 1975 x {factor:.0f} (epochs {FULL_EPOCHS[stage]}/"
-                   f"{REHEARSAL_EPOCHS[stage]})" if stage in FULL_EPOCHS else f"{s['s_per_study']:.2f} s x 1975")
+        formula = (f"{s['s_per_study']:.2f} s x 1975 x {factor:.0f} (epochs {full[stage]}/"
+                   f"{REHEARSAL_EPOCHS[stage]})" if stage in full else f"{s['s_per_study']:.2f} s x 1975")
         lines.append(f"| train {stage} | {s['seconds']:.0f} | {s['s_per_study']:.2f} | {s['peak_rss_gb']:.2f} | "
                      f"{proj:.2f} h = {formula} (CPU) |")
     for stage, g in m.get("gpu_epoch", {}).items():
