@@ -5,6 +5,7 @@
 #      configs (configs/gpu/*.json, pretrained off: no hub) and AMP;
 #   2. inference per study by stage through the engine, fp32 against fp16 autocast.
 # Packages the machine lacks travel as wheels in .whl/ (pydicom, xgboost-cpu; see the README).
+# PROFILE=real SIZE_SCALE=1 writes the real-profile folder instead (the real data's geometry and sizes).
 # LUMBAR_GPU_SMOKE=1 runs the same steps with the tiny CPU configs (a dry run of this script on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ cfg() { [ "$SMOKE" = 1 ] && echo "" || echo "--config configs/gpu/$1.json"; }
 TINY_MT=""; TINY_SEQ=""
 if [ "$SMOKE" = 1 ]; then
   TINY_MT="kp_input=48 patch_sag=16 patch_axial=16 patch_input=32 batch_size=4"
-  TINY_SEQ="n_frames=4 frame_size=32 d_model=32 layers=1 heads=2 batch_size=4 kp_size=32 patch_side=12 patch_input=16"
+  TINY_SEQ="n_frames=5 frame_size=32 d_model=32 layers=1 heads=2 batch_size=4 kp_size=32 patch_side=12 patch_input=16"
 fi
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"; } | tee "$REPORT/gpu.txt"
@@ -42,7 +43,7 @@ stage() {  # name, then the command; one line of timing per stage
 }
 echo "| stage | seconds |" > "$REPORT/stages.md"; echo "|---|---|" >> "$REPORT/stages.md"
 T="$PY -m lumbar train --data $D --run $R --folds 2"
-stage synth $PY -m lumbar synth --out $D --studies $STUDIES --test-studies 16 --workers 8
+stage synth $PY -m lumbar synth --out $D --studies $STUDIES --test-studies ${TEST_STUDIES:-16} --workers 8 --profile ${PROFILE:-default} --size-scale ${SIZE_SCALE:-1}
 stage prior $T --model prior
 stage slice_select $T --model slice_select cache_dir=$C workers=8
 stage crops $T --model crops $(cfg crops) cache_dir=$C
