@@ -4,7 +4,8 @@
 #   1. a small synthetic folder; every stage trained for one epoch per fold (2 folds) with the GPU
 #      configs (configs/gpu/*.json, pretrained off: no hub) and AMP;
 #   2. inference per study by stage through the engine, fp32 against fp16 autocast.
-# Packages the machine lacks travel as wheels in .whl/ (pydicom, xgboost-cpu; see the README).
+# Packages the machine lacks travel as wheels in .whl/ (pydicom, xgboost-cpu >= 3.1 next to a scikit-learn
+# >= 1.6; see docs/benchmarks.md).
 # PROFILE=real SIZE_SCALE=1 writes the real-profile folder instead (the real data's geometry and sizes).
 # LUMBAR_GPU_SMOKE=1 runs the same steps with the tiny CPU configs (a dry run of this script on a CPU).
 set -euo pipefail
