@@ -140,7 +140,7 @@ class Bundle:
             self.dropped.append(f"model {name}: its crops need stage one, which did not load")
             return
         try:
-            cfg = for_inference(cfgmod.from_dict(spec.config, w.config(name)))
+            cfg = for_inference(cfgmod.from_dict(spec.config, w.config(name), strict=False))
         except Exception as e:
             self.dropped.append(f"model {name}: config unreadable ({type(e).__name__}: {e})")
             return
