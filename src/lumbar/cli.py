@@ -120,7 +120,8 @@ def _cmd_export(a) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .infer.engine import PredictConfig, predict
+    from .infer.engine import predict
+    from .infer.settings import PredictConfig
     cfg = dataclass_from(PredictConfig, a)
     res = predict(a.data, a.weights, a.out, cfg)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in res["timings"].items())
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="weights")
     e.set_defaults(fn=_cmd_export)
 
-    from .infer.engine import PredictConfig
+    from .infer.settings import PredictConfig
     pr = sub.add_parser("predict", help="submission.csv for a folder's test studies from a weights folder "
                                         "(options: PredictConfig's fields)")
     pr.add_argument("--data", default="data/synthetic")
