@@ -211,13 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.set_defaults(fn=_cmd_validate)
 
+    from .cv import RunConfig
     t = sub.add_parser("train", help="train one model on every fold, writing OOF predictions")
     t.add_argument("--model", required=True)
     t.add_argument("--data", default="data/synthetic")
     # --run-dir: the same; torchrun's own parser mistakes a bare --run for its --run-path
     t.add_argument("--run", "--run-dir", dest="run", default="runs/default")
-    t.add_argument("--folds", type=int, default=5)
-    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--folds", type=int, default=RunConfig.n_folds)
+    t.add_argument("--seed", type=int, default=RunConfig.seed)
     t.add_argument("--config", default=None, help="a preset (configs/gpu/multitask.json) or any JSON of config values")
     t.add_argument("overrides", nargs="*", help="config overrides, key=value")
     t.set_defaults(fn=_cmd_train)
