@@ -8,6 +8,8 @@ from lumbar.models.multitask import COLUMN_CROP, COLUMN_SOURCE, MultitaskConfig,
 from lumbar.models.registry import create_model, list_models, model_config
 from lumbar.models.sequence import SequenceConfig
 from lumbar.models.superres import ESPCN, downscale
+from lumbar.train.multitask import MultitaskTraining
+from lumbar.train.sequence import SequenceTraining
 
 
 def random_batch(b=2, s=64, sa=48):
@@ -26,8 +28,8 @@ def random_batch(b=2, s=64, sa=48):
             "mask": torch.tensor([[True, True, True], [True, True, False]])}
 
 
-TINY = config.override(MultitaskConfig(), TINY_MULTITASK)  # the tests' one set of tiny configs (conftest)
-SEQ_TINY = config.override(SequenceConfig(), TINY_SEQUENCE)
+TINY = config.override(MultitaskTraining(), TINY_MULTITASK)  # the tests' one set of tiny configs (conftest)
+SEQ_TINY = config.override(SequenceTraining(), TINY_SEQUENCE)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -120,7 +120,8 @@ def _cmd_export(a) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .infer.engine import PredictConfig, predict
+    from .infer.engine import predict
+    from .infer.settings import PredictConfig
     cfg = dataclass_from(PredictConfig, a)
     res = predict(a.data, a.weights, a.out, cfg)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in res["timings"].items())
@@ -210,13 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.set_defaults(fn=_cmd_validate)
 
+    from .cv import RunConfig
     t = sub.add_parser("train", help="train one model on every fold, writing OOF predictions")
     t.add_argument("--model", required=True)
     t.add_argument("--data", default="data/synthetic")
     # --run-dir: the same; torchrun's own parser mistakes a bare --run for its --run-path
     t.add_argument("--run", "--run-dir", dest="run", default="runs/default")
-    t.add_argument("--folds", type=int, default=5)
-    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--folds", type=int, default=RunConfig.n_folds)
+    t.add_argument("--seed", type=int, default=RunConfig.seed)
     t.add_argument("--config", default=None, help="a preset (configs/gpu/multitask.json) or any JSON of config values")
     t.add_argument("overrides", nargs="*", help="config overrides, key=value")
     t.set_defaults(fn=_cmd_train)
@@ -231,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="weights")
     e.set_defaults(fn=_cmd_export)
 
-    from .infer.engine import PredictConfig
+    from .infer.settings import PredictConfig
     pr = sub.add_parser("predict", help="submission.csv for a folder's test studies from a weights folder "
                                         "(options: PredictConfig's fields)")
     pr.add_argument("--data", default="data/synthetic")

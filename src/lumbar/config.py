@@ -81,9 +81,11 @@ def to_dict(cfg) -> dict:
 RETIRED = {"patience"}  # early stopping on the scored fold, removed for honest CV
 
 
-def from_dict(cls: type[T], data: dict) -> T:
+def from_dict(cls: type[T], data: dict, strict: bool = True) -> T:
+    """The dataclass from a dict. strict=False keeps only the class's fields: a network's config read
+    from a file that also holds its training settings (a run's or the weights' config.json)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    data = {k: v for k, v in data.items() if k not in RETIRED or k in names}
+    data = {k: v for k, v in data.items() if (k not in RETIRED and strict) or k in names}
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"unknown keys {sorted(unknown)} for {cls.__name__}")
@@ -98,9 +100,9 @@ def save(cfg, path: str | Path) -> None:
     write_json(path, to_dict(cfg))
 
 
-def load(cls: type[T], path: str | Path) -> T:
+def load(cls: type[T], path: str | Path, strict: bool = True) -> T:
     path = Path(path)
     try:
-        return from_dict(cls, json.loads(path.read_text()))
+        return from_dict(cls, json.loads(path.read_text()), strict)
     except (json.JSONDecodeError, ConfigError, TypeError) as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -1,6 +1,8 @@
 """Study-level folds stratified on label severity; one split per run directory, shared by every model."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,13 @@ from .layout import Run
 
 
 
+
+
+@dataclass
+class RunConfig:
+    """A run's split: how many study-level folds, and the seed that draws them."""
+    n_folds: int = 5
+    seed: int = 42
 
 def severity_strata(y: np.ndarray) -> np.ndarray:
     """A stratum per study from its labels [n, 25] (-1 missing): any severe spinal, then the number of

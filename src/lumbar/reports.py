@@ -167,7 +167,7 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
         studies = [s for s in load_studies(data, "train") if s.has_coords][:n]
     cache = StudyCache(cache_dir, cache_version()) if cache_dir else None
     spec = next((s for s in predictors() if s.points is not None and Run(run).config(s.name).exists()), None)
-    cfg = for_inference(cfgmod.load(spec.config, Run(run).config(spec.name))) if spec else None
+    cfg = for_inference(cfgmod.load(spec.config, Run(run).config(spec.name), strict=False)) if spec else None
     paths = []
     for st in studies:
         with warnings.catch_warnings():

@@ -22,7 +22,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import schema
-from ..config import TrainConfig
 from .losses import class_weighted_ce
 from .registry import register_model
 from .superres import ESPCN
@@ -54,10 +53,9 @@ def fill_missing(probs: np.ndarray, present: np.ndarray, prior: np.ndarray) -> n
 
 
 @dataclass
-class MultitaskConfig(TrainConfig):
-    # The tiny CPU config (tests, demo); configs/gpu/multitask.json is the real-data one.
-    epochs: int = 12
-    batch_size: int = 8
+class MultitaskConfig:
+    """The network (its training settings: train/multitask.py's MultitaskTraining). Defaults are the
+    tiny CPU model of the tests and the demo; configs/gpu/multitask.json is the real-data one."""
     backbone: str = "test_efficientnet"
     pretrained: bool = False  # True downloads timm's weights (needs internet)
     backbone_checkpoint: str = ""  # or a local timm checkpoint file, for machines without internet
@@ -71,9 +69,6 @@ class MultitaskConfig(TrainConfig):
     teacher_forcing: float = 0.5
     kp_weight: float = 2.0
     dropout: float = 0.2
-    augment: bool = True
-    cache_dir: str = "cache"
-    only_fold: int = -1  # >= 0: train that fold alone (a quick look; no OOF file is written)
 
 
 def soft_argmax(heat: torch.Tensor) -> torch.Tensor:

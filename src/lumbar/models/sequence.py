@@ -25,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import schema
-from ..config import TrainConfig
 from ..preprocess.frames import FramesConfig, N_CHANNELS
 from .losses import class_weighted_ce
 from .multitask import cut_patches, soft_argmax
@@ -33,11 +32,9 @@ from .registry import register_model
 
 
 @dataclass
-class SequenceConfig(TrainConfig):
-    # Tiny CPU config (tests, demo); configs/gpu/sequence.json is the real-data one.
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-3
+class SequenceConfig:
+    """The network and the frames it reads (its training settings: train/sequence.py's
+    SequenceTraining). Defaults are the tiny CPU model; configs/gpu/sequence.json is the real-data one."""
     backbone: str = "test_efficientnet"
     pretrained: bool = False
     n_frames: int = 10
@@ -58,9 +55,6 @@ class SequenceConfig(TrainConfig):
     teacher_forcing: float = 0.5  # "patches": training studies whose patches sit on the labelled points
     readout: str = "levels"  # "levels": one query token per level feeds its 5 columns; "cls": one token for all
     dropout: float = 0.1
-    augment: bool = True
-    cache_dir: str = "cache"
-    only_fold: int = -1
 
 
 class SequenceModel(nn.Module):

@@ -14,16 +14,9 @@ from .registry import register_model
 
 @dataclass
 class SuperResConfig:
+    """The network (its training settings: train/superres.py's SuperResTraining)."""
     scale: int = 2
     channels: int = 48
-    patch: int = 32  # high-resolution training patch side
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 3e-3
-    patches_per_image: int = 16
-    max_patches: int = 20000  # patches in memory at most: studies are sampled beyond it (bounded memory)
-    seed: int = 0
-    cache_dir: str = "cache"
 
 
 class ESPCN(nn.Module):

@@ -1,7 +1,7 @@
 """`train --model multitask`: model one on the stage-one crops, and its dataset."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from .. import config as cfgmod
 from .. import schema
+from ..config import TrainConfig
 from ..data.cache import take
 from ..files import write_json
 from ..metric import probs_to_submission, score, solution_frame
@@ -95,9 +96,19 @@ def keypoint_errors(model, dataset, entries, device) -> tuple[np.ndarray, np.nda
     return np.array(errs), np.array(errs_px)
 
 
-@register("multitask", order=40, config=MultitaskConfig)
+@dataclass
+class MultitaskTraining(MultitaskConfig, TrainConfig):
+    """`train --model multitask`'s settings: the network's config composed with the training loop's."""
+    epochs: int = 12
+    batch_size: int = 8
+    augment: bool = True
+    cache_dir: str = "cache"
+    only_fold: int = -1  # >= 0: train that fold alone (a quick look; no OOF file is written)
+
+
+@register("multitask", order=40, config=MultitaskTraining)
 def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
-    cfg = cfgmod.override(MultitaskConfig(), overrides)
+    cfg = cfgmod.override(MultitaskTraining(), overrides)
     sr_cfg = superres_config(run)
     if sr_cfg is not None:  # the frozen super-resolution net is the one `train --model superres` made
         cfg = cfgmod.override(cfg, [f"sr_scale={sr_cfg.scale}", f"sr_channels={sr_cfg.channels}"])

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from .. import config as cfgmod
-from ..cv import ensure_folds
+from ..cv import RunConfig, ensure_folds  # noqa: F401  (RunConfig: the trainers' import point)
 from ..data.cache import atomic_write_text
 from ..layout import Run
 from ..data.catalog import read_labels
@@ -45,12 +45,6 @@ def takes(stage: str, key: str) -> bool:
 def stages() -> list[str]:
     """Every registered stage in the order the data flows (what `train --model all` runs)."""
     return sorted(TRAINERS, key=lambda n: (_ORDER[n], n))
-
-
-@dataclass
-class RunConfig:
-    n_folds: int = 5
-    seed: int = 42
 
 
 @dataclass

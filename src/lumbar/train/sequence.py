@@ -1,7 +1,7 @@
 """`train --model sequence`: frames per series type, the sequence model, the same folds and loop."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .. import config as cfgmod
 from ..metric import probs_to_submission, score, solution_frame
 from ..models.registry import create_model
+from ..config import TrainConfig
 from ..models.sequence import SequenceConfig
 from ..data.cache import CachedEntries, take
 from ..preprocess.frames import FramesConfig, frames_key, study_frames
@@ -55,9 +56,20 @@ class FramesDataset(EpochSeeded, Dataset):
                 "labels": torch.from_numpy(self.labels[i].astype(np.int64))}
 
 
-@register("sequence", order=50, config=SequenceConfig)
+@dataclass
+class SequenceTraining(SequenceConfig, TrainConfig):
+    """`train --model sequence`'s settings: the network's config composed with the training loop's."""
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    augment: bool = True
+    cache_dir: str = "cache"
+    only_fold: int = -1
+
+
+@register("sequence", order=50, config=SequenceTraining)
 def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
-    cfg = cfgmod.override(SequenceConfig(), overrides)
+    cfg = cfgmod.override(SequenceTraining(), overrides)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
     fcfg = FramesConfig.of_model(cfg)
     # axial frames sit at each study's held-out stage-one selection, as the multitask crops do (the

@@ -1,7 +1,7 @@
 """`train --model superres`: the super-resolution net the multitask model uses, on the crops' own slices."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -47,9 +47,22 @@ class _PatchSet(torch.utils.data.Dataset):
         return {"hr": self.patches[i]}
 
 
-@register("superres", order=30, config=SuperResConfig)
+@dataclass
+class SuperResTraining(SuperResConfig):
+    """`train --model superres`'s settings: the network's config and how it is trained."""
+    patch: int = 32  # high-resolution training patch side
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 3e-3
+    patches_per_image: int = 16
+    max_patches: int = 20000  # patches in memory at most: studies are sampled beyond it (bounded memory)
+    seed: int = 0
+    cache_dir: str = "cache"
+
+
+@register("superres", order=30, config=SuperResTraining)
 def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
-    cfg = cfgmod.override(SuperResConfig(), overrides)
+    cfg = cfgmod.override(SuperResTraining(), overrides)
     studies, entries = load_crop_entries(data, run, rc, cfg.cache_dir)
     rng = np.random.default_rng(cfg.seed)
     held = take(entries, [i for i, st in enumerate(studies) if st.fold == 0][:max(1, cfg.max_patches // 16)])
@@ -84,6 +97,6 @@ def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     return report
 
 
-def superres_config(run) -> SuperResConfig | None:
+def superres_config(run) -> SuperResTraining | None:
     path = Run(run).config("superres")
-    return cfgmod.load(SuperResConfig, path) if path.exists() and Run(run).superres_net.exists() else None
+    return cfgmod.load(SuperResTraining, path) if path.exists() and Run(run).superres_net.exists() else None
