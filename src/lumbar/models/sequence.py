@@ -1,6 +1,6 @@
 """Model two: whole series, slice by slice, then a transformer over every frame of the study.
 
-Shapes for a batch of B studies (tiny config, tokens="patches": N = 8 frames of 128², 3 series types):
+Shapes for a batch of B studies (tiny config, tokens="patches": N = 10 frames of 128², 3 series types):
   frames [B, 3, N, 128, 128] -> every frame resized to 64² through one timm feature extractor (shared,
   all frames of all series batched, in_chans=1), stride-8 map [B*3N, C, 8, 8] -> the frame's series
   type's 1x1-conv heatmap head, 5 channels (T2: the canal at each level; T1: the foramen at each level;
