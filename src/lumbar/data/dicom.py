@@ -45,7 +45,7 @@ class Volume:
     normal: np.ndarray  # float64 [3] unit direction the slices are ordered along (CANONICAL's third)
     pixel_spacing: np.ndarray  # float64 [2] (row spacing, column spacing) in mm, of `pixels`
     instance_numbers: np.ndarray  # int64 [n]
-    orientation: np.ndarray  # float64 [6] ImageOrientationPatient of the first block, canonical
+    orientation: np.ndarray  # float64 [6] ImageOrientationPatient of the largest block, canonical
     thickness: float = 0.0
     source: str = ""
     orientations: np.ndarray | None = None  # float64 [n, 6] per slice, canonical
@@ -102,10 +102,11 @@ class Volume:
         r, c = self.orientations[idx, :3], self.orientations[idx, 3:]
         return np.stack([d @ r / self.pixel_spacing[1], d @ c / self.pixel_spacing[0]], 1)
 
-    def neighbours(self, i: int) -> list[int]:
-        """The slice and its neighbours in the same block (the slice itself where there is none)."""
-        n = len(self)
-        return [j if 0 <= j < n and self.blocks[j] == self.blocks[i] else i for j in (i - 1, i, i + 1)]
+    def neighbours(self, i: int, count: int = 3) -> list[int]:
+        """`count` slices centred on slice i, within its block: a crop's three slices, a level's frames
+        (the block's edge slice repeated where there is no neighbour; never another block's slice)."""
+        lo, hi = np.flatnonzero(self.blocks == self.blocks[i])[[0, -1]]
+        return [int(min(max(i + o, lo), hi)) for o in range(-((count - 1) // 2), count // 2 + 1)]
 
     def geometry_only(self) -> "Volume":
         """The same volume without its pixels: a read-only zero broadcast of their shape (no memory),
@@ -322,7 +323,7 @@ def read_series(folder: str | Path, plane: str = "axial") -> Volume:
         order, blocks = np.asarray(order), np.asarray(blocks, np.int64)
     largest = Counter(keys).most_common(1)[0][0]
     return Volume(
-        pixels=np.stack(pixels)[order].astype(np.float32),
+        pixels=np.stack([pixels[i] for i in order]).astype(np.float32, copy=False),  # one copy, in order
         positions=positions[order],
         normal=normal,
         pixel_spacing=spacing,

@@ -101,13 +101,6 @@ def level_counts(n: int) -> list[int]:
     return [n // 5 + (k < n % 5) for k in range(5)]
 
 
-def window(v: Volume, i: int, count: int) -> list[int]:
-    """`count` slices centred on slice i within its block (the block's edge slice repeated)."""
-    offsets = range(-((count - 1) // 2), count // 2 + 1)
-    lo, hi = np.flatnonzero(v.blocks == v.blocks[i])[[0, -1]]
-    return [int(min(max(i + o, lo), hi)) for o in offsets]
-
-
 def axial_level_frames(items: list[tuple[int, Volume]], cfg: FramesConfig, selection: dict, coords=None):
     """(frames [N, S, S], positions [N], points [N, 5, 2]) with each level's frames around its chosen
     axial slice; `selection` maps "axial_<level>" to (series_id, slice index)."""
@@ -115,7 +108,7 @@ def axial_level_frames(items: list[tuple[int, Volume]], cfg: FramesConfig, selec
     frames = np.zeros((n, s, s), np.float32)
     points = np.full((n, N_CHANNELS, 2), np.nan, np.float32)
     positions = np.zeros(n, np.float32)
-    by_id, normed = dict(items), {}
+    by_id = dict(items)
     start = 0
     for k, (lv, count) in enumerate(zip(schema.LEVELS, level_counts(n))):
         sid, idx = selection.get(f"axial_{lv}", (None, -1))
@@ -123,11 +116,10 @@ def axial_level_frames(items: list[tuple[int, Volume]], cfg: FramesConfig, selec
             start += count
             continue
         v = by_id[sid]
-        if sid not in normed:
-            normed[sid] = normalised(v)
-        idxs = window(v, idx, count)
-        box = spine_box(normed[sid][idx], False, cfg.axial_box)
-        frames[start:start + count] = crop_resize(normed[sid][idxs], box, s)
+        px = normalised(v)
+        idxs = v.neighbours(idx, count)
+        box = spine_box(px[idx], False, cfg.axial_box)
+        frames[start:start + count] = crop_resize(px[idxs], box, s)
         positions[start:start + count] = (k + np.arange(count) / count) / 5
         points[start:start + count] = frame_points(coords, schema.AXIAL, sid, v, np.array(idxs), box, s)
         start += count

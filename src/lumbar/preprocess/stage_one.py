@@ -193,15 +193,12 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
     from_image = np.zeros(n, bool)
     mm_per_px = np.zeros(n, np.float32)
     by_id = {sid: v for items in vols.values() for sid, v in items}
-    normed: dict[int, np.ndarray] = {}
     for i, name in enumerate(CROP_NAMES):
         if name not in selection or selection[name][0] not in by_id:
             continue
         sid, idx = selection[name]
         v = by_id[sid]
-        if sid not in normed:
-            normed[sid] = normalised(v)
-        px = normed[sid]
+        px = normalised(v)  # once per volume, however many crops read it
         size = cfg.sag_size if i < 3 else cfg.axial_size
         box, from_image[i] = regions.box(name, px[idx])
         img = crop_resize(px[v.neighbours(idx)], box, size)
