@@ -177,3 +177,22 @@ def test_a_worker_killed_for_memory_costs_its_study_only(trained_weights, synth_
     assert res["predicted"] == 3 and list(res["failures"]) == [study]
     assert "worker died (exit code" in res["failures"][study][0]
     assert any(f"worker: study {study}: worker died" in line for line in res["log"])
+
+
+def test_models_reading_the_same_input_share_one_preparation(synth_dir):
+    """Two models that read frames with the same settings get the one array built for the study; a
+    model with other settings gets its own."""
+    from lumbar.data.cache import StudyCache
+    from lumbar.data.catalog import load_studies
+    from lumbar.infer.inputs import StudyInputs
+    from lumbar.preprocess.frames import FramesConfig
+
+    small, large = FramesConfig(n_frames=5, size=16), FramesConfig(n_frames=5, size=24)
+    prepare = StudyInputs(None, None, None, {"a": ("frames", small), "b": ("frames", FramesConfig(n_frames=5, size=16)),
+                                             "c": ("frames", large)}, StudyCache(None, "x"))
+    study = load_studies(synth_dir, "test")[0]
+    item = prepare((study, frozenset({"a", "b", "c"})))
+    assert not item["errors"]
+    got = item["inputs"]
+    assert got["a"] is got["b"]
+    assert got["c"] is not got["a"] and got["c"]["frames"].shape[-1] == 24 and got["a"]["frames"].shape[-1] == 16

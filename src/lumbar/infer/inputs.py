@@ -64,13 +64,17 @@ class StudyInputs:
                 selection.append(select_slices(st, self.selector, self.cache, vols))
             return selection[0]
 
+        built: dict[str, dict] = {}  # models that read the same input with the same settings share it
         for name in sorted(need, key=lambda m: self.wanted.get(m, ("",))[0]):  # crops first: they select
             if name not in self.wanted:
                 continue
             kind, settings = self.wanted[name]
+            same = f"{kind} {settings!r}"
             t = time.perf_counter()
             try:
-                if kind == "crops":
+                if same in built:
+                    item["inputs"][name] = built[same]
+                elif kind == "crops":
                     if self.regions is None:
                         continue
                     item["inputs"][name] = preprocess_study(st, self.selector, "", self.regions, self.pcfg,
@@ -78,6 +82,7 @@ class StudyInputs:
                 else:
                     axial_levels = getattr(settings, "axial", "") == "levels" and self.selector is not None
                     item["inputs"][name] = build_frames(vols, settings, selection=selected() if axial_levels else None)
+                built[same] = item["inputs"][name]
             except Exception as e:
                 item["errors"].append(f"{name}: {type(e).__name__}: {e}")
             item["seconds"][name] = time.perf_counter() - t
