@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..files import atomic_path, write_text
+from ..files import atomic_path
 
 
 def config_hash(*parts) -> str:
@@ -28,8 +28,6 @@ def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
-
-atomic_write_text = write_text  # the name the cache's callers know
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import schema
-from ..data.cache import atomic_write_text
+from ..files import write_json
 from ..metric import EPS
 
 GROUP_COLUMNS = schema.GROUP_COLUMNS
@@ -56,7 +56,7 @@ class Ensemble:
         return out.astype(np.float32)
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(asdict(self), indent=1))
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> "Ensemble":

@@ -13,8 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..data.cache import atomic_write_text
-from ..files import atomic_path
+from ..files import atomic_path, write_json
 from ..layout import Run, WeightsLayout
 from ..infer.weights import MANIFEST, MANIFEST_VERSION, WeightsError, library_versions, sha256
 from ..models.registry import predictors
@@ -99,11 +98,10 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
     manifest = {"format": MANIFEST_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "data_fingerprint": data_fingerprint(data), "libraries": library_versions(),
                 "models": models, "artefacts": entries}
-    atomic_write_text(out / W.MANIFEST, json.dumps(manifest, indent=1))
+    write_json(out / W.MANIFEST, manifest)
     user = os.environ.get("KAGGLE_USERNAME", "YOUR_KAGGLE_USERNAME")
-    atomic_write_text(out / W.METADATA, json.dumps(
-        {"title": "lumbar-weights", "id": dataset_id or f"{user}/lumbar-weights", "licenses": [{"name": "CC0-1.0"}]},
-        indent=1))
+    write_json(out / W.METADATA, {"title": "lumbar-weights", "id": dataset_id or f"{user}/lumbar-weights",
+                                  "licenses": [{"name": "CC0-1.0"}]})
     return manifest
 
 

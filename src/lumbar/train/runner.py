@@ -1,7 +1,6 @@
 """`python -m lumbar train --model NAME`: a registry of trainers, each writing OOF predictions."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -10,7 +9,7 @@ import numpy as np
 
 from .. import config as cfgmod
 from ..cv import RunConfig, ensure_folds  # noqa: F401  (RunConfig: the trainers' import point)
-from ..data.cache import atomic_write_text
+from ..files import write_json
 from ..layout import Run
 from ..data.catalog import read_labels
 from ..metric import labels_to_array
@@ -86,7 +85,7 @@ def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = 
         raise ValueError(f"unknown model {model!r}; known: all, {', '.join(stages())}")
     result = TRAINERS[model](data, run, rc or RunConfig(), overrides or [])
     if result:  # ranks other than the main one of a distributed run return nothing
-        atomic_write_text(Run(run).done(model), json.dumps(result, indent=1, default=str))
+        write_json(Run(run).done(model), result)
     return result
 
 
