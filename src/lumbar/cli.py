@@ -9,13 +9,16 @@ import time
 from pathlib import Path
 
 
-def _bool(value: str) -> bool:
-    low = value.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{value!r}: expected true or false")
+def _typed(typ: type, key: str):
+    """An argparse type that parses like `key=value` overrides do (config.coerce)."""
+    from .config import ConfigError, coerce
+
+    def parse(value: str):
+        try:
+            return coerce(value, typ, key)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
 
 
 def dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
@@ -27,7 +30,7 @@ def dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[st
         if f.name in skip or typ not in (bool, int, float, str):
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        parser.add_argument("--" + f.name.replace("_", "-"), type=_bool if typ is bool else typ, default=default,
+        parser.add_argument("--" + f.name.replace("_", "-"), type=_typed(typ, f.name), default=default,
                             help=f"(default: {default})")
 
 

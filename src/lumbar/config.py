@@ -31,7 +31,9 @@ class TrainConfig:
     device: str = "auto"
 
 
-def _coerce(value: str, typ: Any, key: str):
+def coerce(value: str, typ: Any, key: str):
+    """A command-line string as the field type `typ` (bool, int, float, str, lists, optionals); a
+    ConfigError naming `key` when it is not one."""
     origin = typing.get_origin(typ)
     if typ is bool:
         low = value.lower()
@@ -48,13 +50,13 @@ def _coerce(value: str, typ: Any, key: str):
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(typ) or (str,)
         items = [v for v in value.split(",") if v != ""]
-        out = [_coerce(v, inner, key) for v in items]
+        out = [coerce(v, inner, key) for v in items]
         return tuple(out) if origin is tuple else out
     if origin is typing.Union or origin is getattr(types, "UnionType", None):  # Optional[X], X | None
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value.lower() in ("none", "null"):
             return None
-        return _coerce(value, args[0], key)
+        return coerce(value, args[0], key)
     return json.loads(value)
 
 
@@ -69,7 +71,7 @@ def override(cfg: T, items: list[str]) -> T:
         if key not in hints:
             known = ", ".join(f.name for f in dataclasses.fields(cfg))
             raise ConfigError(f"unknown config key {key!r} for {type(cfg).__name__}; known: {known}")
-        changes[key] = _coerce(value, hints[key], key)
+        changes[key] = coerce(value, hints[key], key)
     return dataclasses.replace(cfg, **changes)
 
 
