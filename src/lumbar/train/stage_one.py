@@ -110,7 +110,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     full = SliceSelector(seed=cfg.seed).fit(X, Y, cfg.members)
     out = Run(run).stage("slice_select")
     full.save(Run(run).selector)
-    cfgmod.save(cfg, Run(run).config(out.name))
+    cfgmod.save(cfg, Run(run).config("slice_select"))
     write_json(Run(run).oof_selection, {str(s): {n: list(v) for n, v in sel.items()} for s, sel in oof.items()},
                indent=None)
     report = selection_report(pd.DataFrame(records))
@@ -182,7 +182,7 @@ def train_crops(data, run, rc: RunConfig, overrides: list[str]) -> dict:
             keys[st.study_id] = k
             records += containment(st, entry, pcfg)
     CropRegions.fit([s for st in studies for s in samples[st.study_id]], cfg.margin).save(Run(run).regions())
-    cfgmod.save(cfg, Run(run).config(out.name))
+    cfgmod.save(cfg, Run(run).config("crops"))
     rec = pd.DataFrame(records)
     rep = rec.groupby("crop")["inside"].agg(["mean", "size"]) if len(rec) else pd.DataFrame()
     rep.to_csv(out / "containment.csv")
