@@ -51,10 +51,24 @@ WEIGHTS ?= weights
 KERNEL ?= kernel
 SUBMISSION ?= submission.csv
 
-# Every stage (MODEL=all), then the run's artefacts into $(WEIGHTS) with manifest.json.
-# More GPUs: torchrun --nproc_per_node=N -m lumbar train --model multitask --run-dir $(RUN) ...
+# Every stage (MODEL=all) with its configs/$(PRESET)/<stage>.json where there is one, then the run's
+# artefacts into $(WEIGHTS) with manifest.json. PRESET=tiny: the CPU configs (tests, demo); PRESET=gpu: the
+# real-data configs, which need CUDA (DEVICE=cpu runs them on the CPU on purpose). MODEL=name trains one
+# stage and takes ARGS="key=value ...". More GPUs: torchrun --nproc_per_node=N -m lumbar train --model
+# multitask --run-dir $(RUN) --config configs/gpu/multitask.json ...
+PRESET ?= tiny
+PRESET_DIR ?= configs/$(PRESET)
+DEVICE ?=
+# The stages in the order the data flows (a test keeps this list equal to the trainers' registry).
+STAGES := prior slice_select crops superres multitask sequence ensemble
+TRAIN_STAGES := $(if $(filter all,$(MODEL)),$(STAGES),$(MODEL))
+define train_stage
+	$(PY) -m lumbar train --model $(1) --data $(DATA) --run $(RUN)$(if $(wildcard $(PRESET_DIR)/$(1).json), --config $(PRESET_DIR)/$(1).json)$(if $(DEVICE), --device $(DEVICE))$(if $(filter all,$(MODEL)),, $(ARGS))
+
+endef
 train: data
-	$(PY) -m lumbar train --model $(MODEL) --data $(DATA) --run $(RUN) $(ARGS)
+	$(PY) -m lumbar preset $(PRESET_DIR)$(if $(DEVICE), --device $(DEVICE))
+	$(foreach s,$(TRAIN_STAGES),$(call train_stage,$(s)))
 	$(PY) -m lumbar export --run $(RUN) --data $(DATA) --out $(WEIGHTS)
 
 export: setup
@@ -63,9 +77,11 @@ export: setup
 predict: setup
 	$(PY) -m lumbar predict --data $(DATA) --weights $(WEIGHTS) --out $(SUBMISSION) $(ARGS)
 
-# One offline notebook + kernel-metadata.json in $(KERNEL)/; upload: kaggle kernels push -p $(KERNEL)
+# One offline notebook + kernel-metadata.json in $(KERNEL)/; upload: kaggle kernels push -p $(KERNEL).
+# The weights dataset's id: DATASET=user/name, else $KAGGLE_USERNAME or ~/.kaggle/kaggle.json, else asked for.
+DATASET ?=
 kernel: setup
-	$(PY) build_kernel.py --weights $(WEIGHTS) --out $(KERNEL)
+	$(PY) build_kernel.py --weights $(WEIGHTS) --out $(KERNEL)$(if $(DATASET), --dataset $(DATASET))
 
 # The multitask model's stage one: slice selector, then crops (both write into $(RUN)).
 train-stage-one: data

@@ -35,10 +35,21 @@ def test_load_test_studies_with_folds(synth_dir):
     assert all(s.labels is None for s in studies)
 
 
+def _strip_description(folder):
+    """Removes SeriesDescription from every file of a series folder (a series whose files name nothing)."""
+    import pydicom
+
+    for f in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(str(f))
+        del ds.SeriesDescription
+        ds.save_as(str(f))
+
+
 def test_unknown_description_and_missing_folder_are_skipped_with_warning(synth_copy):
     path = synth_copy / "test_series_descriptions.csv"
     frame = pd.read_csv(path)
     frame.loc[0, "series_description"] = "Coronal T2"
+    _strip_description(synth_copy / "test_images" / str(frame.study_id[0]) / str(frame.series_id[0]))
     shutil.rmtree(synth_copy / "test_images" / str(frame.study_id[1]) / str(frame.series_id[1]))
     frame.to_csv(path, index=False)
     with pytest.warns(UserWarning) as record:
@@ -46,8 +57,38 @@ def test_unknown_description_and_missing_folder_are_skipped_with_warning(synth_c
     text = " ".join(str(w.message) for w in record)
     assert "Coronal T2" in text and "does not exist" in text
     assert len(studies) == 3
+    first = next(s for s in studies if s.study_id == frame.study_id[0])
+    assert int(frame.series_id[0]) not in {r.series_id for rs in first.series.values() for r in rs}
+    frame = frame.drop(index=1)  # the missing folder's row gone: the unknown description is the first problem
+    frame.to_csv(path, index=False)
     with pytest.raises(CatalogError, match="Coronal T2"):
         load_studies(synth_copy, "test", strict=True)
+
+
+def test_series_types_come_from_the_files_where_the_csv_is_wrong(synth_copy):
+    from lumbar.data.catalog import series_type
+
+    path = synth_copy / "test_series_descriptions.csv"
+    right = pd.read_csv(path)
+    truth = {(int(r.study_id), int(r.series_id)): r.series_description for r in right.itertuples()}
+    swapped = right.copy()
+    swap = {schema.SAG_T1: schema.SAG_T2, schema.SAG_T2: schema.SAG_T1}
+    swapped["series_description"] = [swap.get(d, d) for d in swapped.series_description]
+    assert (swapped.series_description != right.series_description).any()
+    unknown = swapped.index[swapped.series_description == schema.AXIAL][0]
+    swapped.loc[unknown, "series_description"] = "AX T2 FSE"  # a scanner's own wording: still typed
+    dropped = swapped.index[swapped.series_description == schema.SAG_T2][0]
+    gone = (int(swapped.study_id[dropped]), int(swapped.series_id[dropped]))
+    swapped.drop(index=dropped).to_csv(path, index=False)  # a series folder the CSV does not list
+    with pytest.warns(UserWarning) as record:
+        studies = load_studies(synth_copy, "test")
+    text = " ".join(str(w.message) for w in record)
+    assert "the files win" in text and f"series {gone[1]} is not in the CSV" in text
+    got = {(s.study_id, r.series_id): stype for s in studies for stype, rs in s.series.items() for r in rs}
+    assert got == truth
+    assert series_type("SAG T2 STIR") == schema.SAG_T2 and series_type("sag_t1") == schema.SAG_T1
+    assert series_type("Axial T2") == schema.AXIAL and series_type("Coronal T2") is None
+    assert series_type("localizer") is None
 
 
 def test_validate_reports_every_problem_with_file_and_line(synth_copy):

@@ -57,32 +57,25 @@ def _cmd_validate(a) -> int:
     return 1 if problems else 0
 
 
-def config_file_overrides(path: str) -> list[str]:
-    """A JSON config file as key=value overrides (lists joined by commas), applied before the command line's."""
-    import json
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable JSON config ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file holds one JSON object")
-    out = []
-    for k, v in data.items():
-        if isinstance(v, (list, tuple)):
-            v = ",".join(str(x) for x in v)
-        elif isinstance(v, bool):
-            v = "true" if v else "false"
-        out.append(f"{k}={v}")
-    return out
-
-
 def _cmd_train(a) -> int:
     from .train.runner import RunConfig, train
     t = time.time()
-    overrides = (config_file_overrides(a.config) if a.config else []) + a.overrides
+    from .config import file_overrides
+    overrides = (file_overrides(a.config) if a.config else []) + a.overrides
+    if a.device:
+        from .train.runner import takes
+        if takes(a.model, "device"):  # stage one, the prior and the ensemble have no device
+            overrides.append(f"device={a.device}")
     result = train(a.model, a.data, a.run, RunConfig(n_folds=a.folds, seed=a.seed), overrides)
     print(f"train {a.model}: done in {time.time() - t:.0f}s; " + ", ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+def _cmd_preset(a) -> int:
+    """Which preset `make train` uses, and whether this machine can run it (before any stage starts)."""
+    from .train.preset import check_preset
+    for line in check_preset(a.dir, a.device):
+        print(f"train: {line}")
     return 0
 
 
@@ -101,10 +94,10 @@ def write_presets(folder: str | Path = "configs") -> list[Path]:
         write_json(folder / "tiny" / f"{stage}.json", cfgmod.to_dict(cls()))
         written.append(folder / "tiny" / f"{stage}.json")
         gpu = folder / "gpu" / f"{stage}.json"
-        if gpu.exists():
-            cfg = cfgmod.from_dict(cls, {**cfgmod.to_dict(cls()), **json.loads(gpu.read_text())})
-            write_json(gpu, cfgmod.to_dict(cfg))
-            written.append(gpu)
+        own = json.loads(gpu.read_text()) if gpu.exists() else {}
+        cfg = cfgmod.from_dict(cls, {**cfgmod.to_dict(cls()), **own})
+        write_json(gpu, cfgmod.to_dict(cfg))
+        written.append(gpu)
     return written
 
 
@@ -223,8 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--folds", type=int, default=RunConfig.n_folds)
     t.add_argument("--seed", type=int, default=RunConfig.seed)
     t.add_argument("--config", default=None, help="a preset (configs/gpu/multitask.json) or any JSON of config values")
+    t.add_argument("--device", default="", help="the device of a torch stage (cpu, cuda, auto), over the config's; "
+                                                "ignored by stages without one")
     t.add_argument("overrides", nargs="*", help="config overrides, key=value")
     t.set_defaults(fn=_cmd_train)
+
+    ps = sub.add_parser("preset", help="say which preset `make train` uses and check this machine can run it")
+    ps.add_argument("dir", help="a preset folder: configs/tiny, configs/gpu or one of your own")
+    ps.add_argument("--device", default="", help="the device override `make train DEVICE=...` passes")
+    ps.set_defaults(fn=_cmd_preset)
 
     cf = sub.add_parser("configs", help="rewrite configs/tiny/ from the config dataclasses, complete configs/gpu/")
     cf.add_argument("--out", default="configs")

@@ -28,7 +28,7 @@ class TrainConfig:
     ema: float = 0.0  # decay; 0 turns EMA off
     num_workers: int = 0
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # "cuda" (the GPU presets) fails clearly without a working GPU; "cpu" on purpose
 
 
 def coerce(value: str, typ: Any, key: str):
@@ -73,6 +73,24 @@ def override(cfg: T, items: list[str]) -> T:
             raise ConfigError(f"unknown config key {key!r} for {type(cfg).__name__}; known: {known}")
         changes[key] = coerce(value, hints[key], key)
     return dataclasses.replace(cfg, **changes)
+
+
+def file_overrides(path: str) -> list[str]:
+    """A JSON config file as key=value overrides (lists joined by commas), applied before the command line's."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON config ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file holds one JSON object")
+    out = []
+    for k, v in data.items():
+        if isinstance(v, (list, tuple)):
+            v = ",".join(str(x) for x in v)
+        elif isinstance(v, bool):
+            v = "true" if v else "false"
+        out.append(f"{k}={v}")
+    return out
 
 
 def to_dict(cfg) -> dict:

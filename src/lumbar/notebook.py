@@ -26,6 +26,7 @@ PKG = Path(__file__).resolve().parent
 ROOT = PKG.parents[1]  # the repository (for the commit recorded in the notebook)
 ENTRY = "lumbar.infer.engine"
 COMPETITION = "rsna-2024-lumbar-spine-degenerative-classification"
+MACHINE_SHAPE = "NvidiaTeslaT4"  # kernel-metadata.json: the 2 x T4 machine
 KAGGLE_MODULES = {"torch", "timm", "pydicom", "numpy", "pandas", "skimage", "sklearn", "xgboost", "cv2", "scipy",
                   "tqdm", "PIL", "matplotlib"}  # what Kaggle's image has; the kernel installs nothing
 
@@ -237,7 +238,34 @@ finally:
 '''
 
 
-def build(weights: Path, out: Path) -> Path:
+def dataset_id(weights: Path, given: str = "", ask: bool | None = None) -> str:
+    """The weights dataset's Kaggle id: `given`, the weights' dataset-metadata.json unless it holds the
+    placeholder, the Kaggle user name where it is known, or asked for on a terminal. When it becomes
+    known here, the weights folder's dataset-metadata.json is corrected too (the dataset is created
+    from it). Otherwise the placeholder stays, with a warning saying how to set it."""
+    from .train.export import PLACEHOLDER_USER, kaggle_user
+
+    meta_path = weights / "dataset-metadata.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    found = given or (meta.get("id") if PLACEHOLDER_USER not in meta.get("id", PLACEHOLDER_USER) else "")
+    if not found and kaggle_user():
+        found = f"{kaggle_user()}/lumbar-weights"
+    if not found and (sys.stdin.isatty() if ask is None else ask):
+        user = input("Kaggle user name (the weights dataset is <user>/lumbar-weights): ").strip()
+        found = f"{user}/lumbar-weights" if user else ""
+    if not found:
+        print(f"build_kernel: WARNING: the weights dataset id is unknown ({PLACEHOLDER_USER}/lumbar-weights); set "
+              "KAGGLE_USERNAME (or ~/.kaggle/kaggle.json) or pass DATASET=user/name, then build again",
+              file=sys.stderr)
+        return f"{PLACEHOLDER_USER}/lumbar-weights"
+    if "/" not in found:
+        raise BuildError(f"dataset id {found!r}: expected <user>/<dataset>")
+    if meta and meta.get("id") != found:
+        write_json(meta_path, {**meta, "id": found})
+    return found
+
+
+def build(weights: Path, out: Path, dataset: str = "") -> Path:
     weights, out = Path(weights), Path(out)
     manifest = weights / "manifest.json"
     if not manifest.exists():
@@ -281,14 +309,14 @@ def build(weights: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "lumbar-inference.ipynb"
     write_json(path, nb)
-    dataset = "YOUR_KAGGLE_USERNAME/lumbar-weights"
-    if (weights / "dataset-metadata.json").exists():
-        dataset = json.loads((weights / "dataset-metadata.json").read_text()).get("id", dataset)
+    dataset = dataset_id(weights, dataset)
     user = dataset.split("/")[0]
+    # The T4 machine (2 x 16 GB): without a machine shape Kaggle may give a P100, which current torch
+    # builds no longer run (the notebook would then predict on the CPU after its smoke test).
     meta = {"id": f"{user}/lumbar-inference", "title": "lumbar-inference", "code_file": path.name,
             "language": "python", "kernel_type": "notebook", "is_private": True, "enable_gpu": True,
-            "enable_internet": False, "dataset_sources": [dataset], "competition_sources": [COMPETITION],
-            "kernel_sources": []}
+            "enable_tpu": False, "machine_shape": MACHINE_SHAPE, "enable_internet": False,
+            "dataset_sources": [dataset], "competition_sources": [COMPETITION], "kernel_sources": []}
     write_json(out / "kernel-metadata.json", meta)
     return path
 
@@ -297,9 +325,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default="weights")
     p.add_argument("--out", default="kernel")
+    p.add_argument("--dataset", default="", help="the weights dataset's Kaggle id, user/name (default: from "
+                                                 "weights/dataset-metadata.json or $KAGGLE_USERNAME)")
     a = p.parse_args(argv)
     try:
-        path = build(Path(a.weights), Path(a.out))
+        path = build(Path(a.weights), Path(a.out), a.dataset)
     except BuildError as e:
         print(f"build_kernel: {e}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from .. import config as cfgmod
 from .. import schema
 from ..data.cache import StudyCache
 from ..data.catalog import SAMPLE_CSV, read_csv, find_root, load_studies
-from ..devices import pick_device
+from ..devices import FAULT as DEVICE_FAULT, inference_devices
 from ..layout import WeightsLayout as W
 from ..models.prior import load_prior
 from ..models.registry import ModelSpec, create_model, for_inference, get_spec, predictors
@@ -69,8 +69,9 @@ class Bundle:
     from another library version, a missing fold file) is dropped, listed in `dropped` with the
     reason, and the rest predicts."""
 
-    def __init__(self, weights: Weights, device: torch.device, prior: np.ndarray):
-        self.weights, self.prior = weights, prior
+    def __init__(self, weights: Weights, devices: list[torch.device], prior: np.ndarray):
+        self.weights, self.prior, self.devices = weights, prior, list(devices)
+        self.placed = 0  # folds placed so far: fold i of the bundle goes to devices[i % len(devices)]
         self.dropped: list[str] = []
         self.selector: SliceSelector | None = None
         self.regions: CropRegions | None = None
@@ -79,7 +80,7 @@ class Bundle:
         self.models: dict[str, dict[int, torch.nn.Module]] = {}
         self.configs: dict = {}
         for spec in predictors():
-            self._load_model(spec, device)
+            self._load_model(spec)
         self.ensemble = None
         if weights.has(W.ENSEMBLE):
             try:
@@ -113,7 +114,7 @@ class Bundle:
             self.regions = self.pcfg = None
             self.dropped.append(f"crop regions ({type(e).__name__}: {e}); models that read crops cannot run")
 
-    def _load_model(self, spec: ModelSpec, device: torch.device) -> None:
+    def _load_model(self, spec: ModelSpec) -> None:
         w, name = self.weights, spec.name
         folds = sorted((a["fold"], rel) for rel, a in w.artefacts.items() if a["kind"] == name)
         if not folds:
@@ -131,7 +132,9 @@ class Bundle:
             try:
                 net = create_model(name, cfg)
                 net.load_state_dict(torch.load(w.file(rel), map_location="cpu", weights_only=True))
-                nets[k] = net.to(device).eval()
+                # Folds round-robin over the devices: on two GPUs both compute at once (see _models_on).
+                nets[k] = net.to(self.devices[self.placed % len(self.devices)]).eval()
+                self.placed += 1
             except Exception as e:
                 self.dropped.append(f"{name} fold {k}: {w.folder / rel} does not load ({type(e).__name__}: "
                                     f"{str(e)[:300]})")
@@ -212,8 +215,9 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
         for p in problems:
             _say(cfg, f"version difference: {p}")
 
-    device = pick_device(cfg.device)
-    bundle = Bundle(w, device, prior) if w is not None else None
+    devices, why = inference_devices(cfg.device, fault=cfg.fault == DEVICE_FAULT)
+    _say(cfg, f"device: {why}")
+    bundle = Bundle(w, devices, prior) if w is not None else None
     if bundle is not None:
         for d in bundle.dropped:
             _say(cfg, f"dropped: {d}")
@@ -222,7 +226,8 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     folds = {m: sorted(nets) for m, nets in bundle.models.items()} if bundle else {}
     plan = Plan(folds, cfg.time_budget, len(studies), cfg.workers, weight_of=bundle.model_weight if bundle else
                 (lambda m: 1.0), start=start)
-    _say(cfg, f"models {', '.join(f'{m} x{len(v)} folds' for m, v in folds.items()) or 'none'} on {device}"
+    _say(cfg, f"models {', '.join(f'{m} x{len(v)} folds' for m, v in folds.items()) or 'none'} on "
+              f"{', '.join(str(d) for d in devices)}"
          + ("" if bundle is None or bundle.ensemble else "; no ensemble weights (models averaged)"))
     tmp = tempfile.TemporaryDirectory(prefix="lumbar-cache-") if not cfg.cache_dir else None
     cache = StudyCache(cfg.cache_dir or tmp.name, cache_version())
@@ -232,7 +237,7 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     done = [0]
     try:
         if bundle is not None and plan.models() and studies:
-            _run(studies, bundle, plan, cache, cfg, device, probs, timings, failures, done,
+            _run(studies, bundle, plan, cache, cfg, probs, timings, failures, done,
                  lambda: write_atomic(submission_frame(row_ids, probs, prior), out))
     finally:
         write_atomic(submission_frame(row_ids, probs, prior), out)
@@ -242,12 +247,12 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     _say(cfg, f"{done[0]}/{len(studies)} studies predicted in {elapsed:.1f}s; {len(failures)} with errors; "
          f"{len(studies) - len(probs)} on priors; wrote {out}")
     return {"studies": len(studies), "predicted": done[0], "failed": len(failures), "seconds": elapsed,
-            "timings": dict(timings), "failures": failures, "log": list(cfg.log), "device": str(device),
+            "timings": dict(timings), "failures": failures, "log": list(cfg.log), "device": ",".join(map(str, devices)),
             "active": {m: list(ks) for m, ks in plan.active.items()},
             "dropped": list(bundle.dropped) if bundle else ["weights"]}
 
 
-def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device, probs, timings, failures, done,
+def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, timings, failures, done,
          write) -> None:
     from tqdm import tqdm
 
@@ -269,7 +274,6 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
         i = next(order, None)
         return None if i is None else (i, (studies[i], frozenset(plan.models())))
 
-    amp = device.type == "cuda" and cfg.amp
     bar = tqdm(total=len(studies), desc="predict", file=sys.stderr)
     batch: list[dict] = []
 
@@ -285,7 +289,7 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
             if it["errors"]:
                 failures[it["study_id"]] = list(it["errors"])
         fold_seconds: dict = {}
-        per_model = _models_on(batch, bundle, plan, device, amp, timings, failures, cfg, fold_seconds)
+        per_model = _models_on(batch, bundle, plan, timings, failures, cfg, fold_seconds)
         for i, it in enumerate(batch):
             got = {m: p[i] for m, p in per_model.items() if p[i] is not None}
             if got:
@@ -323,8 +327,11 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, device,
             _say(cfg, f"worker: study {studies[i].study_id}: {event}")
 
 
-def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, failures, cfg, fold_seconds) -> dict:
-    """Per active model, a list (one per item) of fold-averaged [25, 3] probabilities or None."""
+def _models_on(items, bundle: Bundle, plan: Plan, timings, failures, cfg, fold_seconds) -> dict:
+    """Per active model, a list (one per item) of fold-averaged [25, 3] probabilities or None.
+
+    Every fold is launched before any result is read back: CUDA launches return at once, so folds
+    placed on two GPUs compute at the same time, and `.cpu()` afterwards waits for each."""
     out = {}
     for name in sorted(plan.models()):
         spec = get_spec(name)
@@ -338,14 +345,23 @@ def _models_on(items, bundle: Bundle, plan: Plan, device, amp: bool, timings, fa
         acc = np.zeros((len(idx), 25, 3), np.float64)
         folds = list(plan.active[name])  # never empty: plan.models() holds only models with folds left
         try:
-            batch = _batch(entries, spec.batch_keys, device)
+            t = time.perf_counter()
+            batches: dict = {}
+            pending = []
             for k in folds:
-                t = time.perf_counter()
-                with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                    acc += bundle.models[name][k](batch)["probs"].float().cpu().numpy()  # .cpu() waits for the GPU
-                dt = time.perf_counter() - t
-                timings[f"model {name}"] += dt
-                fold_seconds[(name, k)] = dt  # per batch: studies without this model's inputs cost nothing
+                net = bundle.models[name][k]
+                dev = next(net.parameters()).device
+                if dev not in batches:
+                    batches[dev] = _batch(entries, spec.batch_keys, dev)
+                with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.float16,
+                                                     enabled=cfg.amp and dev.type == "cuda"):
+                    pending.append(net(batches[dev])["probs"])
+            for p in pending:
+                acc += p.float().cpu().numpy()  # .cpu() waits for that fold's GPU
+            dt = time.perf_counter() - t
+            timings[f"model {name}"] += dt
+            for k in folds:  # per batch, shared evenly: folds on two GPUs overlap
+                fold_seconds[(name, k)] = dt / len(folds)
         except Exception as e:
             for i in idx:
                 failures.setdefault(items[i]["study_id"], []).append(f"{name}: {type(e).__name__}: {e}")

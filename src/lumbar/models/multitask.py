@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import schema
+from .backbones import create_backbone
 from .losses import class_weighted_ce
 from .registry import register_model
 from .superres import ESPCN
@@ -58,7 +59,7 @@ class MultitaskConfig:
     tiny CPU model of the tests and the demo; configs/gpu/multitask.json is the real-data one."""
     backbone: str = "test_efficientnet"
     pretrained: bool = False  # True downloads timm's weights (needs internet)
-    backbone_checkpoint: str = ""  # or a local timm checkpoint file, for machines without internet
+    backbone_checkpoint: str = ""  # or a local file / folder of them (models/backbones.py), offline
     kp_input: int = 96
     kp_level: int = 2  # features_only level of the heatmaps (stride 8 for most timm CNNs)
     patch_sag: int = 24  # patch side around a point, sagittal crop pixels
@@ -93,28 +94,19 @@ def cut_patches(images: torch.Tensor, centres: torch.Tensor, side: int, out: int
     return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False).reshape(n, k, c, out, out)
 
 
-def backbone_weights(cfg: MultitaskConfig) -> dict:
-    """timm arguments for the backbone's initial weights: none, the hub's, or a local file."""
-    if cfg.backbone_checkpoint:
-        return {"pretrained": True, "pretrained_cfg_overlay": {"file": cfg.backbone_checkpoint}}
-    return {"pretrained": cfg.pretrained}
-
-
 class MultitaskModel(nn.Module):
     def __init__(self, cfg: MultitaskConfig):
         super().__init__()
-        import timm
-
         self.cfg = cfg
-        self.kp_backbone = timm.create_model(cfg.backbone, features_only=True, out_indices=(cfg.kp_level,),
-                                             **backbone_weights(cfg))
+        self.kp_backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_checkpoint,
+                                           out_indices=(cfg.kp_level,))
         ch = self.kp_backbone.feature_info.channels()[-1]
         self.kp_heads = nn.ModuleDict({"sag_t2": nn.Conv2d(ch, 5, 1), "sag_t1": nn.Conv2d(ch, 5, 1),
                                        "axial": nn.Conv2d(ch, 2, 1)})
         self.sr = ESPCN(cfg.sr_scale, cfg.sr_channels)
         for p in self.sr.parameters():
             p.requires_grad_(False)  # its own training stage; frozen here
-        self.cls_backbone = timm.create_model(cfg.backbone, num_classes=0, **backbone_weights(cfg))
+        self.cls_backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_checkpoint, num_classes=0)
         nf = self.cls_backbone.num_features
         self.drop = nn.Dropout(cfg.dropout)
         self.head_w = nn.Parameter(torch.randn(schema.N_LABELS, nf, 3) * 0.01)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .. import schema
 from ..preprocess.frames import FramesConfig, N_CHANNELS
+from .backbones import create_backbone
 from .losses import class_weighted_ce
 from .multitask import cut_patches, soft_argmax
 from .registry import register_model
@@ -36,7 +37,8 @@ class SequenceConfig:
     """The network and the frames it reads (its training settings: train/sequence.py's
     SequenceTraining). Defaults are the tiny CPU model; configs/gpu/sequence.json is the real-data one."""
     backbone: str = "test_efficientnet"
-    pretrained: bool = False
+    pretrained: bool = False  # True downloads timm's weights (needs internet)
+    backbone_checkpoint: str = ""  # or a local file / folder of them (models/backbones.py), offline
     n_frames: int = 10
     frame_size: int = 128
     pick: str = "most_levels"
@@ -70,8 +72,8 @@ class SequenceModel(nn.Module):
         stride = 8 if cfg.tokens == "patches" else 16
         level = reductions.index(stride) if stride in reductions else len(reductions) - 1
         del probe
-        self.encoder = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, features_only=True, in_chans=1,
-                                         out_indices=(level,))
+        self.encoder = create_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_checkpoint, in_chans=1,
+                                       out_indices=(level,))
         ch = self.encoder.feature_info.channels()[-1]
         if cfg.tokens not in ("cells", "frame", "patches"):
             raise ValueError(f"tokens must be 'cells', 'frame' or 'patches', not {cfg.tokens!r}")
@@ -80,7 +82,8 @@ class SequenceModel(nn.Module):
             # channels: T2 the canal per level, T1 the foramen per level, axial the left/right recess)
             # find the places, a second CNN reads a full-resolution patch at each, one token per patch.
             self.heat = nn.ModuleList([nn.Conv2d(ch, N_CHANNELS, 1) for _ in schema.SERIES_TYPES])
-            self.patch_encoder = timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=0, in_chans=1)
+            self.patch_encoder = create_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_checkpoint, num_classes=0,
+                                                 in_chans=1)
             self.proj = nn.Sequential(nn.Linear(self.patch_encoder.num_features, cfg.d_model), nn.GELU())
             self.chan_emb = nn.Embedding(N_CHANNELS, cfg.d_model)
         elif cfg.tokens == "cells":

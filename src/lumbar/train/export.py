@@ -99,10 +99,23 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
                 "data_fingerprint": data_fingerprint(data), "libraries": library_versions(),
                 "models": models, "artefacts": entries}
     write_json(out / W.MANIFEST, manifest)
-    user = os.environ.get("KAGGLE_USERNAME", "YOUR_KAGGLE_USERNAME")
-    write_json(out / W.METADATA, {"title": "lumbar-weights", "id": dataset_id or f"{user}/lumbar-weights",
-                                  "licenses": [{"name": "CC0-1.0"}]})
+    write_json(out / W.METADATA, {"title": "lumbar-weights", "id": dataset_id or f"{kaggle_user() or PLACEHOLDER_USER}"
+                                  "/lumbar-weights", "licenses": [{"name": "CC0-1.0"}]})
     return manifest
+
+
+PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
+
+
+def kaggle_user() -> str | None:
+    """The Kaggle user name where it is known: $KAGGLE_USERNAME, else the kaggle CLI's own kaggle.json."""
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    try:
+        return json.loads((folder / "kaggle.json").read_text()).get("username") or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _oof_score(run: Path, model: str, data) -> float | None:

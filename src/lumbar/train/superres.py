@@ -57,6 +57,7 @@ class SuperResTraining(SuperResConfig):
     patches_per_image: int = 16
     max_patches: int = 20000  # patches in memory at most: studies are sampled beyond it (bounded memory)
     seed: int = 0
+    device: str = "auto"  # the GPU presets say "cuda": a broken CUDA stops training instead of using the CPU
     cache_dir: str = "cache"
 
 
@@ -80,7 +81,7 @@ def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
             sr = m.net(downscale(val_p.to(device), cfg.scale))
         return -psnr(sr.cpu(), val_p)  # the loop minimises
 
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device)
     out = Run(run).stage("superres")
     fit(model, _PatchSet(train_p), tcfg, out, collate, evaluate, name="superres",
         run_key=config_hash(asdict(cfg), len(train_p)))
