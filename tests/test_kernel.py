@@ -54,6 +54,7 @@ def selector_members(weights: Path) -> dict[str, list[str]]:
 def test_kernel_offline_matches_predict_with_every_member_loaded(kernel, trained_weights, synth_dir, tmp_path):
     meta = json.loads((kernel / "kernel-metadata.json").read_text())
     assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_tpu"] is False  # never a P100
     assert meta["competition_sources"] == ["rsna-2024-lumbar-spine-degenerative-classification"]
     nb = json.loads((kernel / "lumbar-inference.ipynb").read_text())
     written = {c["source"][0].split("/", 1)[1].strip() for c in nb["cells"]
@@ -132,6 +133,18 @@ def test_missing_torch_fold_is_dropped(kernel, trained_weights, synth_dir, tmp_p
     assert "model sequence: folds [0]" in out and "'predicted': 3" in out
     prior = np.asarray(json.loads((w / "prior.json").read_text())["probs"])
     assert np.abs(got.iloc[:25][["normal_mild", "moderate", "severe"]].to_numpy() - prior).max() > 1e-4
+
+
+def test_a_gpu_failing_its_smoke_test_predicts_every_study_on_the_cpu(kernel, trained_weights, synth_dir, tmp_path):
+    out, sub = run_kernel(kernel, trained_weights, synth_dir, tmp_path / "kaggle", env={"LUMBAR_FAULT": "device"})
+    got = assert_complete(sub, synth_dir)
+    assert "smoke test failed (fault injected" in out and "predicting on the CPU" in out
+    prior = np.asarray(json.loads((trained_weights / "prior.json").read_text())["probs"])
+    cols = ["normal_mild", "moderate", "severe"]
+    studies = list(dict.fromkeys(r.split("_")[0] for r in got["row_id"]))
+    moved = [np.abs(got[got.row_id.str.startswith(f"{s}_")][cols].to_numpy() - prior).max() > 1e-4 for s in studies]
+    assert all(moved), "every study predicted by the models on the CPU, none left on priors"
+    assert "'device': 'cpu'" in out
 
 
 def test_predict_raising_in_its_third_batch_leaves_the_first_two(kernel, trained_weights, synth_dir, tmp_path):

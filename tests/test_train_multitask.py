@@ -107,11 +107,14 @@ def test_killed_run_resumes_from_its_checkpoint(trained, synth_dir, tmp_path):
 
 
 def test_torchrun_two_processes_gloo(trained, synth_dir, tmp_path):
+    """DDP with the presets' backbone family (EfficientNet, random weights): each process takes optimiser
+    steps, which DDP allows only if every parameter gets a gradient (the feature extractor is cut after
+    the stage it returns)."""
     run, cache, _, _ = trained
     fresh = _fresh_run(run, tmp_path)
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     assert torchrun, "torchrun not found next to the interpreter"
-    args = _cli(fresh, synth_dir, cache, "epochs=1", "only_fold=0")[3:]
+    args = _cli(fresh, synth_dir, cache, "epochs=1", "only_fold=0", "backbone=efficientnet_b0", "batch_size=1")[3:]
     args[args.index("--run")] = "--run-dir"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "lumbar", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -119,6 +122,10 @@ def test_torchrun_two_processes_gloo(trained, synth_dir, tmp_path):
     log = pd.read_csv(fresh / "multitask" / "fold0" / "log.csv")
     assert log.epoch.tolist() == [0]
     assert "val score" in r.stdout and "(final weights)" in r.stdout
+    import re
+    steps = {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"rank (\d): epoch 0: (\d+) optimiser steps", r.stdout)}
+    assert set(steps) == {0, 1} and min(steps.values()) >= 2, r.stdout[-2000:]
+    assert int(log.steps[0]) == steps[0]
 
 
 def test_ensemble_stage_on_the_run(trained, synth_dir):

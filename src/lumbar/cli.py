@@ -126,6 +126,28 @@ def _cmd_predict(a) -> int:
     return 0
 
 
+def _cmd_scaling(a) -> int:
+    from .files import write_json
+    from .scaling import report
+    numbers, text = report(a.data, a.cache, tuple(a.sizes), a.members or None, a.svm_rows, a.n_jobs, a.workers)
+    print(text)
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "selector_scaling.md").write_text(text + "\n")
+        write_json(Path(a.out) / "selector_scaling.json", numbers)
+    return 0
+
+
+def _cmd_backbones(a) -> int:
+    from .models.backbones import save_backbones
+    from .train.preset import read_preset
+    names = a.names or sorted({c.backbone for c in read_preset(a.preset).values() if hasattr(c, "backbone")})
+    for path in save_backbones(names, a.out):
+        print(f"backbones: {path}")
+    print(f"backbones: give backbone_checkpoint={a.out} (a config key of both models) on the offline machine")
+    return 0
+
+
 def _cmd_rehearsal(a) -> int:
     from .rehearsal import main
     return main(a.out, a.studies, a.size_scale, a.workers)
@@ -202,6 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--size-scale", type=float, default=1.0)
     r.add_argument("--workers", type=int, default=2)
     r.set_defaults(fn=_cmd_rehearsal)
+
+    sc = sub.add_parser("scaling", help="the slice selector's fit time at growing row counts, its exponent per "
+                                        "member, and the stage projected to 1,975 studies")
+    sc.add_argument("--data", required=True, help="a competition folder (a real-profile synthetic one)")
+    sc.add_argument("--cache", default="cache", help="the per-study cache (features are reused)")
+    sc.add_argument("--sizes", type=int, nargs="+", default=[2500, 5000, 10000, 20000], help="row counts to time")
+    sc.add_argument("--members", nargs="*", default=None, help="selector members to time (default: all)")
+    sc.add_argument("--svm-rows", type=int, default=None, help="the SVM's row cap (default: SliceSelectConfig's; 0 = none)")
+    sc.add_argument("--n-jobs", type=int, default=0, help="threads of the forest and XGBoost (0 = every core)")
+    sc.add_argument("--workers", type=int, default=2, help="processes featurising the studies")
+    sc.add_argument("--out", default=None, help="write selector_scaling.md and .json into this folder")
+    sc.set_defaults(fn=_cmd_scaling)
+
+    bb = sub.add_parser("backbones", help="download the presets' pretrained backbones into a folder (needs "
+                                          "internet), to carry to an offline machine")
+    bb.add_argument("--out", required=True, help="the folder to fill (then backbone_checkpoint=FOLDER)")
+    bb.add_argument("--preset", default="configs/gpu", help="the preset whose models' backbones to fetch")
+    bb.add_argument("names", nargs="*", help="timm model names instead of the preset's")
+    bb.set_defaults(fn=_cmd_backbones)
 
     v = sub.add_parser("validate", help="check a competition folder; exit 1 on any problem")
     v.add_argument("dir")

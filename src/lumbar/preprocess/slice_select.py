@@ -136,7 +136,34 @@ class Emphasise:
         return self
 
 
-def _make_member(name: str, n_classes: int, seed: int):
+def cpu_jobs(n_jobs: int = 0) -> int:
+    """Threads for a member's fit: n_jobs, or every core this process may use when it is 0."""
+    import os
+
+    if n_jobs > 0:
+        return n_jobs
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def svm_sample(y: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """Row indices for the SVM member: every row up to `cap`; beyond it the slices of a level or a side
+    first (up to half the cap, then a sample), the "other" slices filling the rest at random. The kernel
+    SVM's fit grows between n^2 and n^3 (and probability=True fits it six times): the cap keeps its
+    time constant in the number of studies once the training set passes it."""
+    if cap <= 0 or len(y) <= cap:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    pos, other = np.flatnonzero(y != 0), np.flatnonzero(y == 0)
+    if len(pos) > cap // 2:
+        pos = rng.choice(pos, cap // 2, replace=False)
+    other = rng.choice(other, min(len(other), cap - len(pos)), replace=False)
+    return np.sort(np.concatenate([pos, other]))
+
+
+def _make_member(name: str, n_classes: int, seed: int, n_jobs: int = 2):
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
@@ -145,7 +172,7 @@ def _make_member(name: str, n_classes: int, seed: int):
 
     if name == "rf":
         return RandomForestClassifier(n_estimators=150, min_samples_leaf=2, class_weight="balanced_subsample",
-                                      n_jobs=2, random_state=seed)
+                                      n_jobs=n_jobs, random_state=seed)
     if name == "svm":
         return make_pipeline(StandardScaler(), Emphasise(), SVC(C=3.0, probability=True, class_weight="balanced",
                                                                random_state=seed))
@@ -155,7 +182,7 @@ def _make_member(name: str, n_classes: int, seed: int):
     if name == "xgb":
         from xgboost import XGBClassifier
         return XGBClassifier(n_estimators=120, max_depth=4, learning_rate=0.1, subsample=0.9, colsample_bytree=0.5,
-                             n_jobs=2, random_state=seed, tree_method="hist",
+                             n_jobs=n_jobs, random_state=seed, tree_method="hist",
                              objective="multi:softprob" if n_classes > 2 else "binary:logistic")
     raise ValueError(f"unknown member {name!r}")
 
@@ -176,6 +203,8 @@ class SliceSelector:
     members: dict[str, dict[str, object]] = field(default_factory=dict)  # stype -> member -> model
     seed: int = 0
     dropped: list[str] = field(default_factory=list)  # members that failed to load, with the reason
+    svm_rows: int = 0  # the SVM member's training rows at most (svm_sample); 0 = every row
+    n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core of this machine
 
     def fit(self, X: dict[str, np.ndarray], y: dict[str, np.ndarray], members=MEMBERS) -> "SliceSelector":
         for stype, Xs in X.items():
@@ -186,7 +215,7 @@ class SliceSelector:
                 continue
             self.members[stype] = {}
             for m in members:
-                model = _make_member(m, k, self.seed)
+                model = _make_member(m, k, self.seed, cpu_jobs(self.n_jobs))
                 with warnings.catch_warnings():  # newer scikit-learn deprecates SVC(probability=True)
                     warnings.filterwarnings("ignore", message=".*`probability` parameter was deprecated.*")
                     if m == "xgb":
@@ -196,6 +225,9 @@ class SliceSelector:
                         yf = np.concatenate([ys, missing]) if missing else ys
                         w = np.concatenate([np.ones(len(ys)), np.zeros(len(missing))])
                         model.fit(Xf, yf, sample_weight=w)
+                    elif m == "svm":
+                        rows = svm_sample(ys, self.svm_rows, self.seed)
+                        model.fit(Xs[rows], ys[rows])
                     else:
                         model.fit(Xs, ys)
                 self.members[stype][m] = model

@@ -173,7 +173,7 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         train_model.train()
-        t0, losses = time.time(), []
+        t0, losses, steps = time.time(), [], 0
         opt.zero_grad(set_to_none=True)
         bar = tqdm(loader, desc=f"{name} epoch {epoch}", leave=False, disable=not is_main())
         for step, batch in enumerate(bar):
@@ -187,11 +187,14 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
+                steps += 1
                 if ema is not None:
                     ema.update(model)
             losses.append(float(loss.detach()) * cfg.accum_steps)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         sched.step()
+        if distributed:  # every process says how far it got: a rank that takes no step trains nothing
+            print(f"{name}: rank {rank}: epoch {epoch}: {steps} optimiser steps", flush=True)
 
         if is_main():  # bookkeeping on the main process; the others go on to the next epoch
             score = float("nan")
@@ -200,7 +203,7 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
                 eval_model.eval()
                 score = float(evaluate(eval_model, device))
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                            "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
+                            "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "steps": steps,
                             "device": str(device), "amp": use_amp})
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,

@@ -29,7 +29,9 @@ class SliceSelectConfig:
     members: tuple[str, ...] = MEMBERS
     cache_dir: str = "cache"
     seed: int = 0
-    workers: int = 2
+    workers: int = 2  # processes decoding and featurising the studies
+    svm_rows: int = 6000  # the SVM member's training rows at most (its fit grows faster than n^2); 0 = all
+    n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core
 
 
 def _stack(rows: list) -> tuple[dict, dict]:
@@ -95,7 +97,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     records, oof = [], {}
     for k in tqdm(range(rc.n_folds), desc="slice selector folds"):
         X, Y = _stack([r for st in studies if st.fold != k for r in rows[st.study_id]])
-        sel = SliceSelector(seed=cfg.seed).fit(X, Y, cfg.members)
+        sel = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
         for st in (s for s in studies if s.fold == k):
             f = feats[st.study_id]
             with warnings.catch_warnings():
@@ -107,7 +109,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                 for stype, exact, near in _compare(truth, chosen[m]):
                     records.append({"fold": k, "series_type": stype, "method": m, "exact": exact, "within1": near})
     X, Y = _stack([r for st in studies for r in rows[st.study_id]])
-    full = SliceSelector(seed=cfg.seed).fit(X, Y, cfg.members)
+    full = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
     out = Run(run).stage("slice_select")
     full.save(Run(run).selector)
     cfgmod.save(cfg, Run(run).config("slice_select"))
