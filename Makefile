@@ -16,6 +16,8 @@ STUDIES ?= 200
 TEST_STUDIES ?= 20
 SEED ?= 0
 PYTEST_ARGS ?=
+REPORTS ?= reports
+CACHE ?= cache
 
 .PHONY: rehearsal demo setup test test-fast data train export predict kernel train-stage-one local-score validate bench show clean
 
@@ -53,17 +55,19 @@ SUBMISSION ?= submission.csv
 
 # Every stage (MODEL=all) with its configs/$(PRESET)/<stage>.json where there is one, then the run's
 # artefacts into $(WEIGHTS) with manifest.json. PRESET=tiny: the CPU configs (tests, demo); PRESET=gpu: the
-# real-data configs, which need CUDA (DEVICE=cpu runs them on the CPU on purpose). MODEL=name trains one
+# real-data configs, which need CUDA (DEVICE=cpu runs them on the CPU on purpose); BACKBONES=folder: pretrained
+# backbones offline (python -m lumbar backbones --out folder, on a machine with internet). MODEL=name trains one
 # stage and takes ARGS="key=value ...". More GPUs: torchrun --nproc_per_node=N -m lumbar train --model
 # multitask --run-dir $(RUN) --config configs/gpu/multitask.json ...
 PRESET ?= tiny
 PRESET_DIR ?= configs/$(PRESET)
 DEVICE ?=
+BACKBONES ?=
 # The stages in the order the data flows (a test keeps this list equal to the trainers' registry).
 STAGES := prior slice_select crops superres multitask sequence ensemble
 TRAIN_STAGES := $(if $(filter all,$(MODEL)),$(STAGES),$(MODEL))
 define train_stage
-	$(PY) -m lumbar train --model $(1) --data $(DATA) --run $(RUN)$(if $(wildcard $(PRESET_DIR)/$(1).json), --config $(PRESET_DIR)/$(1).json)$(if $(DEVICE), --device $(DEVICE))$(if $(filter all,$(MODEL)),, $(ARGS))
+	$(PY) -m lumbar train --model $(1) --data $(DATA) --run $(RUN)$(if $(wildcard $(PRESET_DIR)/$(1).json), --config $(PRESET_DIR)/$(1).json)$(if $(DEVICE), --device $(DEVICE))$(if $(BACKBONES), --backbones $(BACKBONES))$(if $(filter all,$(MODEL)),, $(ARGS))
 
 endef
 train: data
@@ -91,7 +95,7 @@ train-stage-one: data
 # The newcomer's first hour: every stage on the synthetic folder (reusing what is built), the kernel run offline.
 demo: data
 	$(PY) -m lumbar demo --data $(DATA) --run $(RUN) --weights $(WEIGHTS) --kernel $(KERNEL)
-	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports reports --cache cache >/dev/null
+	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports $(REPORTS) --cache $(CACHE) >/dev/null
 
 STUDY ?=
 show: setup
@@ -107,7 +111,7 @@ bench: setup
 	$(PY) -m lumbar bench --data $(DATA) --run $(RUN) --weights $(WEIGHTS) --out reports/bench.md
 
 local-score: setup
-	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports reports --cache cache
+	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports $(REPORTS) --cache $(CACHE)
 
 clean:
 	rm -rf $(RUN) reports

@@ -62,10 +62,11 @@ def _cmd_train(a) -> int:
     t = time.time()
     from .config import file_overrides
     overrides = (file_overrides(a.config) if a.config else []) + a.overrides
-    if a.device:
-        from .train.runner import takes
-        if takes(a.model, "device"):  # stage one, the prior and the ensemble have no device
-            overrides.append(f"device={a.device}")
+    from .train.runner import takes
+    if a.device and takes(a.model, "device"):  # stage one, the prior and the ensemble have no device
+        overrides.append(f"device={a.device}")
+    if a.backbones and takes(a.model, "backbone_checkpoint"):
+        overrides.append(f"backbone_checkpoint={a.backbones}")
     result = train(a.model, a.data, a.run, RunConfig(n_folds=a.folds, seed=a.seed), overrides)
     print(f"train {a.model}: done in {time.time() - t:.0f}s; " + ", ".join(f"{k}={v}" for k, v in result.items()))
     return 0
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default=None, help="a preset (configs/gpu/multitask.json) or any JSON of config values")
     t.add_argument("--device", default="", help="the device of a torch stage (cpu, cuda, auto), over the config's; "
                                                 "ignored by stages without one")
+    t.add_argument("--backbones", default="", help="a pretrained backbone file or folder (models/backbones.py) for "
+                                                   "the models that take backbone_checkpoint; ignored by the others")
     t.add_argument("overrides", nargs="*", help="config overrides, key=value")
     t.set_defaults(fn=_cmd_train)
 
