@@ -59,6 +59,25 @@ def test_predict_uses_the_models_and_is_complete(trained_weights, synth_dir, tmp
     assert np.abs(first - np.asarray(prior)).max() > 1e-4
 
 
+def test_swapped_sagittal_descriptions_in_the_csv_predict_as_the_right_ones(trained_weights, synth_dir, synth_copy,
+                                                                           tmp_path):
+    path = synth_copy / "test_series_descriptions.csv"
+    frame = pd.read_csv(path)
+    swap = {schema.SAG_T1: schema.SAG_T2, schema.SAG_T2: schema.SAG_T1}
+    study = next(s for s, g in frame.groupby("study_id") if set(swap) <= set(g.series_description))
+    rows = frame.study_id == study
+    frame.loc[rows, "series_description"] = [swap.get(d, d) for d in frame.loc[rows, "series_description"]]
+    frame.to_csv(path, index=False)
+    right = _run(synth_dir, trained_weights, tmp_path / "right.csv")
+    swapped = _run(synth_copy, trained_weights, tmp_path / "swapped.csv")
+    assert any(f"study {study}: series" in line and "the files win" in line for line in swapped["log"])
+    assert right["predicted"] == swapped["predicted"] == 3
+    a = pd.read_csv(tmp_path / "right.csv").set_index("row_id").sort_index()
+    b = pd.read_csv(tmp_path / "swapped.csv").set_index("row_id").sort_index()
+    assert list(a.index) == list(b.index) and b.index.str.startswith(f"{study}_").sum() == 25
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), atol=1e-4)
+
+
 def test_fold_with_a_different_sha_is_dropped_not_fatal(trained_weights, synth_dir, tmp_path):
     w = tmp_path / "w"
     shutil.copytree(trained_weights, w)

@@ -228,3 +228,19 @@ def test_training_holds_geometry_and_keys_not_pixels(stage_one, synth_dir, tmp_p
     missing = CachedEntries(c, [(study.study_id, "no_such_entry")])
     with pytest.raises(FileNotFoundError, match="no_such_entry.npz: cache entry missing"):
         missing[0]
+
+
+def test_the_svm_sample_keeps_the_labelled_slices_and_its_cap():
+    import numpy as np
+
+    from lumbar.preprocess.slice_select import cpu_jobs, svm_sample
+
+    y = np.zeros(10000, int)
+    y[::20] = np.arange(500) % 5 + 1  # 500 level slices among 9,500 others
+    rows = svm_sample(y, 3000, seed=0)
+    assert len(rows) == 3000 and len(np.unique(rows)) == 3000
+    assert set(np.flatnonzero(y)) <= set(rows.tolist())  # every labelled slice kept
+    assert np.array_equal(rows, svm_sample(y, 3000, seed=0))  # reproducible
+    assert np.array_equal(svm_sample(y, 0, 0), np.arange(10000)) and len(svm_sample(y[:100], 3000, 0)) == 100
+    assert len(svm_sample(np.ones(5000, int), 3000, 0)) == 3000  # no others: the cap filled with labelled slices
+    assert cpu_jobs(0) >= 1 and cpu_jobs(3) == 3

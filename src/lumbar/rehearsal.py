@@ -22,6 +22,7 @@ HIDDEN_TEST = 700
 KAGGLE_WORKERS = 3  # the notebook's input workers on Kaggle's 4 CPUs
 STAGES = ("prior", "slice_select", "crops", "superres", "multitask", "sequence", "ensemble")
 REHEARSAL_EPOCHS = {"superres": 2, "multitask": 2, "sequence": 2}
+SCALING_SIZES = (1000, 2000, 4000, 8000)  # selector rows timed per member (lumbar.scaling)
 
 
 def full_epochs() -> dict[str, int]:
@@ -81,6 +82,11 @@ def rehearse(out: str | Path, studies: int = 40, test_studies: int | None = None
         m["stages"][stage] = {"seconds": wall, "s_per_study": wall / studies, "peak_rss_gb": peak}
         print(f"rehearsal: {stage:<12} {wall:7.1f}s  peak RSS {peak:.2f} GB", flush=True)
     m["cache_MB_per_study"] = folder_size(cache) / 2 ** 20 / studies
+    # The selector's fits grow faster than its rows: their time at the real size comes from the measured
+    # exponent of each member (lumbar.scaling), not from this folder's seconds per study.
+    from .scaling import report as scaling_report
+    numbers, _ = scaling_report(data, cache, sizes=SCALING_SIZES, workers=workers)
+    m["selector_scaling"] = numbers["projection"]
     measured([*py, "export", "--run", str(run), "--data", str(data), "--out", str(weights)], log)
     wall, peak = measured([*py, "predict", "--data", str(data), "--weights", str(weights), "--out",
                            str(out / "submission.csv"), "--workers", str(workers)], log)
@@ -133,6 +139,11 @@ def table(m: dict) -> str:
                    f"{REHEARSAL_EPOCHS[stage]})" if stage in full else f"{s['s_per_study']:.2f} s x 1975")
         lines.append(f"| train {stage} | {s['seconds']:.0f} | {s['s_per_study']:.2f} | {s['peak_rss_gb']:.2f} | "
                      f"{proj:.2f} h = {formula} (CPU) |")
+    sc = m.get("selector_scaling")
+    if sc:
+        lines.append(f"| slice selector fits at 1,975 studies (measured exponent per member) | | | | "
+                     f"{sc['total_s'] / 3600:.2f} h = " + ", ".join(f"{k} n^{v['exponent']:.2f}"
+                                                             for k, v in sc["members"].items()) + " |")
     for stage, g in m.get("gpu_epoch", {}).items():
         lines.append(f"| GPU config {stage}, 1 epoch of 1 fold | {g['seconds']:.0f} | | {g['peak_rss_gb']:.2f} | "
                      f"{g['projected_h']:.1f} h = s/study x 1975 x 0.8 x 5 folds x {g['epochs']} epochs |")

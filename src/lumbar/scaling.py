@@ -4,8 +4,8 @@ the real training set with the measured exponent (never linearly).
 `python -m lumbar scaling --data DIR` featurises a folder's training studies (the cache is reused),
 then per series type and member times one fit at growing row counts. Beyond the rows the folder holds,
 rows are drawn again with a small jitter (5% of each column's spread), so the larger sets are as hard as
-distinct slices, not duplicates an SVM would collapse. The exponent b of t = a n^b comes from the two
-largest sizes; the projection is `train --model slice_select`'s work at 1,975 studies: one fit per fold
+distinct slices, not duplicates an SVM would collapse. The exponent b of t = a n^b is the least-squares
+slope over every size (each timing the best of two); the projection is `train --model slice_select`'s work at 1,975 studies: one fit per fold
 on (k-1)/k of the rows plus the final fit on all of them, per series type and member.
 """
 from __future__ import annotations
@@ -61,8 +61,9 @@ def fit_seconds(stype: str, X: np.ndarray, y: np.ndarray, member: str, svm_rows:
 
 
 def measure(X: dict, Y: dict, sizes: tuple[int, ...], members: tuple[str, ...], svm_rows: int, n_jobs: int,
-            seed: int = 0) -> list[dict]:
-    """One row per (series type, member, size): seconds of one fit."""
+            seed: int = 0, repeats: int = 2) -> list[dict]:
+    """One row per (series type, member, size): seconds of one fit, the best of `repeats` (the least
+    disturbed by whatever else the machine runs)."""
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
@@ -72,14 +73,16 @@ def measure(X: dict, Y: dict, sizes: tuple[int, ...], members: tuple[str, ...], 
         Xn, yn = grown(X[stype], Y[stype], n, rng)
         for m in members:
             out.append({"series_type": stype, "member": m, "rows": n,
-                        "seconds": fit_seconds(stype, Xn, yn, m, svm_rows, n_jobs)})
+                        "seconds": min(fit_seconds(stype, Xn, yn, m, svm_rows, n_jobs) for _ in range(repeats))})
     return out
 
 
 def exponent(points: list[tuple[int, float]]) -> float:
-    """b in t = a n^b from the two largest sizes."""
-    (n0, t0), (n1, t1) = sorted(points)[-2:]
-    return math.log(max(t1, 1e-6) / max(t0, 1e-6)) / math.log(n1 / n0)
+    """b in t = a n^b: the least-squares slope of log t on log n over every size (two sizes alone are at
+    the mercy of one noisy timing), never below 0."""
+    x = np.log([n for n, _ in points])
+    y = np.log([max(t, 1e-6) for _, t in points])
+    return max(0.0, float(np.polyfit(x, y, 1)[0]))
 
 
 def project(records: list[dict], rows_per_study: dict[str, float], n_folds: int = 5,
@@ -91,7 +94,9 @@ def project(records: list[dict], rows_per_study: dict[str, float], n_folds: int 
         for m in sorted({r["member"] for r in records if r["series_type"] == stype}):
             pts = [(r["rows"], r["seconds"]) for r in records if r["series_type"] == stype and r["member"] == m]
             b = exponent(pts)
-            n_max, t_max = max(pts)
+            n_max = max(n for n, _ in pts)
+            # anchored at the largest size: the mean of the fitted line there, not one timing
+            t_max = float(np.exp(np.mean([np.log(max(t_, 1e-6)) - b * np.log(n) for n, t_ in pts]) + b * np.log(n_max)))
             full = rows_per_study[stype] * studies
 
             def t(n: float) -> float:
@@ -129,5 +134,5 @@ def report(data: str | Path, cache_dir: str | Path, sizes=(2500, 5000, 10000, 20
     lines.append("")
     lines.append(f"projected slice selector training at {REAL_TRAIN} studies ({n_folds} folds + the final fit): "
                  f"{proj['total_s'] / 3600:.2f} h on {cpu_jobs(n_jobs)} cores "
-                 "(t = t(largest size) x (rows / largest size)^exponent)")
+                 "(t = t(largest size) x (rows / largest size)^exponent, the line fitted through every size)")
     return {"records": records, "rows_per_study": per_study, "projection": proj, "labelled": labelled}, "\n".join(lines)

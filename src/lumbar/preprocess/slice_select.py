@@ -157,8 +157,9 @@ def svm_sample(y: np.ndarray, cap: int, seed: int) -> np.ndarray:
         return np.arange(len(y))
     rng = np.random.default_rng(seed)
     pos, other = np.flatnonzero(y != 0), np.flatnonzero(y == 0)
-    if len(pos) > cap // 2:
-        pos = rng.choice(pos, cap // 2, replace=False)
+    keep = max(cap // 2, cap - len(other))  # half the cap, more where the others cannot fill it
+    if len(pos) > keep:
+        pos = rng.choice(pos, keep, replace=False)
     other = rng.choice(other, min(len(other), cap - len(pos)), replace=False)
     return np.sort(np.concatenate([pos, other]))
 
