@@ -149,6 +149,14 @@ def _cmd_backbones(a) -> int:
     return 0
 
 
+def _cmd_attribution(a) -> int:
+    from .attribution import attribution, format_markdown
+    result = attribution(a.data, a.run, a.out, a.cache, tuple(a.models) or None, a.n_boot)
+    print(format_markdown(result))
+    print(f"attribution: {Path(a.out) / 'attribution.json'}, attribution.md, attribution.png")
+    return 0
+
+
 def _cmd_rehearsal(a) -> int:
     from .rehearsal import main
     return main(a.out, a.studies, a.size_scale, a.workers)
@@ -304,6 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reports", default=None, help="write figures and the table into this folder")
     c.add_argument("--cache", default=None, help="per-study cache for the example figures")
     c.set_defaults(fn=_cmd_score)
+
+    at = sub.add_parser("attribution", help="each model scored with stage one as shipped, with the labelled slices "
+                                            "and with the labelled points: where the gap to the oracle is")
+    at.add_argument("--data", default="data/synthetic")
+    at.add_argument("--run", "--run-dir", dest="run", default="runs/default")
+    at.add_argument("--out", default="reports", help="folder for attribution.json, .md and .png")
+    at.add_argument("--cache", default="cache", help="the per-study cache the run was trained with")
+    at.add_argument("--models", nargs="*", default=[], help="models to attribute (default: every torch model of the run)")
+    at.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of studies for the intervals")
+    at.set_defaults(fn=_cmd_attribution)
 
     sh = sub.add_parser("show", help="figure of a study's chosen slices, crop boxes, points and crops")
     sh.add_argument("--data", default="data/synthetic")

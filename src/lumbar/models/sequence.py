@@ -65,6 +65,7 @@ class SequenceModel(nn.Module):
         import timm
 
         self.cfg = cfg
+        self.force_points = False  # patches at the labelled points, not the predicted ones (attribution)
         # Feature maps, not pooled vectors: where a narrowing sits on the frame says which level it is,
         # so each frame keeps a grid x grid layout of its features.
         probe = timm.create_model(cfg.backbone, pretrained=False, features_only=True, in_chans=1)
@@ -171,8 +172,10 @@ class SequenceModel(nn.Module):
             true = ((points.float() + 0.5) / s).reshape(pred.shape)
             ok = torch.isfinite(true).all(-1)
             kp_loss = (pred - true.nan_to_num()).abs().sum(-1)[ok].mean() if ok.any() else pred.new_zeros(())
-            if self.training and cfg.teacher_forcing > 0:
+            if self.force_points or (self.training and cfg.teacher_forcing > 0):
                 use = (torch.rand(b, device=x.device) < cfg.teacher_forcing).repeat_interleave(t * n)
+                if self.force_points:  # the attribution report: patches at the labelled points where known
+                    use = torch.ones_like(use)
                 centres = torch.where(use[:, None, None] & ok[..., None], true.nan_to_num(), centres)
         # Axial frames have two points (left, right recess): their other three channels are neither
         # encoded nor attended to.

@@ -1,0 +1,265 @@
+"""`python -m lumbar attribution`: where each model's gap to the oracle is lost — stage one (which slice,
+where the crop sits) or the model itself.
+
+Every torch model of a run is scored on its held-out studies with each fold's own weights (nothing
+retrained), its inputs built four ways:
+- shipped: stage one as it ships (the held-out slice selection, the fold's crop regions) — the OOF;
+- true_slices: each labelled (condition, level)'s own labelled slice, the fold's crop regions;
+- true_points: the labelled slices, and each crop centred on its labelled points (same size as the
+  fitted box). The sequence model reads whole slices, so for it this equals true_slices;
+- true_patches: as true_points, and the model's patches cut at the labelled points instead of its own
+  keypoints (both models cut patches around points): what a perfect localisation gives.
+Rows without a label keep stage one's choice. Scores per condition group and overall, with paired
+bootstrap intervals (the same resamples of studies for every variant) of each variant minus shipped.
+stage_one_share = (shipped - true_points) / (shipped - oracle): the part of the model's gap to the
+oracle that stage one's choices cost.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import config as cfgmod
+from .cv import read_folds
+from .data.cache import StudyCache
+from .data.catalog import find_root, load_studies, read_labels
+from .files import write_json, write_text
+from .layout import Run
+from .metric import TERMS, labels_to_array, study_terms, submission_to_probs
+from .models.prior import fit_prior
+from .preprocess.crops import CROP_NAMES
+from .preprocess.stage_one import (build_crops, cache_version, labels_for, read_preprocess_config, study_crops,
+                                   study_features, true_selection)
+
+VARIANTS = ("shipped", "true_slices", "true_points", "true_patches")
+COLUMNS = [*TERMS, "overall"]
+
+
+class CentredRegions:
+    """A fold's crop regions whose boxes are centred on a study's labelled points (same size)."""
+
+    def __init__(self, regions, centres: dict[str, np.ndarray]):
+        self.regions, self.centres = regions, centres
+
+    def box(self, name: str, img: np.ndarray) -> tuple[np.ndarray, bool]:
+        box, from_image = self.regions.box(name, img)
+        c = self.centres.get(name)
+        if c is None:
+            return box, from_image
+        half = (box[2] - box[0]) / 2
+        return np.array([c[0] - half, c[1] - half, c[0] + half, c[1] + half]), from_image
+
+
+def labelled_centres(study, vols, selection) -> dict[str, np.ndarray]:
+    """Crop name -> the mean of its labelled points on the selected slice's series (stored pixels)."""
+    by_id = {sid: v for items in vols.values() for sid, v in items}
+    out = {}
+    for name, (sid, _) in selection.items():
+        if sid in by_id:
+            pts, _ = labels_for(study, name, sid, by_id[sid])
+            ok = np.isfinite(pts).all(1)
+            if ok.any():
+                out[name] = pts[ok].mean(0)
+    return out
+
+
+def selections(study, cache, shipped: dict) -> dict[str, dict]:
+    """The study's slice selection per variant: shipped, and shipped overridden by the labelled slices."""
+    from .data.volumes import study_volumes
+
+    vols = study_volumes(study, cache)
+    true = true_selection(study, study_features(study, cache, vols))
+    return {"shipped": shipped, "true": {**(shipped or {}), **true}, "vols": vols}
+
+
+def _load_fold(name: str, run: Run, cfg, k: int):
+    from .models.registry import create_model
+
+    net = create_model(name, cfg)
+    state = torch.load(run.fold(name, k) / "weights.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict(state["model"])
+    return net.eval()
+
+
+def _predict(net, dataset, batch_size: int, force: bool) -> np.ndarray:
+    from .train.datasets import collate
+    from .train.loop import predict
+
+    net.force_points = force
+    try:
+        return predict(net, dataset, collate, batch_size, torch.device("cpu"), False, desc="attribution")
+    finally:
+        net.force_points = False
+
+
+def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dict[str, np.ndarray]]:
+    """(study ids, variant -> held-out probabilities [n, 25, 3]) of one torch model of a run."""
+    from .models.multitask import fill_missing
+    from .preprocess.crops import CropRegions
+    from .train.stage_one import read_oof_selection
+
+    r = Run(run)
+    folds = read_folds(run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        studies = load_studies(data, "train", folds)
+    studies = [s for s in studies if s.fold >= 0]
+    cache = StudyCache(cache_dir, cache_version())
+    shipped_sel = read_oof_selection(run)
+    y = np.stack([s.labels for s in studies])
+    fold = np.array([s.fold for s in studies])
+    out = {v: np.zeros((len(studies), 25, 3), np.float32) for v in VARIANTS}
+    if name == "multitask":
+        from .train.multitask import CropDataset, MultitaskTraining
+        from .train.superres import superres_config
+
+        cfg = cfgmod.load(MultitaskTraining, r.config(name))
+        pcfg = read_preprocess_config(run)
+        has_sr = superres_config(run) is not None
+    else:
+        from .preprocess.frames import FramesConfig, study_frames
+        from .train.sequence import FramesDataset, SequenceTraining
+
+        cfg = cfgmod.load(SequenceTraining, r.config(name))
+        fcfg = FramesConfig.of_model(cfg)
+    for k in sorted(set(fold.tolist())):
+        va = np.flatnonzero(fold == k)
+        prior = fit_prior(y[fold != k])
+        net = _load_fold(name, r, cfg, k)
+        entries: dict[str, list] = {v: [] for v in VARIANTS}
+        if name == "multitask":
+            if has_sr:
+                net.sr.load_state_dict(torch.load(r.superres_net, map_location="cpu", weights_only=True))
+            regions = CropRegions.load(r.regions(k))
+        for i in tqdm(va, desc=f"{name} fold {k} inputs", leave=False):
+            st = studies[i]
+            sel = selections(st, cache, shipped_sel.get(st.study_id))  # None: frames take the naive rule
+            if name == "multitask":
+                entries["shipped"].append(study_crops(st, sel["shipped"] or {}, regions, pcfg, cache, sel["vols"]))
+                entries["true_slices"].append(study_crops(st, sel["true"], regions, pcfg, cache, sel["vols"]))
+                centred = CentredRegions(regions, labelled_centres(st, sel["vols"], sel["true"]))
+                entries["true_points"].append(build_crops(st, sel["vols"], sel["true"], centred, pcfg))
+            else:
+                entries["shipped"].append(study_frames(st, fcfg, cache, sel["shipped"]))
+                entries["true_slices"].append(study_frames(st, fcfg, cache, sel["true"]))
+                entries["true_points"].append(entries["true_slices"][-1])  # whole slices: no crop to centre
+        entries["true_patches"] = entries["true_points"]
+        for v in VARIANTS:
+            ds = CropDataset(entries[v], y[va]) if name == "multitask" else FramesDataset(entries[v], y[va])
+            p = _predict(net, ds, cfg.batch_size, force=v == "true_patches")
+            if name == "multitask":
+                p = fill_missing(p, np.stack([e["present"] for e in entries[v]]), prior)
+            out[v][va] = p
+    return [s.study_id for s in studies], out
+
+
+def _interval(b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    return float(np.percentile(b, 100 * (1 - level) / 2)), float(np.percentile(b, 100 * (1 + level) / 2))
+
+
+def summarise(probs: dict[str, np.ndarray], y: np.ndarray, oracle: np.ndarray | None, n_boot: int = 1000,
+              seed: int = 0) -> dict:
+    """Per variant: the score per metric term and overall, with intervals; each variant minus shipped
+    (paired, the same resamples); the oracle's score and stage one's share of the gap to it."""
+    n = len(y)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+
+    def columns(p: np.ndarray, c=None) -> np.ndarray:  # [..., 5]: the four terms and overall
+        sums = np.tensordot(np.ones(n) if c is None else c, study_terms(y, p), axes=([-1], [0]))
+        per = sums[..., 0] / sums[..., 1]
+        return np.concatenate([per, per.mean(-1, keepdims=True)], -1)
+
+    point = {v: columns(p) for v, p in probs.items()}
+    boots = {v: columns(p, counts) for v, p in probs.items()}
+    res: dict = {"variants": {}}
+    for v in probs:
+        row = {c: round(float(point[v][j]), 4) for j, c in enumerate(COLUMNS)}
+        row["overall_ci"] = [round(x, 4) for x in _interval(boots[v][:, -1])]
+        d = boots[v] - boots["shipped"]
+        row["minus_shipped"] = {c: [round(float(point[v][j] - point["shipped"][j]), 4),
+                                    *[round(x, 4) for x in _interval(d[:, j])]] for j, c in enumerate(COLUMNS)}
+        res["variants"][v] = row
+    if oracle is not None:
+        o = columns(oracle)
+        res["oracle"] = round(float(o[-1]), 4)
+        gap = point["shipped"][-1] - o[-1]
+        res["stage_one_share"] = round(float((point["shipped"][-1] - point["true_points"][-1]) / gap), 4) if gap > 0 else None
+        res["localisation_share"] = (round(float((point["shipped"][-1] - point["true_patches"][-1]) / gap), 4)
+                                     if gap > 0 else None)
+    return res
+
+
+def attribution(data, run, out, cache_dir: str = "cache", models: tuple[str, ...] | None = None,
+                n_boot: int = 1000) -> dict:
+    """attribution.json (per model: shipped, true_slices, true_points, true_patches, oracle,
+    stage_one_share and the intervals), attribution.md and attribution.png in `out`."""
+    from .models.registry import predictors
+
+    root = find_root(data)
+    labels = read_labels(root)
+    r, out = Run(run), Path(out)
+    models = tuple(models or [s.name for s in predictors() if (r.root / s.name).exists() and r.config(s.name).exists()])
+    result: dict = {}
+    for name in models:
+        if name not in ("multitask", "sequence"):
+            raise ValueError(f"attribution: no input variants for model {name!r} (multitask, sequence)")
+        ids, probs = model_variants(name, data, run, cache_dir)
+        index = labels.set_index(labels["study_id"].astype(int))
+        y = labels_to_array(index.loc[ids].reset_index(drop=True))
+        oracle = None
+        if (root / "oracle.csv").exists():
+            oracle = submission_to_probs(pd.read_csv(root / "oracle.csv"), ids)
+        s = summarise(probs, y, oracle, n_boot)
+        result[name] = {v: s["variants"][v]["overall"] for v in VARIANTS}
+        result[name].update({"oracle": s.get("oracle"), "stage_one_share": s.get("stage_one_share"),
+                             "localisation_share": s.get("localisation_share"), "studies": len(ids), "detail": s})
+    write_json(out / "attribution.json", result)
+    write_text(out / "attribution.md", format_markdown(result) + "\n")
+    figure(result, out / "attribution.png")
+    return result
+
+
+def format_markdown(result: dict) -> str:
+    lines = ["| model | variant | " + " | ".join(COLUMNS) + " | 95% CI | minus shipped (95% CI) |",
+             "|---|---|" + "---|" * (len(COLUMNS) + 2)]
+    for name, r in result.items():
+        for v in VARIANTS:
+            row = r["detail"]["variants"][v]
+            d = row["minus_shipped"]["overall"]
+            lines.append(f"| {name} | {v} | " + " | ".join(f"{row[c]:.4f}" for c in COLUMNS)
+                         + f" | [{row['overall_ci'][0]:.4f}, {row['overall_ci'][1]:.4f}] | "
+                         + ("—" if v == "shipped" else f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]") + " |")
+        if r.get("oracle") is not None:
+            lines.append(f"| {name} | oracle | | | | | {r['oracle']:.4f} | | stage one's share of the gap: "
+                         f"{r['stage_one_share']:.1%}; with patches at the labelled points: {r['localisation_share']:.1%} |")
+    return "\n".join(lines)
+
+
+def figure(result: dict, path: Path) -> None:
+    """One panel per model: overall score per variant with its interval, the oracle as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(result)), figsize=(4.5 * max(1, len(result)), 3.4), squeeze=False)
+    for ax, (name, r) in zip(axes[0], result.items()):
+        rows = [r["detail"]["variants"][v] for v in VARIANTS]
+        mid = [x["overall"] for x in rows]
+        err = np.array([[m - x["overall_ci"][0], x["overall_ci"][1] - m] for m, x in zip(mid, rows)]).T
+        ax.errorbar(range(len(VARIANTS)), mid, yerr=err, fmt="o", capsize=4)
+        if r.get("oracle") is not None:
+            ax.axhline(r["oracle"], color="C2", ls="--", label="oracle")
+            ax.legend(loc="upper right")
+        ax.set_xticks(range(len(VARIANTS)), [v.replace("_", "\n") for v in VARIANTS])
+        ax.set_ylabel("OOF score (competition metric, lower is better)")
+        ax.set_title(f"{name}: inputs from stage one vs the labels")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
