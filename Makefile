@@ -111,7 +111,7 @@ bench: setup
 	$(PY) -m lumbar bench --data $(DATA) --run $(RUN) --weights $(WEIGHTS) --out reports/bench.md
 
 local-score: setup
-	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports $(REPORTS) --cache $(CACHE)
+	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports $(REPORTS) --cache $(CACHE) --attribution
 
 clean:
 	rm -rf $(RUN) reports

@@ -180,6 +180,10 @@ def _cmd_score(a) -> int:
         from .reports import write_reports
         paths = write_reports(a.data, a.run, a.reports, a.cache)
         print(f"score: {len(paths)} reports in {a.reports}/: " + ", ".join(p.name for p in paths))
+        if a.attribution:
+            from .attribution import attribution, format_markdown
+            print(format_markdown(attribution(a.data, a.run, a.reports, a.cache or "cache")))
+            print(f"score: attribution.json, attribution.md, attribution.png in {a.reports}/")
     return 0
 
 
@@ -311,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="also write the table (markdown) here")
     c.add_argument("--reports", default=None, help="write figures and the table into this folder")
     c.add_argument("--cache", default=None, help="per-study cache for the example figures")
+    c.add_argument("--attribution", action="store_true", help="also the attribution report (reports/attribution.*): "
+                                                              "each model on stage one's inputs and on the labels'")
     c.set_defaults(fn=_cmd_score)
 
     at = sub.add_parser("attribution", help="each model scored with stage one as shipped, with the labelled slices "
