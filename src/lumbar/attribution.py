@@ -32,7 +32,6 @@ from .files import write_json, write_text
 from .layout import Run
 from .metric import TERMS, labels_to_array, study_terms, submission_to_probs
 from .models.prior import fit_prior
-from .preprocess.crops import CROP_NAMES
 from .preprocess.stage_one import (build_crops, cache_version, labels_for, read_preprocess_config, study_crops,
                                    study_features, true_selection)
 
@@ -78,83 +77,81 @@ def selections(study, cache, shipped: dict) -> dict[str, dict]:
 
 
 def _load_fold(name: str, run: Run, cfg, k: int):
-    from .models.registry import create_model
+    from .models.registry import create_model, for_inference
 
-    net = create_model(name, cfg)
-    state = torch.load(run.fold(name, k) / "weights.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(state["model"])
+    net = create_model(name, for_inference(cfg))
+    state = torch.load(run.fold_weights(name, k), map_location="cpu", weights_only=True)
+    net.load_state_dict(state["model"])  # the whole network (the multitask model's frozen ESPCN too)
     return net.eval()
 
 
-def _predict(net, dataset, batch_size: int, force: bool) -> np.ndarray:
-    from .train.datasets import collate
-    from .train.loop import predict
-
+def _predict(spec, net, entries: list[dict], force: bool, batch_size: int = 8) -> np.ndarray:
+    """[n, 25, 3] from a fold's network on input entries, batched as the engine batches them (the
+    spec's batch keys, plus the labelled points where the entries hold them, for `force`)."""
+    keys = [*spec.batch_keys, *[k for k in ("points",) if k not in spec.batch_keys and k in entries[0]]]
+    out = []
     net.force_points = force
     try:
-        return predict(net, dataset, collate, batch_size, torch.device("cpu"), False, desc="attribution")
+        with torch.no_grad():
+            for i in range(0, len(entries), batch_size):
+                chunk = entries[i:i + batch_size]
+                batch = {k: torch.from_numpy(np.stack([np.asarray(e[k]) for e in chunk])) for k in keys}
+                out.append(net(batch)["probs"].float().numpy())
     finally:
         net.force_points = False
+    return np.concatenate(out)
+
+
+def _inputs(kind: str, study, sel: dict, regions, pcfg, fcfg, cache) -> dict[str, dict]:
+    """Variant -> the study's input entry for a model reading `kind` ("crops" or "frames")."""
+    from .preprocess.frames import study_frames
+
+    if kind == "frames":  # whole slices: no crop box to centre
+        shipped = study_frames(study, fcfg, cache, sel["shipped"])
+        true = study_frames(study, fcfg, cache, sel["true"])
+        return {"shipped": shipped, "true_slices": true, "true_points": true, "true_patches": true}
+    shipped = study_crops(study, sel["shipped"] or {}, regions, pcfg, cache, sel["vols"])
+    true = study_crops(study, sel["true"], regions, pcfg, cache, sel["vols"])
+    centred = build_crops(study, sel["vols"], sel["true"],
+                          CentredRegions(regions, labelled_centres(study, sel["vols"], sel["true"])), pcfg)
+    return {"shipped": shipped, "true_slices": true, "true_points": centred, "true_patches": centred}
 
 
 def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dict[str, np.ndarray]]:
     """(study ids, variant -> held-out probabilities [n, 25, 3]) of one torch model of a run."""
-    from .models.multitask import fill_missing
+    from .models.registry import get_spec
     from .preprocess.crops import CropRegions
+    from .train.runner import CONFIGS
     from .train.stage_one import read_oof_selection
 
-    r = Run(run)
+    spec, r = get_spec(name), Run(run)
+    if spec.inputs not in ("crops", "frames"):
+        raise ValueError(f"attribution: model {name!r} reads {spec.inputs!r}; variants exist for crops and frames")
     folds = read_folds(run)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        studies = load_studies(data, "train", folds)
-    studies = [s for s in studies if s.fold >= 0]
+        studies = [s for s in load_studies(data, "train", folds) if s.fold >= 0]
     cache = StudyCache(cache_dir, cache_version())
     shipped_sel = read_oof_selection(run)
     y = np.stack([s.labels for s in studies])
     fold = np.array([s.fold for s in studies])
+    cfg = cfgmod.load(CONFIGS[name], r.config(name))
+    pcfg = read_preprocess_config(run) if spec.inputs == "crops" else None
+    fcfg = spec.input_config(cfg) if spec.inputs == "frames" else None
     out = {v: np.zeros((len(studies), 25, 3), np.float32) for v in VARIANTS}
-    if name == "multitask":
-        from .train.multitask import CropDataset, MultitaskTraining
-        from .train.superres import superres_config
-
-        cfg = cfgmod.load(MultitaskTraining, r.config(name))
-        pcfg = read_preprocess_config(run)
-        has_sr = superres_config(run) is not None
-    else:
-        from .preprocess.frames import FramesConfig, study_frames
-        from .train.sequence import FramesDataset, SequenceTraining
-
-        cfg = cfgmod.load(SequenceTraining, r.config(name))
-        fcfg = FramesConfig.of_model(cfg)
     for k in sorted(set(fold.tolist())):
         va = np.flatnonzero(fold == k)
         prior = fit_prior(y[fold != k])
         net = _load_fold(name, r, cfg, k)
+        regions = CropRegions.load(r.regions(k)) if spec.inputs == "crops" else None
         entries: dict[str, list] = {v: [] for v in VARIANTS}
-        if name == "multitask":
-            if has_sr:
-                net.sr.load_state_dict(torch.load(r.superres_net, map_location="cpu", weights_only=True))
-            regions = CropRegions.load(r.regions(k))
         for i in tqdm(va, desc=f"{name} fold {k} inputs", leave=False):
-            st = studies[i]
-            sel = selections(st, cache, shipped_sel.get(st.study_id))  # None: frames take the naive rule
-            if name == "multitask":
-                entries["shipped"].append(study_crops(st, sel["shipped"] or {}, regions, pcfg, cache, sel["vols"]))
-                entries["true_slices"].append(study_crops(st, sel["true"], regions, pcfg, cache, sel["vols"]))
-                centred = CentredRegions(regions, labelled_centres(st, sel["vols"], sel["true"]))
-                entries["true_points"].append(build_crops(st, sel["vols"], sel["true"], centred, pcfg))
-            else:
-                entries["shipped"].append(study_frames(st, fcfg, cache, sel["shipped"]))
-                entries["true_slices"].append(study_frames(st, fcfg, cache, sel["true"]))
-                entries["true_points"].append(entries["true_slices"][-1])  # whole slices: no crop to centre
-        entries["true_patches"] = entries["true_points"]
+            sel = selections(studies[i], cache, shipped_sel.get(studies[i].study_id))  # None: frames' naive rule
+            for v, e in _inputs(spec.inputs, studies[i], sel, regions, pcfg, fcfg, cache).items():
+                entries[v].append(e)
         for v in VARIANTS:
-            ds = CropDataset(entries[v], y[va]) if name == "multitask" else FramesDataset(entries[v], y[va])
-            p = _predict(net, ds, cfg.batch_size, force=v == "true_patches")
-            if name == "multitask":
-                p = fill_missing(p, np.stack([e["present"] for e in entries[v]]), prior)
-            out[v][va] = p
+            p = _predict(spec, net, entries[v], force=v == "true_patches")
+            out[v][va] = spec.postprocess(p, entries[v], prior) if spec.postprocess is not None else p
     return [s.study_id for s in studies], out
 
 
@@ -203,11 +200,10 @@ def attribution(data, run, out, cache_dir: str = "cache", models: tuple[str, ...
     root = find_root(data)
     labels = read_labels(root)
     r, out = Run(run), Path(out)
-    models = tuple(models or [s.name for s in predictors() if (r.root / s.name).exists() and r.config(s.name).exists()])
+    models = tuple(models or [s.name for s in predictors() if s.inputs in ("crops", "frames")
+                               and r.config(s.name).exists() and r.fold_weights(s.name, 0).exists()])
     result: dict = {}
     for name in models:
-        if name not in ("multitask", "sequence"):
-            raise ValueError(f"attribution: no input variants for model {name!r} (multitask, sequence)")
         ids, probs = model_variants(name, data, run, cache_dir)
         index = labels.set_index(labels["study_id"].astype(int))
         y = labels_to_array(index.loc[ids].reset_index(drop=True))
