@@ -115,10 +115,16 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfgmod.save(cfg, Run(run).config("slice_select"))
     write_json(Run(run).oof_selection, {str(s): {n: list(v) for n, v in sel.items()} for s, sel in oof.items()},
                indent=None)
-    report = selection_report(pd.DataFrame(records))
+    rec = pd.DataFrame(records)
+    # "shipped": what inference uses per series type (today the members' soft vote everywhere)
+    rec = pd.concat([rec, rec[rec["method"] == SHIPPED_METHOD].assign(method="shipped")], ignore_index=True)
+    report = selection_report(rec)
     report.to_csv(out / "report.csv")
     print(format_report(report))
     return {"report": str(out / "report.csv"), "selector": str(Run(run).selector)}
+
+
+SHIPPED_METHOD = "ensemble"  # the selection inference makes (select() with every loaded member)
 
 
 def selection_report(records: pd.DataFrame) -> pd.DataFrame:
