@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from .progress import bar
 
 from . import config as cfgmod
 from .cv import read_folds
@@ -145,7 +145,7 @@ def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dic
         net = _load_fold(name, r, cfg, k)
         regions = CropRegions.load(r.regions(k)) if spec.inputs == "crops" else None
         entries: dict[str, list] = {v: [] for v in VARIANTS}
-        for i in tqdm(va, desc=f"{name} fold {k} inputs", leave=False):
+        for i in bar(va, desc=f"{name} fold {k} inputs", leave=False):
             sel = selections(studies[i], cache, shipped_sel.get(studies[i].study_id))  # None: frames' naive rule
             for v, e in _inputs(spec.inputs, studies[i], sel, regions, pcfg, fcfg, cache).items():
                 entries[v].append(e)

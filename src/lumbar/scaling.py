@@ -64,12 +64,12 @@ def measure(X: dict, Y: dict, sizes: tuple[int, ...], members: tuple[str, ...], 
             seed: int = 0, repeats: int = 2) -> list[dict]:
     """One row per (series type, member, size): seconds of one fit, the best of `repeats` (the least
     disturbed by whatever else the machine runs)."""
-    from tqdm.auto import tqdm
+    from .progress import bar
 
     rng = np.random.default_rng(seed)
     out = []
     jobs = [(stype, n) for stype in X for n in sizes]
-    for stype, n in tqdm(jobs, desc="selector scaling"):
+    for stype, n in bar(jobs, desc="selector scaling"):
         Xn, yn = grown(X[stype], Y[stype], n, rng)
         for m in members:
             out.append({"series_type": stype, "member": m, "rows": n,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
-from tqdm.auto import tqdm
+from ..progress import bar
 
 from .. import schema
 from ..files import write_json
@@ -738,17 +738,17 @@ def generate(cfg: SynthConfig, progress: bool = True) -> Path:
         jobs.append((str(out / part), int(sid), narrowing[i], specs[i], int(seeds[i]), cfg.sag_size, cfg.axial_size,
                      cfg.profile, cfg.size_scale))
     results = []
-    bar = tqdm(total=len(jobs), desc="synth studies", disable=not progress)
+    pbar = bar(total=len(jobs), desc="synth studies", quiet=not progress)
     if cfg.workers > 1:
         with get_context("spawn" if _torch_loaded() else "fork").Pool(cfg.workers) as pool:
             for r in pool.imap(_job, jobs):
                 results.append(r)
-                bar.update()
+                pbar.update()
     else:
         for j in jobs:
             results.append(_job(j))
-            bar.update()
-    bar.close()
+            pbar.update()
+    pbar.close()
 
     series = [row for r in results for row in r[0]]
     coords = [row for r in results for row in r[1]]

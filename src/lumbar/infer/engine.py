@@ -254,7 +254,7 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
 
 def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, timings, failures, done,
          write) -> None:
-    from tqdm import tqdm
+    from ..progress import bar, on_terminal
 
     if plan.should_stop(cfg.batch_size):
         _say(cfg, f"time budget {cfg.time_budget:.0f}s spent before the first study; every study keeps its prior")
@@ -274,7 +274,7 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, 
         i = next(order, None)
         return None if i is None else (i, (studies[i], frozenset(plan.models())))
 
-    bar = tqdm(total=len(studies), desc="predict", file=sys.stderr)
+    pbar = bar(total=len(studies), desc="predict", file=sys.stderr)
     batch: list[dict] = []
 
     def flush() -> None:
@@ -295,7 +295,9 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, 
             if got:
                 probs[it["study_id"]] = bundle.combine(got)
         done[0] += len(batch)
-        bar.update(len(batch))
+        pbar.update(len(batch))
+        if not on_terminal() and done[0] * 10 // len(studies) > (done[0] - len(batch)) * 10 // len(studies):
+            _say(cfg, f"{done[0]}/{len(studies)} studies, {plan.elapsed():.0f}s")  # a line per tenth, not a bar
         now = time.perf_counter()
         plan.observe(len(batch), now - state["batch_start"], prep, fold_seconds)
         for line in plan.decide():
@@ -322,7 +324,7 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, 
         if batch and not state["stop"]:
             flush()
     finally:
-        bar.close()
+        pbar.close()
         for i, event in pool.events:
             _say(cfg, f"worker: study {studies[i].study_id}: {event}")
 

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from ..progress import bar
 
 from ..config import TrainConfig  # noqa: F401  (the stages' import point)
 from ..files import atomic_path
@@ -93,7 +93,7 @@ def predict(model: torch.nn.Module, dataset, collate, batch_size: int, device: t
     model.eval()
     out = []
     with torch.no_grad():
-        for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main()):
+        for batch in bar(loader, desc=desc, leave=False, quiet=not is_main()):
             batch = _to(batch, device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
                 res = model(batch)
@@ -175,8 +175,8 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
         train_model.train()
         t0, losses, steps = time.time(), [], 0
         opt.zero_grad(set_to_none=True)
-        bar = tqdm(loader, desc=f"{name} epoch {epoch}", leave=False, disable=not is_main())
-        for step, batch in enumerate(bar):
+        pbar = bar(loader, desc=f"{name} epoch {epoch}", leave=False, quiet=not is_main())
+        for step, batch in enumerate(pbar):
             batch = _to(batch, device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = train_model(batch)["loss"] / cfg.accum_steps
@@ -191,7 +191,7 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
                 if ema is not None:
                     ema.update(model)
             losses.append(float(loss.detach()) * cfg.accum_steps)
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            pbar.set_postfix(loss=f"{np.mean(losses):.4f}")
         sched.step()
         if distributed:  # every process says how far it got: a rank that takes no step trains nothing
             print(f"{name}: rank {rank}: epoch {epoch}: {steps} optimiser steps", flush=True)
@@ -209,6 +209,9 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
                                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
                                "history": history, "run_key": run_key, "rng": torch.get_rng_state()}, last)
             write_log(history, out_dir, name)
+            h = history[-1]  # one line per epoch: what a log file gets instead of the bar's redraws
+            print(f"{name} epoch {epoch + 1}/{cfg.epochs}: train loss {h['train_loss']:.4f}, val score "
+                  f"{h['val_score']:.4f}, {h['seconds']:.0f}s", flush=True)
 
     if distributed:
         import torch.distributed as dist

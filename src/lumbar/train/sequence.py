@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from ..progress import bar
 
 from .. import config as cfgmod
 from ..metric import probs_to_submission, score, solution_frame
@@ -79,7 +79,7 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     except FileNotFoundError:
         selections = {}
     kept = []  # builds what is missing; read back per item while training, kept in memory only without a cache
-    for st in tqdm(studies, desc="frames"):
+    for st in bar(studies, desc="frames"):
         entry = study_frames(st, fcfg, cache, selections.get(st.study_id))
         if cache.root is None:
             kept.append(entry)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from ..progress import bar
 
 from .. import config as cfgmod
 from ..data.cache import CachedEntries, StudyCache
@@ -73,7 +73,7 @@ def warm_cache(studies, cache: StudyCache, workers: int = 2) -> None:
     """Decode and featurise every study into the cache, in parallel processes (each writes its own
     study's entries; nothing is shared)."""
     if cache.root is None or workers <= 1:
-        for st in tqdm(studies, desc="slice features"):
+        for st in bar(studies, desc="slice features"):
             study_features(st, cache)
         return
     from concurrent.futures import ProcessPoolExecutor
@@ -81,7 +81,7 @@ def warm_cache(studies, cache: StudyCache, workers: int = 2) -> None:
 
     jobs = [(st, str(cache.root.parent)) for st in studies]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for _ in tqdm(pool.map(_features_job, jobs, chunksize=4), total=len(jobs), desc="slice features"):
+        for _ in bar(pool.map(_features_job, jobs, chunksize=4), total=len(jobs), desc="slice features"):
             pass
 
 
@@ -91,11 +91,11 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
     warm_cache(studies, cache, cfg.workers)
     # geometry and features only: the pixels are dropped as each study is read (bounded memory)
-    feats = {st.study_id: study_features(st, cache, keep_pixels=False) for st in tqdm(studies, desc="load features")}
+    feats = {st.study_id: study_features(st, cache, keep_pixels=False) for st in bar(studies, desc="load features")}
     rows = {st.study_id: list(training_rows(st, feats[st.study_id])) for st in studies}
     methods = [*cfg.members, "ensemble", "naive"]
     records, oof = [], {}
-    for k in tqdm(range(rc.n_folds), desc="slice selector folds"):
+    for k in bar(range(rc.n_folds), desc="slice selector folds"):
         X, Y = _stack([r for st in studies if st.fold != k for r in rows[st.study_id]])
         sel = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
         for st in (s for s in studies if s.fold == k):
@@ -179,13 +179,13 @@ def train_crops(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     pcfg = _preprocess_config(cfg)
     oof_sel = read_oof_selection(run)
     studies, cache = load_train(data, run, rc, cfg.cache_dir)
-    samples = {st.study_id: region_samples(st, cache) for st in tqdm(studies, desc="crop regions")}
+    samples = {st.study_id: region_samples(st, cache) for st in bar(studies, desc="crop regions")}
     out = Run(run).stage("crops")
     keys, records = {}, []
     for k in range(rc.n_folds):
         regions = CropRegions.fit([s for st in studies if st.fold != k for s in samples[st.study_id]], cfg.margin)
         regions.save(Run(run).regions(k))
-        for st in tqdm([s for s in studies if s.fold == k], desc=f"crops fold {k}", leave=False):
+        for st in bar([s for s in studies if s.fold == k], desc=f"crops fold {k}", leave=False):
             entry = study_crops(st, oof_sel.get(st.study_id, {}), regions, pcfg, cache)
             keys[st.study_id] = k
             records += containment(st, entry, pcfg)
@@ -241,7 +241,7 @@ def load_crop_entries(data, run, rc: RunConfig, cache_dir: str, cfg: PreprocessC
     studies, cache = load_train(data, run, rc, cache_dir)
     regions = {k: CropRegions.load(Run(run).regions(k)) for k in range(rc.n_folds)}
     keys, kept = [], []
-    for st in tqdm(studies, desc="load crops"):  # builds what is missing; kept in memory only without a cache
+    for st in bar(studies, desc="load crops"):  # builds what is missing; kept in memory only without a cache
         sel = oof_sel.get(st.study_id, {})
         entry = study_crops(st, sel, regions[st.fold], cfg, cache)
         keys.append((st.study_id, crops_key(cfg, sel, regions[st.fold])))
