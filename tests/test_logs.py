@@ -27,3 +27,28 @@ def test_on_terminal_follows_the_override(monkeypatch):
     assert not on_terminal() and bar(range(3)).disable
     monkeypatch.setenv("LUMBAR_PROGRESS", "1")
     assert on_terminal() and not bar(range(3)).disable and bar(range(3), quiet=True).disable
+
+
+def test_the_curves_put_one_quantity_on_each_axis(tmp_path):
+    import pandas as pd
+
+    from lumbar.reports import curves_axes
+
+    run = tmp_path / "run"
+    (run / "superres").mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 1], "train_loss": [0.01, 0.008], "val_score": [-29.0, -30.0],
+                  "val_name": ["-PSNR on held-out patches, dB (lower is better)"] * 2}).to_csv(run / "superres" / "log.csv")
+    for k in (0, 1):
+        (run / "multitask" / f"fold{k}").mkdir(parents=True)
+        pd.DataFrame({"epoch": [0, 1], "train_loss": [1.2, 0.9], "val_score": [0.8, 0.7]}).to_csv(
+            run / "multitask" / f"fold{k}" / "log.csv")
+    fig, axes = curves_axes(run)
+    assert axes.shape == (2, 2)
+    names = [axes[0, j].get_title() for j in range(2)]
+    assert names == ["multitask", "superres"]
+    assert [axes[0, j].get_ylabel() for j in range(2)] == ["training loss"] * 2
+    assert axes[1, 0].get_ylabel() == "validation score (competition metric)"
+    assert axes[1, 1].get_ylabel().startswith("-PSNR")
+    assert len(axes[0, 0].lines) == 2 and len(axes[1, 1].lines) == 1  # a line per fold, nothing else mixed in
+    ys = axes[1, 1].lines[0].get_ydata()
+    assert list(ys) == [-29.0, -30.0]  # the PSNR axis holds only the PSNR

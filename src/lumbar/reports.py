@@ -119,7 +119,20 @@ def calibration_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path, bin
 
 
 def curves_figure(run: Path, out: Path) -> Path | None:
-    """Every trained model's per-fold training loss and validation score, from its log.csv files."""
+    """reports/curves.png (curves_axes), or None when no model of the run has a log."""
+    drawn = curves_axes(run)
+    if drawn is None:
+        return None
+    fig, _ = drawn
+    fig.savefig(out, dpi=100)
+    pyplot().close(fig)
+    return out
+
+
+def curves_axes(run: Path):
+    """(figure, axes [2, models]) of every trained model's per-fold training curves from its log.csv
+    files: the training loss on the top row, the validation measure (named by the log: the competition
+    metric, or -PSNR for the super-resolution net) on the bottom row; one quantity per axis."""
     logs = {}
     for d in sorted(p for p in run.iterdir() if p.is_dir()):
         files = sorted(d.glob("fold*/log.csv")) or sorted(d.glob("log.csv"))
@@ -128,20 +141,24 @@ def curves_figure(run: Path, out: Path) -> Path | None:
     if not logs:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(logs), figsize=(4.2 * len(logs), 3.4), squeeze=False)
-    for ax, (name, files) in zip(axes[0], logs.items()):
+    fig, axes = plt.subplots(2, len(logs), figsize=(4.2 * len(logs), 6.2), squeeze=False)
+    for j, (name, files) in enumerate(logs.items()):
+        val_name = "validation score (competition metric)"
         for f in files:
             log = pd.read_csv(f)
-            tag = f.parent.name if f.parent.name.startswith("fold") else ""
-            ax.plot(log["epoch"], log["train_loss"], lw=1, label=f"train {tag}")
-            ax.plot(log["epoch"], log["val_score"], lw=1, ls="--", label=f"val {tag}")
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=6, ncol=2)
+            tag = f.parent.name if f.parent.name.startswith("fold") else "all"
+            axes[0, j].plot(log["epoch"], log["train_loss"], lw=1, marker=".", label=tag)
+            axes[1, j].plot(log["epoch"], log["val_score"], lw=1, marker=".", label=tag)
+            if "val_name" in log.columns and isinstance(log["val_name"].iloc[0], str):
+                val_name = log["val_name"].iloc[0]
+        axes[0, j].set_title(name)
+        axes[0, j].set_ylabel("training loss")
+        axes[1, j].set_ylabel(val_name)
+        for ax in axes[:, j]:
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=6, ncol=2, title="fold", title_fontsize=6)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return fig, axes
 
 
 def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 2) -> list[Path]:

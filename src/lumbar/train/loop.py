@@ -103,7 +103,7 @@ def predict(model: torch.nn.Module, dataset, collate, batch_size: int, device: t
 
 def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path, collate: Callable,
         evaluate: Callable[[torch.nn.Module, torch.device], float] | None = None, name: str = "model",
-        run_key: str = "") -> FitResult:
+        run_key: str = "", val_name: str = "validation score (competition metric)") -> FitResult:
     """Train for cfg.epochs and keep the final weights (EMA if on). evaluate(model, device), when given,
     scores the validation fold after each epoch for the log and the curves; it decides nothing.
     out_dir gets last.pt (resume state), weights.pt (the final weights), log.csv and curves.png; on
@@ -204,6 +204,7 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
                 score = float(evaluate(eval_model, device))
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                             "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "steps": steps,
+                            "val_name": val_name,
                             "device": str(device), "amp": use_amp})
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
@@ -241,7 +242,7 @@ def write_log(history: list[dict], out_dir: Path, name: str) -> None:
         ax[0].plot(ep, [h["train_loss"] for h in history], marker="o")
         ax[0].set_title(f"{name}: train loss")
         ax[1].plot(ep, [h["val_score"] for h in history], marker="o", color="C1")
-        ax[1].set_title("validation score (competition metric)")
+        ax[1].set_title(history[-1].get("val_name", "validation score"))
         for a in ax:
             a.set_xlabel("epoch")
         fig.tight_layout()

@@ -84,7 +84,7 @@ def train_superres(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device)
     out = Run(run).stage("superres")
     fit(model, _PatchSet(train_p), tcfg, out, collate, evaluate, name="superres",
-        run_key=config_hash(asdict(cfg), len(train_p)))
+        run_key=config_hash(asdict(cfg), len(train_p)), val_name="-PSNR on held-out patches, dB (lower is better)")
     with torch.no_grad():
         lr = downscale(val_p, cfg.scale)
         net_psnr = psnr(model.cpu().net(lr), val_p)
