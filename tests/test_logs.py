@@ -52,3 +52,16 @@ def test_the_curves_put_one_quantity_on_each_axis(tmp_path):
     assert len(axes[0, 0].lines) == 2 and len(axes[1, 1].lines) == 1  # a line per fold, nothing else mixed in
     ys = axes[1, 1].lines[0].get_ydata()
     assert list(ys) == [-29.0, -30.0]  # the PSNR axis holds only the PSNR
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from lumbar.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [f"{name} {a.option_strings or a.dest}" for name, sp in sub.choices.items() for a in sp._actions
+            if not isinstance(a, argparse._HelpAction) and (not a.help or a.help.startswith("(default"))]
+    assert not bare, bare
+    predict = sub.choices["predict"].format_help()
+    assert "processes preparing inputs" in predict  # from PredictConfig's comment on `workers`

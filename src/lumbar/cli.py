@@ -24,14 +24,18 @@ def _typed(typ: type, key: str):
 def dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One `--field-name` option per plain field of a config dataclass, typed and defaulted by it, so
     the command line restates no default."""
+    from .config import field_docs
+
     hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
         if f.name in skip or typ not in (bool, int, float, str):
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        what = docs.get(f.name, "")
         parser.add_argument("--" + f.name.replace("_", "-"), type=_typed(typ, f.name), default=default,
-                            help=f"(default: {default})")
+                            help=f"{what} (default: {default})".strip().replace("%", "%%"))
 
 
 def dataclass_from(cls: type, a: argparse.Namespace):
@@ -232,10 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_synth)
 
     r = sub.add_parser("rehearsal", help="every stage on a real-profile folder: seconds, peak RSS, projections")
-    r.add_argument("--out", default="runs/rehearsal")
-    r.add_argument("--studies", type=int, default=40)
-    r.add_argument("--size-scale", type=float, default=1.0)
-    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--out", default="runs/rehearsal", help="folder for its data, run, cache and rehearsal.md")
+    r.add_argument("--studies", type=int, default=40, help="real-profile training studies to rehearse on")
+    r.add_argument("--size-scale", type=float, default=1.0, help="matrix sizes times this (1 = the real sizes)")
+    r.add_argument("--workers", type=int, default=2, help="processes for synth, features and predict")
     r.set_defaults(fn=_cmd_rehearsal)
 
     sc = sub.add_parser("scaling", help="the slice selector's fit time at growing row counts, its exponent per "
@@ -258,17 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     bb.set_defaults(fn=_cmd_backbones)
 
     v = sub.add_parser("validate", help="check a competition folder; exit 1 on any problem")
-    v.add_argument("dir")
+    v.add_argument("dir", help="the competition folder to check")
     v.set_defaults(fn=_cmd_validate)
 
     from .cv import RunConfig
     t = sub.add_parser("train", help="train one model on every fold, writing OOF predictions")
-    t.add_argument("--model", required=True)
-    t.add_argument("--data", default="data/synthetic")
+    t.add_argument("--model", required=True, help="a stage (prior, slice_select, crops, superres, multitask, "
+                                                  "sequence, ensemble) or all")
+    t.add_argument("--data", default="data/synthetic", help="competition folder")
     # --run-dir: the same; torchrun's own parser mistakes a bare --run for its --run-path
-    t.add_argument("--run", "--run-dir", dest="run", default="runs/default")
-    t.add_argument("--folds", type=int, default=RunConfig.n_folds)
-    t.add_argument("--seed", type=int, default=RunConfig.seed)
+    t.add_argument("--run", "--run-dir", dest="run", default="runs/default", help="run folder (resumed)")
+    t.add_argument("--folds", type=int, default=RunConfig.n_folds, help="study-level CV folds")
+    t.add_argument("--seed", type=int, default=RunConfig.seed, help="the folds' seed")
     t.add_argument("--config", default=None, help="a preset (configs/gpu/multitask.json) or any JSON of config values")
     t.add_argument("--device", default="", help="the device of a torch stage (cpu, cuda, auto), over the config's; "
                                                 "ignored by stages without one")
@@ -283,35 +288,35 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(fn=_cmd_preset)
 
     cf = sub.add_parser("configs", help="rewrite configs/tiny/ from the config dataclasses, complete configs/gpu/")
-    cf.add_argument("--out", default="configs")
+    cf.add_argument("--out", default="configs", help="the presets folder (tiny/ and gpu/ inside)")
     cf.set_defaults(fn=_cmd_configs)
 
     e = sub.add_parser("export", help="copy a run's inference artefacts to a weights folder with manifest.json")
-    e.add_argument("--run", "--run-dir", dest="run", default="runs/default")
-    e.add_argument("--data", default="data/synthetic")
-    e.add_argument("--out", default="weights")
+    e.add_argument("--run", "--run-dir", dest="run", default="runs/default", help="the trained run")
+    e.add_argument("--data", default="data/synthetic", help="its competition folder (the data fingerprint)")
+    e.add_argument("--out", default="weights", help="the weights folder to write (a Kaggle dataset)")
     e.set_defaults(fn=_cmd_export)
 
     from .infer.settings import PredictConfig
     pr = sub.add_parser("predict", help="submission.csv for a folder's test studies from a weights folder "
                                         "(options: PredictConfig's fields)")
-    pr.add_argument("--data", default="data/synthetic")
-    pr.add_argument("--weights", default="weights")
-    pr.add_argument("--out", default="submission.csv")
+    pr.add_argument("--data", default="data/synthetic", help="competition folder whose test studies to predict")
+    pr.add_argument("--weights", default="weights", help="weights folder (make train / export)")
+    pr.add_argument("--out", default="submission.csv", help="the submission to write (atomically, priors first)")
     dataclass_options(pr, PredictConfig, skip=("fault",))
     pr.set_defaults(fn=_cmd_predict)
 
     dm = sub.add_parser("demo", help="train every stage (reusing what is built), export, build and run the kernel")
-    dm.add_argument("--data", default="data/synthetic")
-    dm.add_argument("--run", "--run-dir", dest="run", default="runs/default")
-    dm.add_argument("--weights", default="weights")
-    dm.add_argument("--kernel", default="kernel")
-    dm.add_argument("--cache", default="cache")
+    dm.add_argument("--data", default="data/synthetic", help="the synthetic competition folder")
+    dm.add_argument("--run", "--run-dir", dest="run", default="runs/default", help="run folder (stages reused)")
+    dm.add_argument("--weights", default="weights", help="where the trained weights are exported")
+    dm.add_argument("--kernel", default="kernel", help="where the notebook is built")
+    dm.add_argument("--cache", default="cache", help="per-study cache folder")
     dm.set_defaults(fn=_cmd_demo)
 
     c = sub.add_parser("score", help="OOF score of every model of a run, per condition group")
-    c.add_argument("--data", default="data/synthetic")
-    c.add_argument("--run", default="runs/default")
+    c.add_argument("--data", default="data/synthetic", help="competition folder (labels, oracle.csv)")
+    c.add_argument("--run", default="runs/default", help="the run whose OOF predictions to score")
     c.add_argument("--out", default=None, help="also write the table (markdown) here")
     c.add_argument("--reports", default=None, help="write figures and the table into this folder")
     c.add_argument("--cache", default=None, help="per-study cache for the example figures")
@@ -321,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     at = sub.add_parser("attribution", help="each model scored with stage one as shipped, with the labelled slices "
                                             "and with the labelled points: where the gap to the oracle is")
-    at.add_argument("--data", default="data/synthetic")
-    at.add_argument("--run", "--run-dir", dest="run", default="runs/default")
+    at.add_argument("--data", default="data/synthetic", help="competition folder (labels, oracle.csv)")
+    at.add_argument("--run", "--run-dir", dest="run", default="runs/default", help="the trained run")
     at.add_argument("--out", default="reports", help="folder for attribution.json, .md and .png")
     at.add_argument("--cache", default="cache", help="the per-study cache the run was trained with")
     at.add_argument("--models", nargs="*", default=[], help="models to attribute (default: every torch model of the run)")
@@ -330,20 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
     at.set_defaults(fn=_cmd_attribution)
 
     sh = sub.add_parser("show", help="figure of a study's chosen slices, crop boxes, points and crops")
-    sh.add_argument("--data", default="data/synthetic")
-    sh.add_argument("--study", type=int, required=True)
-    sh.add_argument("--out", required=True)
-    sh.add_argument("--run", default="runs/default")
-    sh.add_argument("--cache", default="cache")
+    sh.add_argument("--data", default="data/synthetic", help="competition folder")
+    sh.add_argument("--study", type=int, required=True, help="the study id (train or test)")
+    sh.add_argument("--out", required=True, help="the PNG to write")
+    sh.add_argument("--run", default="runs/default", help="the run whose stage one chooses and crops")
+    sh.add_argument("--cache", default="cache", help="per-study cache folder")
     sh.set_defaults(fn=_cmd_show)
 
     b = sub.add_parser("bench", help="decode vs I/O floor, preprocessing cold vs warm cache (ratios, one run)")
-    b.add_argument("--data", default="data/synthetic")
-    b.add_argument("--run", default="runs/default")
-    b.add_argument("--studies", type=int, default=10)
-    b.add_argument("--weights", default="weights")
+    b.add_argument("--data", default="data/synthetic", help="competition folder")
+    b.add_argument("--run", default="runs/default", help="the trained run (stage one)")
+    b.add_argument("--studies", type=int, default=10, help="studies to time")
+    b.add_argument("--weights", default="weights", help="weights folder for the inference timings")
     b.add_argument("--device", default="cpu", help="cpu, or cuda (then fp32 and fp16 are both measured)")
-    b.add_argument("--out", default=None)
+    b.add_argument("--out", default=None, help="also write the table (markdown) here")
     b.set_defaults(fn=_cmd_bench)
     return p
 

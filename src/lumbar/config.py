@@ -93,6 +93,48 @@ def file_overrides(path: str) -> list[str]:
     return out
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the comment written with it in its dataclass (and the classes it derives from):
+    after it on its line (continued on comment lines below), or else on the comment lines just above
+    it. What `--help` says of each option, written once, next to the field."""
+    import inspect
+    import io
+    import tokenize
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        lines = source.splitlines()
+        comments = {t.start[0]: t.string.lstrip("#").strip()
+                    for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+
+        def comment_only(n: int) -> bool:
+            return 1 <= n <= len(lines) and lines[n - 1].strip().startswith("#")
+
+        for f in dataclasses.fields(klass):
+            at = next((i for i, line in enumerate(lines, 1) if line.startswith(f"    {f.name}:")), None)
+            if at is None:
+                continue
+            if at in comments and not comment_only(at):
+                text, n = [comments[at]], at + 1
+                while comment_only(n) and len(lines[n - 1]) - len(lines[n - 1].lstrip()) > 4:
+                    text.append(comments[n])
+                    n += 1
+            else:
+                text, n = [], at - 1
+                while comment_only(n):
+                    text.insert(0, comments[n])
+                    n -= 1
+            if text:
+                docs[f.name] = " ".join(text)
+    return docs
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 

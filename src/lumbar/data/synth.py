@@ -35,22 +35,22 @@ SYNTH_VERSION = 1
 
 @dataclass
 class SynthConfig:
-    out: str = "data/synthetic"
-    studies: int = 200
-    test_studies: int = 20
-    seed: int = 0
-    sag_size: int = 192
-    axial_size: int = 128
-    rater_noise: float = DEFAULT_RATER_NOISE
-    coord_fraction: float = 0.7
+    out: str = "data/synthetic"  # the competition folder to write
+    studies: int = 200  # training studies (labels, coordinates)
+    test_studies: int = 20  # test studies (no labels; sample_submission.csv lists them)
+    seed: int = 0  # everything drawn from it: the same seed writes the same folder
+    sag_size: int = 192  # default profile: sagittal matrix side, px
+    axial_size: int = 128  # default profile: axial matrix side, px
+    rater_noise: float = DEFAULT_RATER_NOISE  # spread of the raters around the latent severity
+    coord_fraction: float = 0.7  # share of training studies with labelled coordinates
     # Real rates of the irregularities (shared/rsna2024_label_stats.json and typical DICOM exports).
-    reversed_rate: float = 0.3
-    gap_rate: float = 0.05
-    mixed_shape_rate: float = 0.01
-    rescale_rate: float = 0.2
+    reversed_rate: float = 0.3  # series whose instance numbers run against their position
+    gap_rate: float = 0.05  # series with gaps in their instance numbers
+    mixed_shape_rate: float = 0.01  # series mixing two matrix sizes
+    rescale_rate: float = 0.2  # series with a RescaleSlope/Intercept
     # With >= 8 studies, give each irregularity to at least one study so every folder exercises them.
     ensure_irregularities: bool = True
-    workers: int = 2
+    workers: int = 2  # processes writing studies
     # "default": the kind geometry above (one orientation per series, ~1.4 mm pixels). "real": the real
     # data's geometry (REAL_DATA.md): 384-640 px matrices at 0.35-0.9 mm, lordotic discs, axial series of
     # angled blocks or long thin stacks, flipped rows, MONOCHROME1, missing tags in the test split.

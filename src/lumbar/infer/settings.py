@@ -8,13 +8,13 @@ DEFAULT_BUDGET_S = 8.0 * 3600  # Kaggle allows 9 hours for the whole notebook: a
 
 @dataclass
 class PredictConfig:
-    batch_size: int = 8
+    batch_size: int = 8  # studies per model call
     workers: int = 2  # processes preparing inputs; 0 = in this process, in order, with no deadline
-    device: str = "auto"
+    device: str = "auto"  # every GPU that passes a smoke test, else the CPU; or "cpu", "cuda:1"
     amp: bool = True  # fp16 autocast where the device is CUDA (CPU always runs fp32)
     time_budget: float = DEFAULT_BUDGET_S  # seconds for the whole predict call
     study_timeout: float = 600.0  # seconds one study's input preparation may take in a worker
-    cache_dir: str = ""  # "" = a temporary folder removed at the end
+    cache_dir: str = ""  # per-study cache folder; "" = a temporary one removed at the end
     write_every: float = 20.0  # seconds between rewrites of the submission while predicting
     fallback_prior: list | None = None  # [25][3], when the weights' prior.json cannot be read
     # Fault injection for the kernel's tests: "batch:N" raises in the N-th batch, "die:STUDY" kills the
