@@ -140,3 +140,27 @@ def test_ensemble_stage_on_the_run(trained, synth_dir):
     ids = pd.read_csv(synth_dir / "train.csv").study_id.tolist()
     oof = read_oof(run, "ensemble", ids)
     assert np.isfinite(oof).all() and np.allclose(oof.sum(-1), 1, atol=1e-5)
+
+
+def test_a_run_notices_changed_labels_and_reuses_unchanged_data(trained, synth_copy, tmp_path, capsys):
+    run, cache, _, _ = trained
+    fresh = _fresh_run(run, tmp_path)
+    args = [f"cache_dir={cache}", *TINY, "epochs=1"]
+    ids = pd.read_csv(synth_copy / "train.csv").study_id.tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train("multitask", synth_copy, fresh, RunConfig(n_folds=2), args)
+        first = read_oof(fresh, "multitask", ids)
+        capsys.readouterr()
+        train("multitask", synth_copy, fresh, RunConfig(n_folds=2), args)  # the same data: reused
+        again = read_oof(fresh, "multitask", ids)
+        assert "training afresh" not in capsys.readouterr().out
+        np.testing.assert_array_equal(first, again)
+        labels = pd.read_csv(synth_copy / "train.csv")
+        spinal = [c for c in labels.columns if c.startswith("spinal_canal_stenosis")]
+        labels[spinal] = "Severe"
+        labels.to_csv(synth_copy / "train.csv", index=False)
+        train("multitask", synth_copy, fresh, RunConfig(n_folds=2), args)
+    out = capsys.readouterr().out
+    assert "was trained on another labels; training afresh" in out
+    assert np.abs(read_oof(fresh, "multitask", ids) - first).max() > 1e-4

@@ -22,8 +22,32 @@ def train_config(cfg) -> TrainConfig:
     return TrainConfig(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
 
 
+def study_inputs(studies) -> list[str]:
+    """Per study, a fingerprint of the files its inputs are decoded from (series folders' file names and
+    sizes): replaced or added images make a fold's inputs new, whatever the cache holds."""
+    out = []
+    for st in studies:
+        files = sorted((r.series_id, f.name, f.stat().st_size) for recs in st.series.values() for r in recs
+                       if r.path.is_dir() for f in r.path.glob("*.dcm"))
+        out.append(config_hash(files))
+    return out
+
+
+def fold_identity(cfg, train_ids: np.ndarray, train_y: np.ndarray, train_set, inputs: list[str] | None,
+                  tr: np.ndarray) -> dict:
+    """What a fold's weights were trained on, part by part (the loop names the part that changed): the
+    config, the training studies, their labels, and their inputs (the files, and the cache entries'
+    keys: they hash the crop geometry, the slice selection and the crop regions)."""
+    entries = getattr(train_set, "entries", None)
+    keys = getattr(entries, "keys", None)
+    return {"config": config_hash(asdict(cfg)), "studies": config_hash(train_ids.tolist()),
+            "labels": config_hash(np.asarray(train_y).tolist()),
+            "inputs": config_hash([inputs[i] for i in tr] if inputs is not None else None, keys)}
+
+
 def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndarray, n_folds: int, run: Path,
-                   make_sets, make_model, postprocess, on_fold=None) -> tuple[np.ndarray, list[float]]:
+                   make_sets, make_model, postprocess, on_fold=None,
+                   inputs: list[str] | None = None) -> tuple[np.ndarray, list[float]]:
     """Every fold through the one loop: OOF probabilities [n, 25, 3] (post-processed with the fold's
     prior, e.g. for missing series) and each fold's score, both from the final weights of a fixed
     schedule: the held-out fold is scored, never used to choose. Folds other than cfg.only_fold are
@@ -47,7 +71,7 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
             return score(sol, probs_to_submission(ids[va], postprocess(probs, va, prior)))
 
         res = fit(model, train_set, tcfg, Run(run).fold(name, k), collate, evaluate, name=f"{name} fold {k}",
-                  run_key=config_hash(asdict(cfg), ids[tr].tolist()))
+                  run_key=fold_identity(cfg, ids[tr], y[tr], train_set, inputs, tr))
         if not is_main():
             continue
         device = pick_device(cfg.device)

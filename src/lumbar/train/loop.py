@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from ..progress import bar
 
 from ..config import TrainConfig  # noqa: F401  (the stages' import point)
+from ..data.cache import config_hash
 from ..files import atomic_path
 from ..devices import dist_info, pick_device  # noqa: F401
 
@@ -103,7 +104,7 @@ def predict(model: torch.nn.Module, dataset, collate, batch_size: int, device: t
 
 def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path, collate: Callable,
         evaluate: Callable[[torch.nn.Module, torch.device], float] | None = None, name: str = "model",
-        run_key: str = "", val_name: str = "validation score (competition metric)") -> FitResult:
+        run_key: str | dict = "", val_name: str = "validation score (competition metric)") -> FitResult:
     """Train for cfg.epochs and keep the final weights (EMA if on). evaluate(model, device), when given,
     scores the validation fold after each epoch for the log and the curves; it decides nothing.
     out_dir gets last.pt (resume state), weights.pt (the final weights), log.csv and curves.png; on
@@ -126,9 +127,13 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
 
     last = out_dir / "last.pt"
     state = torch.load(last, map_location=device, weights_only=False) if last.exists() else None
+    parts = run_key if isinstance(run_key, dict) else {"run": run_key}
+    run_key = config_hash(parts)  # what the run was trained on: config, studies, labels, inputs
     if state is not None and state.get("run_key", "") != run_key:
         if is_main():
-            print(f"{name}: {last} belongs to another config; starting afresh")
+            old = state.get("run_parts", {})
+            changed = [k for k in parts if old.get(k) != parts[k]] or ["config"]
+            print(f"{name}: {last} was trained on another {', '.join(changed)}; training afresh")
         state = None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -208,7 +213,7 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
                             "device": str(device), "amp": use_amp})
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
-                               "history": history, "run_key": run_key, "rng": torch.get_rng_state()}, last)
+                               "history": history, "run_key": run_key, "run_parts": parts, "rng": torch.get_rng_state()}, last)
             write_log(history, out_dir, name)
             h = history[-1]  # one line per epoch: what a log file gets instead of the bar's redraws
             print(f"{name} epoch {epoch + 1}/{cfg.epochs}: train loss {h['train_loss']:.4f}, val score "

@@ -17,7 +17,7 @@ from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.registry import create_model
 from ..layout import Run
 from .datasets import EpochSeeded, collate
-from .folds import cross_validate
+from .folds import cross_validate, study_inputs
 from .loop import is_main
 from .oof import write_oof
 from .runner import RunConfig, register
@@ -137,7 +137,8 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         kp_px.append(px)
 
     oof, fold_scores = cross_validate("multitask", cfg, ids, y, fold, rc.n_folds, run, make_sets, make_model,
-                                      lambda probs, va, prior: fill_missing(probs, present[va], prior), on_fold)
+                                      lambda probs, va, prior: fill_missing(probs, present[va], prior), on_fold,
+                                      inputs=study_inputs(studies))
     if not is_main():
         return {}
     if cfg.only_fold >= 0:

@@ -21,7 +21,7 @@ from .datasets import EpochSeeded
 from .oof import write_oof
 from .stage_one import load_train, read_oof_selection
 from .runner import RunConfig, register
-from .folds import cross_validate
+from .folds import cross_validate, study_inputs
 from .loop import is_main
 
 
@@ -94,7 +94,8 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                 FramesDataset(take(entries, va), y[va]))
 
     oof, fold_scores = cross_validate("sequence", cfg, ids, y, fold, rc.n_folds, run, make_sets,
-                                      lambda: create_model("sequence", cfg), lambda probs, va, prior: probs)
+                                      lambda: create_model("sequence", cfg), lambda probs, va, prior: probs,
+                                      inputs=study_inputs(studies))
     if not is_main():
         return {}
     if cfg.only_fold >= 0:
