@@ -254,7 +254,7 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
 
 def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, timings, failures, done,
          write) -> None:
-    from ..progress import bar, on_terminal
+    from ..progress import bar
 
     if plan.should_stop(cfg.batch_size):
         _say(cfg, f"time budget {cfg.time_budget:.0f}s spent before the first study; every study keeps its prior")
@@ -296,8 +296,6 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, 
                 probs[it["study_id"]] = bundle.combine(got)
         done[0] += len(batch)
         pbar.update(len(batch))
-        if not on_terminal() and done[0] * 10 // len(studies) > (done[0] - len(batch)) * 10 // len(studies):
-            _say(cfg, f"{done[0]}/{len(studies)} studies, {plan.elapsed():.0f}s")  # a line per tenth, not a bar
         now = time.perf_counter()
         plan.observe(len(batch), now - state["batch_start"], prep, fold_seconds)
         for line in plan.decide():
