@@ -1,7 +1,6 @@
 """The default synthetic folder, end to end: `make data && make train MODEL=prior && make local-score`."""
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -14,15 +13,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def default_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("default") / "synthetic"
-    t = time.time()
     subprocess.run([sys.executable, "-m", "lumbar", "synth", "--out", str(out), "--studies", "200",
                     "--test-studies", "20", "--seed", "0"], check=True, capture_output=True)
-    return out, time.time() - t
+    return out, None  # (its time is a benchmark's business: make bench, not a test's)
 
 
-def test_default_folder_is_fast_and_valid(default_data):
-    out, seconds = default_data
-    assert seconds < 120, f"200 studies took {seconds:.0f}s"
+def test_default_folder_is_valid(default_data):
+    out, _ = default_data
     r = subprocess.run([sys.executable, "-m", "lumbar", "validate", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:]
     assert len(pd.read_csv(out / "train.csv")) == 200

@@ -208,13 +208,15 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
                 eval_model.eval()
                 score = float(evaluate(eval_model, device))
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                            "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0, "steps": steps,
-                            "val_name": val_name,
-                            "device": str(device), "amp": use_amp})
+                            "val_score": score, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0,
+                            "steps": steps, "val_name": val_name, "device": str(device), "amp": use_amp})
+            # The log first, then the checkpoint: whoever sees last.pt finds the epoch's log line (a
+            # resume rewrites the log from the checkpoint's history, so a log one epoch ahead is harmless).
+            write_log(history, out_dir, name)
             atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                "scaler": scaler.state_dict(), "ema": ema.shadow if ema else None, "epoch": epoch,
-                               "history": history, "run_key": run_key, "run_parts": parts, "rng": torch.get_rng_state()}, last)
-            write_log(history, out_dir, name)
+                               "history": history, "run_key": run_key, "run_parts": parts,
+                               "rng": torch.get_rng_state()}, last)
             h = history[-1]  # one line per epoch: what a log file gets instead of the bar's redraws
             print(f"{name} epoch {epoch + 1}/{cfg.epochs}: train loss {h['train_loss']:.4f}, val score "
                   f"{h['val_score']:.4f}, {h['seconds']:.0f}s", flush=True)
