@@ -161,11 +161,28 @@ def damage_one_slice_series(root: Path):
 def test_bad_input_still_gives_a_complete_submission(damage, trained_weights, synth_copy, tmp_path):
     damage(synth_copy)
     res = _run(synth_copy, trained_weights, tmp_path / "sub.csv")
-    assert_complete(tmp_path / "sub.csv", synth_copy)
+    sub = assert_complete(tmp_path / "sub.csv", synth_copy)
+    prior = np.asarray(json.loads((trained_weights / "prior.json").read_text())["probs"])
+    ids = list(dict.fromkeys(int(r.split("_")[0]) for r in sub.row_id))
+
+    def moved(study: int) -> bool:  # the models' prediction, not the prior
+        rows = sub[sub.row_id.str.startswith(f"{study}_")].sort_values("row_id")
+        order = sorted(range(25), key=lambda j: f"{study}_{schema.LABEL_COLUMNS[j]}")
+        return np.abs(rows[list(schema.PROB_COLUMNS)].to_numpy() - prior[order]).max() > 1e-4
+
     if damage is damage_no_axial:  # no axial series: all 25 columns still predicted by the models
-        assert res["failed"] == 0 and res["predicted"] == 3
-    if damage is damage_only_corrupt_dicom:
-        assert len(res["failures"]) == 1
+        assert res["failed"] == 0 and res["predicted"] == 3 and all(moved(s) for s in ids)
+    if damage is damage_only_corrupt_dicom:  # that study keeps its prior, named; the others predict
+        bad = pd.read_csv(synth_copy / "test_series_descriptions.csv").study_id.unique()[1]
+        assert list(res["failures"]) == [bad] and not moved(bad)
+        assert all(moved(s) for s in ids if s != bad)
+    if damage is damage_unknown_description:  # "Sagittal PD" in the CSV: its files say what it is
+        assert res["failed"] == 0 and all(moved(s) for s in ids)
+        assert any("series 999" in line and "the files win" in line for line in res["log"])
+    if damage is damage_empty_test_folder:  # nothing to read: every row of sample_submission at the prior
+        assert res["studies"] == 3 and not any(moved(s) for s in ids)
+    if damage is damage_one_slice_series:  # a study of one-slice series still predicts, like the others
+        assert res["predicted"] == 3 and all(moved(s) for s in ids)
 
 
 def test_kernel_without_weights_says_what_to_run(tmp_path):
