@@ -39,7 +39,10 @@ def _fresh_run(run, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(stage_one, synth_dir, tmp_path_factory):
-    run, cache, _ = stage_one
+    """Its own copy of the session's stage-one run (never written into: other fixtures copy it)."""
+    src, cache, _ = stage_one
+    run = tmp_path_factory.mktemp("multitask") / "run"
+    shutil.copytree(src, run)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sr = train("superres", synth_dir, run, RunConfig(n_folds=2), [f"cache_dir={cache}", "epochs=2", "channels=16",

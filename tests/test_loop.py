@@ -1,0 +1,77 @@
+"""The one training loop's switches, each doing what it says: EMA, gradient accumulation, DataLoader
+workers (on a model small enough that the arithmetic can be checked)."""
+import torch
+from torch.utils.data import Dataset
+
+from lumbar.config import TrainConfig
+from lumbar.train.datasets import collate
+from lumbar.train.loop import EMA, fit
+
+
+class Points(Dataset):
+    def __init__(self, n: int = 16):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(n, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+class Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(4, 1)
+
+    def forward(self, batch):
+        pred = self.lin(batch["x"]).squeeze(-1)
+        return {"loss": ((pred - batch["y"]) ** 2).mean(), "probs": torch.zeros(len(pred), 25, 3)}
+
+
+def _fit(tmp_path, name, **kw):
+    cfg = TrainConfig(**{"epochs": 2, "batch_size": 4, "lr": 0.05, "weight_decay": 0.0, "clip_grad": 1e6,
+                         "device": "cpu", **kw})
+    model = Linear()
+    fit(model, Points(), cfg, tmp_path / name, collate, name=name)
+    return model
+
+
+def test_ema_update_is_the_decayed_average():
+    model = Linear()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = EMA(model, 0.75)
+    with torch.no_grad():
+        model.lin.weight.add_(2.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.shadow["lin.weight"], 0.75 * start["lin.weight"] + 0.25 * model.lin.weight)
+
+
+def test_training_with_ema_keeps_the_average_not_the_last_step(tmp_path):
+    plain = _fit(tmp_path, "plain")
+    averaged = _fit(tmp_path, "ema", ema=0.5)
+    last = torch.load(tmp_path / "ema" / "last.pt", weights_only=False)
+    torch.testing.assert_close(last["model"]["lin.weight"], plain.lin.weight.detach())  # the same raw steps
+    torch.testing.assert_close(averaged.lin.weight.detach(), last["ema"]["lin.weight"])  # final = the average
+    assert (averaged.lin.weight - plain.lin.weight).abs().max() > 1e-4
+    saved = torch.load(tmp_path / "ema" / "weights.pt", weights_only=True)["model"]
+    torch.testing.assert_close(saved["lin.weight"], averaged.lin.weight.detach())
+
+
+def test_two_accumulated_half_batches_are_one_full_batch(tmp_path):
+    full = _fit(tmp_path, "full", batch_size=4)
+    halves = _fit(tmp_path, "halves", batch_size=2, accum_steps=2)
+    torch.testing.assert_close(halves.lin.weight, full.lin.weight, atol=1e-6, rtol=1e-5)
+    steps = [torch.load(tmp_path / n / "last.pt", weights_only=False)["history"][0]["steps"] for n in ("full", "halves")]
+    assert steps == [4, 4]  # 16 samples: four optimiser steps either way
+    single = _fit(tmp_path, "single", batch_size=2)  # without accumulation: twice the steps, other weights
+    assert (single.lin.weight - full.lin.weight).abs().max() > 1e-4
+
+
+def test_dataloader_workers_train_the_same_model(tmp_path):
+    inline = _fit(tmp_path, "inline", num_workers=0)
+    workers = _fit(tmp_path, "workers", num_workers=2)
+    torch.testing.assert_close(workers.lin.weight, inline.lin.weight)
