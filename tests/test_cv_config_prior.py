@@ -98,3 +98,19 @@ def test_train_prior_and_score_cli(synth_dir, tmp_path, capsys):
     expected = score(labels_to_solution(labels), oof)
     assert f"{expected:.4f}" in out
     assert main(["train", "--model", "nonsense", "--data", str(synth_dir), "--run", str(run)]) == 2
+
+
+def test_an_unpredicted_oof_row_is_an_error_not_nan(tmp_path):
+    import numpy as np
+    import pytest
+
+    from lumbar.train.oof import read_oof, write_oof
+
+    probs = np.full((3, 25, 3), 1 / 3)
+    write_oof(tmp_path, "m", [1, 2, 3], probs)
+    np.testing.assert_allclose(read_oof(tmp_path, "m", [1, 2, 3]), probs, atol=1e-7)
+    probs[1] = 0.0  # a study no fold predicted
+    with pytest.raises(ValueError, match=r"never predicted.*\[1, 0\]|\[\[1, 0\]"):
+        write_oof(tmp_path, "m2", [1, 2, 3], probs)
+    from lumbar.layout import Run
+    assert Run(tmp_path).oof("m").exists() and not Run(tmp_path).oof("m2").exists()

@@ -16,7 +16,12 @@ def write_oof(run_dir: str | Path, model: str, study_ids, probs: np.ndarray) -> 
     probs = np.asarray(probs, dtype=np.float64)
     if not np.isfinite(probs).all():
         raise ValueError(f"{model}: OOF probabilities contain NaN or inf")
-    probs = probs / probs.sum(axis=-1, keepdims=True)
+    sums = probs.sum(axis=-1)
+    if (probs < 0).any() or (sums <= 0).any():  # normalising would write NaN (0/0) or nonsense
+        bad = np.argwhere(sums <= 0)[:3].tolist() or np.argwhere((probs < 0).any(-1))[:3].tolist()
+        raise ValueError(f"{model}: OOF rows that are not probabilities (all zero or negative) at (study index, "
+                         f"column) {bad}: a study was never predicted")
+    probs = probs / sums[..., None]
     path = Run(run_dir).oof(model)
     with atomic_path(path) as tmp:
         probs_to_submission(list(study_ids), probs).to_csv(tmp, index=False, float_format="%.8g")
