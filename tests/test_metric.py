@@ -175,3 +175,20 @@ def test_bootstrap_intervals_and_paired_differences():
     text = format_table(scores)
     assert "95% CI" in text and "minus a (95% CI)" in text
     assert f"| b |" in text and f"{t.loc['b', 'vs_best']:+.4f} [" in text
+
+
+def test_every_column_of_the_score_table_has_its_interval():
+    from lumbar.metric import study_terms
+    from lumbar.scoring import COLUMNS, bootstrap, format_table
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, size=(80, 25))
+    p = rng.dirichlet(np.ones(3), size=(80, 25))
+    t = bootstrap({"m": p}, y, n_boot=300)
+    terms = study_terms(y, p).sum(0)
+    for j, col in enumerate(COLUMNS[:-1]):
+        value = terms[j, 0] / terms[j, 1]
+        assert t.loc["m", f"{col}_low"] < value < t.loc["m", f"{col}_high"], col
+    table = pd.DataFrame({c: [0.5] for c in COLUMNS}, index=["m"]).join(t)
+    row = next(line for line in format_table(table).splitlines() if line.startswith("| m |"))
+    assert row.count("[") == len(COLUMNS) + 1  # four columns with their interval, overall's, the paired difference

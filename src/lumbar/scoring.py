@@ -31,14 +31,19 @@ def bootstrap(probs: dict[str, np.ndarray], y: np.ndarray, n_boot: int = N_BOOT,
     n = len(y)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    point = {m: float(score_from_terms(study_terms(y, p))) for m, p in probs.items()}
-    boots = {m: score_from_terms(study_terms(y, p), counts) for m, p in probs.items()}
+    terms = {m: study_terms(y, p) for m, p in probs.items()}
+    point = {m: float(score_from_terms(t)) for m, t in terms.items()}
+    boots = {m: score_from_terms(t, counts) for m, t in terms.items()}
+    sums = {m: np.tensordot(counts, t, axes=([-1], [0])) for m, t in terms.items()}  # [boot, 4, 2]
     singles = [m for m in probs if m not in NOT_SINGLE]
     best = min(singles, key=point.get) if singles else None
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     rows = {}
     for m, b in boots.items():
         row = {"ci_low": np.percentile(b, lo), "ci_high": np.percentile(b, hi)}
+        per_term = sums[m][..., 0] / sums[m][..., 1]  # each condition group's term, and any severe spinal
+        for j, col in enumerate(COLUMNS[:-1]):
+            row[f"{col}_low"], row[f"{col}_high"] = np.percentile(per_term[:, j], lo), np.percentile(per_term[:, j], hi)
         if best is not None:
             d = b - boots[best]
             row.update(vs_best=point[m] - point[best], vs_best_low=np.percentile(d, lo), vs_best_high=np.percentile(d, hi))
@@ -74,8 +79,8 @@ def local_score(data: str | Path, run: str | Path, n_boot: int = N_BOOT) -> pd.D
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """A markdown table, models as rows: group scores, overall with its 95% interval, and the paired
-    difference to the best single model with its interval."""
+    """A markdown table, models as rows: each group's score and overall, each with its 95% interval, and
+    the paired difference to the best single model with its interval."""
     best = table.attrs.get("best_single")
     groups = [c for c in COLUMNS if c != "overall"]
     head = ["model", *groups, "overall", "95% CI"]
@@ -83,7 +88,8 @@ def format_table(table: pd.DataFrame) -> str:
         head.append(f"minus {best} (95% CI)")
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for name, row in table.iterrows():
-        cells = [f"{row[c]:.4f}" for c in groups] + [f"{row['overall']:.4f}"]
+        cells = [f"{row[c]:.4f} [{row[c + '_low']:.3f}, {row[c + '_high']:.3f}]" if f"{c}_low" in table.columns
+                 else f"{row[c]:.4f}" for c in groups] + [f"{row['overall']:.4f}"]
         if "ci_low" in table.columns:
             cells.append(f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
         if "vs_best" in table.columns:
