@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lumbar"
 
 # Lower layers never import higher ones: schema/config/metric/cv -> data -> preprocess -> models ->
 # infer -> train -> commands. Inference never imports training (the kernel ships no training code).
-LAYERS = {"schema": 0, "config": 0, "metric": 0, "cv": 0, "devices": 0, "files": 0, "layout": 0, "data": 1, "preprocess": 2, "models": 3,
+LAYERS = {"schema": 0, "config": 0, "metric": 0, "cv": 0, "devices": 0, "files": 0, "layout": 0, "progress": 0, "data": 1, "preprocess": 2, "models": 3,
           "infer": 4, "train": 5}
 COMMANDS = 6  # cli, demo, bench, reports, rehearsal, scoring, plots, kaggle, kernel
 
