@@ -139,7 +139,9 @@ class MultitaskModel(nn.Module):
         sag_kp, ax_kp = self.keypoints(sag, axial)
         true_sag = (batch["sag_points"] + 0.5) / s
         true_ax = (batch["axial_points"] + 0.5) / sa
-        kp_loss = sag.new_zeros(())
+        # Zero, but in the graph, when the batch has no labelled point: DDP needs a gradient for every
+        # parameter at every step, the keypoint heads included.
+        kp_loss = 0.0 * (sag_kp.sum() + ax_kp.sum())
         m_sag, m_ax = torch.isfinite(true_sag).all(-1), torch.isfinite(true_ax).all(-1)
         n_kp = m_sag.sum() + m_ax.sum()
         if n_kp > 0:

@@ -171,7 +171,8 @@ class SequenceModel(nn.Module):
         if points is not None:
             true = ((points.float() + 0.5) / s).reshape(pred.shape)
             ok = torch.isfinite(true).all(-1)
-            kp_loss = (pred - true.nan_to_num()).abs().sum(-1)[ok].mean() if ok.any() else pred.new_zeros(())
+            # zero but in the graph without labelled points: DDP needs a gradient for every parameter
+            kp_loss = (pred - true.nan_to_num()).abs().sum(-1)[ok].mean() if ok.any() else 0.0 * pred.sum()
             if self.force_points or (self.training and cfg.teacher_forcing > 0):
                 use = (torch.rand(b, device=x.device) < cfg.teacher_forcing).repeat_interleave(t * n)
                 if self.force_points:  # the attribution report: patches at the labelled points where known
