@@ -134,3 +134,21 @@ def test_missing_files_are_clear_errors(tmp_path, capsys):
         load_studies(tmp_path / "nowhere")
     assert main(["train", "--model", "prior", "--data", str(tmp_path / "nowhere"), "--run", str(tmp_path / "r")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_reading_the_files_descriptions_never_blocks_on_a_special_file(synth_copy):
+    """The catalog reads a header per series in the main process: a FIFO named 0.dcm (a read that never
+    returns) must be passed over, not opened."""
+    import os
+    import threading
+
+    series = pd.read_csv(synth_copy / "test_series_descriptions.csv")
+    r = series.iloc[0]
+    os.mkfifo(synth_copy / "test_images" / str(r.study_id) / str(r.series_id) / "0.dcm")
+    got = []
+    t = threading.Thread(target=lambda: got.append(load_studies(synth_copy, "test")), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "load_studies blocked on a FIFO"
+    study = next(s for s in got[0] if s.study_id == r.study_id)
+    assert int(r.series_id) in {rec.series_id for recs in study.series.values() for rec in recs}

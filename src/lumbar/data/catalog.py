@@ -187,7 +187,9 @@ def file_description(folder: Path) -> str | None:
     """SeriesDescription (0008,103E) of a series folder's first file, or None (no file, no tag, unreadable)."""
     import pydicom
 
-    files = sorted(folder.glob("*.dcm"), key=lambda p: (len(p.stem), p.stem))
+    # Regular files only: this runs in the main process, before the workers and their deadlines, and a
+    # FIFO named .dcm (or any special file) would block it forever.
+    files = sorted((p for p in folder.glob("*.dcm") if p.is_file()), key=lambda p: (len(p.stem), p.stem))
     for path in files[:3]:  # a damaged first file should not hide the tag of the next
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesDescription"])
