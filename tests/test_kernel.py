@@ -135,14 +135,19 @@ def test_missing_torch_fold_is_dropped(kernel, trained_weights, synth_dir, tmp_p
     assert np.abs(got.iloc[:25][["normal_mild", "moderate", "severe"]].to_numpy() - prior).max() > 1e-4
 
 
+def moved_off_prior(sub: pd.DataFrame, weights: Path) -> list[bool]:
+    """Per study of a submission (in its order): whether its rows differ from the weights' prior."""
+    prior = np.asarray(json.loads((weights / "prior.json").read_text())["probs"])
+    cols = ["normal_mild", "moderate", "severe"]
+    studies = list(dict.fromkeys(r.split("_")[0] for r in sub["row_id"]))
+    return [np.abs(sub[sub.row_id.str.startswith(f"{s}_")][cols].to_numpy() - prior).max() > 1e-4 for s in studies]
+
+
 def test_a_gpu_failing_its_smoke_test_predicts_every_study_on_the_cpu(kernel, trained_weights, synth_dir, tmp_path):
     out, sub = run_kernel(kernel, trained_weights, synth_dir, tmp_path / "kaggle", env={"LUMBAR_FAULT": "device"})
     got = assert_complete(sub, synth_dir)
     assert "smoke test failed (fault injected" in out and "predicting on the CPU" in out
-    prior = np.asarray(json.loads((trained_weights / "prior.json").read_text())["probs"])
-    cols = ["normal_mild", "moderate", "severe"]
-    studies = list(dict.fromkeys(r.split("_")[0] for r in got["row_id"]))
-    moved = [np.abs(got[got.row_id.str.startswith(f"{s}_")][cols].to_numpy() - prior).max() > 1e-4 for s in studies]
+    moved = moved_off_prior(got, trained_weights)
     assert all(moved), "every study predicted by the models on the CPU, none left on priors"
     assert "'device': 'cpu'" in out
 
@@ -152,10 +157,7 @@ def test_predict_raising_in_its_third_batch_leaves_the_first_two(kernel, trained
                           env={"LUMBAR_FAULT": "batch:3", "LUMBAR_BATCH_SIZE": "1"})
     got = assert_complete(sub, synth_dir)
     assert "fault injected in batch 3" in out and "predict raised; the last submission.csv it wrote stands" in out
-    prior = np.asarray(json.loads((trained_weights / "prior.json").read_text())["probs"])
-    cols = ["normal_mild", "moderate", "severe"]
-    studies = list(dict.fromkeys(r.split("_")[0] for r in got["row_id"]))
-    moved = [np.abs(got[got.row_id.str.startswith(f"{s}_")][cols].to_numpy() - prior).max() > 1e-4 for s in studies]
+    moved = moved_off_prior(got, trained_weights)
     assert sum(moved) == 2, "the two batches before the failure keep their predictions, the third its prior"
 
 
