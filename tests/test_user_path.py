@@ -157,3 +157,31 @@ def test_kernel_metadata_takes_the_dataset_id_when_it_is_known(tmp_path, monkeyp
     monkeypatch.setenv("KAGGLE_USERNAME", "bob")
     assert dataset_id(weights, ask=False) == "alice/lumbar-weights"  # a real id in the weights stays
     assert dataset_id(weights, "carol/w", ask=False) == "carol/w"
+
+
+def test_the_demo_never_waits_for_a_kaggle_user_name(tmp_path, monkeypatch):
+    """build() as the demo calls it does not ask, even on a terminal; `make kernel` (ask=None) does."""
+    import builtins
+    import sys as _sys
+
+    from lumbar import schema
+    from lumbar.notebook import build
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "manifest.json").write_text(json.dumps({"models": {}, "artefacts": []}))
+    (weights / "prior.json").write_text(json.dumps({"columns": list(schema.LABEL_COLUMNS),
+                                                    "probs": [[1 / 3] * 3] * 25}))
+    (weights / "dataset-metadata.json").write_text(json.dumps({"id": "YOUR_KAGGLE_USERNAME/lumbar-weights"}))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr(_sys.stdin, "isatty", lambda: True, raising=False)
+    asked = []
+    monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "dora")
+    build(weights, tmp_path / "kernel")  # the demo's call
+    assert not asked
+    assert json.loads((tmp_path / "kernel" / "kernel-metadata.json").read_text())["machine_shape"] == "NvidiaTeslaT4"
+    build(weights, tmp_path / "kernel2", ask=None)  # make kernel on a terminal
+    assert len(asked) == 1
+    assert json.loads((tmp_path / "kernel2" / "kernel-metadata.json").read_text())["dataset_sources"] == [
+        "dora/lumbar-weights"]

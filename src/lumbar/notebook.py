@@ -265,7 +265,9 @@ def dataset_id(weights: Path, given: str = "", ask: bool | None = None) -> str:
     return found
 
 
-def build(weights: Path, out: Path, dataset: str = "") -> Path:
+def build(weights: Path, out: Path, dataset: str = "", ask: bool | None = False) -> Path:
+    """The notebook and kernel-metadata.json in `out`. `ask`: whether an unknown dataset id is asked for
+    (None: when on a terminal, as `make kernel` does; the demo never asks)."""
     weights, out = Path(weights), Path(out)
     manifest = weights / "manifest.json"
     if not manifest.exists():
@@ -309,7 +311,7 @@ def build(weights: Path, out: Path, dataset: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "lumbar-inference.ipynb"
     write_json(path, nb)
-    dataset = dataset_id(weights, dataset)
+    dataset = dataset_id(weights, dataset, ask)
     user = dataset.split("/")[0]
     # The T4 machine (2 x 16 GB): without a machine shape Kaggle may give a P100, which current torch
     # builds no longer run (the notebook would then predict on the CPU after its smoke test).
@@ -329,7 +331,7 @@ def main(argv=None) -> int:
                                                  "weights/dataset-metadata.json or $KAGGLE_USERNAME)")
     a = p.parse_args(argv)
     try:
-        path = build(Path(a.weights), Path(a.out), a.dataset)
+        path = build(Path(a.weights), Path(a.out), a.dataset, ask=None)
     except BuildError as e:
         print(f"build_kernel: {e}", file=sys.stderr)
         return 2
