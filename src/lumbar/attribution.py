@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .progress import bar
 
 from . import config as cfgmod
 from .cv import read_folds
@@ -30,10 +29,12 @@ from .data.cache import StudyCache
 from .data.catalog import find_root, load_studies, read_labels
 from .files import write_json, write_text
 from .layout import Run
-from .metric import TERMS, labels_to_array, study_terms, submission_to_probs
+from .metric import TERMS, labels_to_array, study_terms, submission_to_probs, term_scores
 from .models.prior import fit_prior
 from .preprocess.stage_one import (build_crops, cache_version, labels_for, read_preprocess_config, study_crops,
                                    study_features, true_selection)
+from .progress import bar
+from .scoring import interval, resamples, with_overall
 
 VARIANTS = ("shipped", "true_slices", "true_points", "true_patches")
 COLUMNS = [*TERMS, "overall"]
@@ -88,14 +89,15 @@ def _load_fold(name: str, run: Run, cfg, k: int):
 def _predict(spec, net, entries: list[dict], force: bool, batch_size: int = 8) -> np.ndarray:
     """[n, 25, 3] from a fold's network on input entries, batched as the engine batches them (the
     spec's batch keys, plus the labelled points where the entries hold them, for `force`)."""
+    from .infer.engine import stack_batch
+
     keys = [*spec.batch_keys, *[k for k in ("points",) if k not in spec.batch_keys and k in entries[0]]]
     out = []
     net.force_points = force
     try:
         with torch.no_grad():
             for i in range(0, len(entries), batch_size):
-                chunk = entries[i:i + batch_size]
-                batch = {k: torch.from_numpy(np.stack([np.asarray(e[k]) for e in chunk])) for k in keys}
+                batch = stack_batch(entries[i:i + batch_size], keys, torch.device("cpu"))
                 out.append(net(batch)["probs"].float().numpy())
     finally:
         net.force_points = False
@@ -155,31 +157,24 @@ def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dic
     return [s.study_id for s in studies], out
 
 
-def _interval(b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    return float(np.percentile(b, 100 * (1 - level) / 2)), float(np.percentile(b, 100 * (1 + level) / 2))
-
-
 def summarise(probs: dict[str, np.ndarray], y: np.ndarray, oracle: np.ndarray | None, n_boot: int = 1000,
               seed: int = 0) -> dict:
     """Per variant: the score per metric term and overall, with intervals; each variant minus shipped
     (paired, the same resamples); the oracle's score and stage one's share of the gap to it."""
-    n = len(y)
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    counts = resamples(len(y), n_boot, seed)
 
     def columns(p: np.ndarray, c=None) -> np.ndarray:  # [..., 5]: the four terms and overall
-        sums = np.tensordot(np.ones(n) if c is None else c, study_terms(y, p), axes=([-1], [0]))
-        per = sums[..., 0] / sums[..., 1]
-        return np.concatenate([per, per.mean(-1, keepdims=True)], -1)
+        return with_overall(term_scores(study_terms(y, p), c))
 
     point = {v: columns(p) for v, p in probs.items()}
     boots = {v: columns(p, counts) for v, p in probs.items()}
     res: dict = {"variants": {}}
     for v in probs:
         row = {c: round(float(point[v][j]), 4) for j, c in enumerate(COLUMNS)}
-        row["overall_ci"] = [round(x, 4) for x in _interval(boots[v][:, -1])]
+        row["overall_ci"] = [round(x, 4) for x in interval(boots[v][:, -1])]
         d = boots[v] - boots["shipped"]
         row["minus_shipped"] = {c: [round(float(point[v][j] - point["shipped"][j]), 4),
-                                    *[round(x, 4) for x in _interval(d[:, j])]] for j, c in enumerate(COLUMNS)}
+                                    *[round(x, 4) for x in interval(d[:, j])]] for j, c in enumerate(COLUMNS)}
         res["variants"][v] = row
     if oracle is not None:
         o = columns(oracle)

@@ -62,11 +62,10 @@ def _cmd_validate(a) -> int:
 
 
 def _cmd_train(a) -> int:
-    from .train.runner import RunConfig, train
-    t = time.time()
     from .config import file_overrides
+    from .train.runner import RunConfig, takes, train
+    t = time.time()
     overrides = (file_overrides(a.config) if a.config else []) + a.overrides
-    from .train.runner import takes
     if a.device and takes(a.model, "device"):  # stage one, the prior and the ensemble have no device
         overrides.append(f"device={a.device}")
     if a.backbones and takes(a.model, "backbone_checkpoint"):
@@ -132,13 +131,12 @@ def _cmd_predict(a) -> int:
 
 
 def _cmd_scaling(a) -> int:
-    from .files import write_json
+    from .files import write_json, write_text
     from .scaling import report
     numbers, text = report(a.data, a.cache, tuple(a.sizes), a.members or None, a.svm_rows, a.n_jobs, a.workers)
     print(text)
     if a.out:
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        (Path(a.out) / "selector_scaling.md").write_text(text + "\n")
+        write_text(Path(a.out) / "selector_scaling.md", text + "\n")
         write_json(Path(a.out) / "selector_scaling.json", numbers)
     return 0
 

@@ -207,9 +207,14 @@ def study_terms(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def score_from_terms(terms: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-    """Overall scores from study terms [n, 4, 2], each study counted counts[..., n] times (all once if
-    None): shape counts.shape[:-1]."""
+def term_scores(terms: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """Each of the four terms (TERMS order) from study terms [n, 4, 2], each study counted counts[..., n]
+    times (all once if None): shape counts.shape[:-1] + (4,)."""
     counts = np.ones(len(terms)) if counts is None else np.asarray(counts, np.float64)
     sums = np.tensordot(counts, terms, axes=([-1], [0]))  # [..., 4, 2]
-    return (sums[..., 0] / sums[..., 1]).mean(-1)
+    return sums[..., 0] / sums[..., 1]
+
+
+def score_from_terms(terms: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """Overall scores (the four terms' mean) from study terms [n, 4, 2]: shape counts.shape[:-1]."""
+    return term_scores(terms, counts).mean(-1)

@@ -25,7 +25,7 @@ def training_matrix(data: str | Path, cache_dir: str | Path, workers: int = 2) -
     from .data.cache import StudyCache
     from .data.catalog import load_studies
     from .preprocess.stage_one import cache_version, study_features, training_rows
-    from .train.stage_one import _stack, warm_cache
+    from .train.stage_one import stack_rows, warm_cache
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -37,7 +37,7 @@ def training_matrix(data: str | Path, cache_dir: str | Path, workers: int = 2) -
         r = list(training_rows(st, study_features(st, cache, keep_pixels=False)))
         labelled += bool(r)
         rows += r
-    X, Y = _stack(rows)
+    X, Y = stack_rows(rows)
     return X, Y, labelled
 
 

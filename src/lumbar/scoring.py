@@ -14,7 +14,8 @@ import pandas as pd
 
 from . import schema
 from .data.catalog import find_root, read_labels
-from .metric import labels_to_array, labels_to_solution, score_groups, study_terms, score_from_terms, submission_to_probs
+from .metric import (labels_to_array, labels_to_solution, score_groups, study_terms, submission_to_probs,
+                     term_scores)
 from .layout import Run
 from .train.oof import list_oof
 
@@ -24,29 +25,41 @@ NOT_SINGLE = {"ensemble", "oracle"}  # what the "best single model" is chosen wi
 N_BOOT = 2000
 
 
+def resamples(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """[n_boot, n]: how many times each of n studies is drawn in each bootstrap resample."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+
+
+def with_overall(per_term: np.ndarray) -> np.ndarray:
+    """[..., 4] term scores -> [..., 5]: the four terms and their mean, the overall score (COLUMNS order)."""
+    return np.concatenate([per_term, per_term.mean(-1, keepdims=True)], -1)
+
+
+def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of bootstrap values."""
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return float(np.percentile(values, lo)), float(np.percentile(values, hi))
+
+
 def bootstrap(probs: dict[str, np.ndarray], y: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
               level: float = 0.95) -> pd.DataFrame:
     """Per model: the score's bootstrap interval over studies and its paired difference (model minus the
     best single model) with that difference's interval, all from one set of resamples."""
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    counts = resamples(len(y), n_boot, seed)
     terms = {m: study_terms(y, p) for m, p in probs.items()}
-    point = {m: float(score_from_terms(t)) for m, t in terms.items()}
-    boots = {m: score_from_terms(t, counts) for m, t in terms.items()}
-    sums = {m: np.tensordot(counts, t, axes=([-1], [0])) for m, t in terms.items()}  # [boot, 4, 2]
+    columns = {m: with_overall(term_scores(t, counts)) for m, t in terms.items()}  # [boot, 5]
+    point = {m: float(term_scores(t).mean()) for m, t in terms.items()}
+    boots = {m: c[:, -1] for m, c in columns.items()}
     singles = [m for m in probs if m not in NOT_SINGLE]
     best = min(singles, key=point.get) if singles else None
-    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     rows = {}
     for m, b in boots.items():
-        row = {"ci_low": np.percentile(b, lo), "ci_high": np.percentile(b, hi)}
-        per_term = sums[m][..., 0] / sums[m][..., 1]  # each condition group's term, and any severe spinal
-        for j, col in enumerate(COLUMNS[:-1]):
-            row[f"{col}_low"], row[f"{col}_high"] = np.percentile(per_term[:, j], lo), np.percentile(per_term[:, j], hi)
+        row = dict(zip(("ci_low", "ci_high"), interval(b, level)))
+        for j, col in enumerate(COLUMNS[:-1]):  # each condition group's term, and any severe spinal
+            row[f"{col}_low"], row[f"{col}_high"] = interval(columns[m][:, j], level)
         if best is not None:
-            d = b - boots[best]
-            row.update(vs_best=point[m] - point[best], vs_best_low=np.percentile(d, lo), vs_best_high=np.percentile(d, hi))
+            low, high = interval(b - boots[best], level)
+            row.update(vs_best=point[m] - point[best], vs_best_low=low, vs_best_high=high)
         rows[m] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.attrs["best_single"] = best

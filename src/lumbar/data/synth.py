@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
-from ..progress import bar
 
 from .. import schema
 from ..files import write_json
+from ..progress import bar
 from .labelmodel import DEFAULT_RATER_NOISE, LabelModel, real_stats
 
 # Tissues and their (T1, T2) signal, in [0, 1] before scanner scaling.

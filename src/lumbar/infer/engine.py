@@ -174,7 +174,8 @@ class Bundle:
 
 
 
-def _batch(entries: list[dict], keys, device) -> dict:
+def stack_batch(entries: list[dict], keys, device) -> dict:
+    """One batch from input entries: each key's arrays stacked into a tensor on `device`."""
     return {k: torch.from_numpy(np.stack([np.asarray(e[k]) for e in entries])).to(device) for k in keys}
 
 
@@ -352,7 +353,7 @@ def _models_on(items, bundle: Bundle, plan: Plan, timings, failures, cfg, fold_s
                 net = bundle.models[name][k]
                 dev = next(net.parameters()).device
                 if dev not in batches:
-                    batches[dev] = _batch(entries, spec.batch_keys, dev)
+                    batches[dev] = stack_batch(entries, spec.batch_keys, dev)
                 with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.float16,
                                                      enabled=cfg.amp and dev.type == "cuda"):
                     pending.append(net(batches[dev])["probs"])

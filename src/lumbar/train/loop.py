@@ -24,11 +24,11 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from ..progress import bar
 
 from ..config import TrainConfig  # noqa: F401  (the stages' import point)
 from ..data.cache import config_hash
 from ..files import atomic_path
+from ..progress import bar
 from ..devices import dist_info, pick_device  # noqa: F401
 
 

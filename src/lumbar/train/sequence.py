@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from ..progress import bar
 
 from .. import config as cfgmod
 from ..metric import probs_to_submission, score, solution_frame
@@ -15,6 +14,7 @@ from ..config import TrainConfig
 from ..models.sequence import SequenceConfig
 from ..data.cache import CachedEntries, take
 from ..preprocess.frames import FramesConfig, frames_key, study_frames
+from ..progress import bar
 from ..files import write_json
 from ..layout import Run
 from .datasets import EpochSeeded

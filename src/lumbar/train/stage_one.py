@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from ..progress import bar
 
 from .. import config as cfgmod
 from ..data.cache import CachedEntries, StudyCache
@@ -20,6 +19,7 @@ from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, 
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
                                    true_selection)
 from ..preprocess.slice_select import MEMBERS, SliceSelector
+from ..progress import bar
 from .runner import RunConfig, register, run_folds
 
 
@@ -34,7 +34,7 @@ class SliceSelectConfig:
     n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core
 
 
-def _stack(rows: list) -> tuple[dict, dict]:
+def stack_rows(rows: list) -> tuple[dict, dict]:
     X: dict[str, list] = {}
     Y: dict[str, list] = {}
     for stype, x, y in rows:
@@ -96,7 +96,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     methods = [*cfg.members, "ensemble", "naive"]
     records, oof = [], {}
     for k in bar(range(rc.n_folds), desc="slice selector folds"):
-        X, Y = _stack([r for st in studies if st.fold != k for r in rows[st.study_id]])
+        X, Y = stack_rows([r for st in studies if st.fold != k for r in rows[st.study_id]])
         sel = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
         for st in (s for s in studies if s.fold == k):
             f = feats[st.study_id]
@@ -108,7 +108,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
             for m in methods:
                 for stype, exact, near in _compare(truth, chosen[m]):
                     records.append({"fold": k, "series_type": stype, "method": m, "exact": exact, "within1": near})
-    X, Y = _stack([r for st in studies for r in rows[st.study_id]])
+    X, Y = stack_rows([r for st in studies for r in rows[st.study_id]])
     full = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
     out = Run(run).stage("slice_select")
     full.save(Run(run).selector)
