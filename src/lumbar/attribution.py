@@ -59,7 +59,7 @@ def labelled_centres(study, vols, selection) -> dict[str, np.ndarray]:
     """Crop name -> the mean of its labelled points on the selected slice's series (stored pixels)."""
     by_id = {sid: v for items in vols.values() for sid, v in items}
     out = {}
-    for name, (sid, _) in selection.items():
+    for name, (sid, *_) in selection.items():
         if sid in by_id:
             pts, _ = labels_for(study, name, sid, by_id[sid])
             ok = np.isfinite(pts).all(1)
@@ -74,7 +74,11 @@ def selections(study, cache, shipped: dict) -> dict[str, dict]:
 
     vols = study_volumes(study, cache)
     true = true_selection(study, study_features(study, cache, vols))
-    return {"shipped": shipped, "true": {**(shipped or {}), **true}, "vols": vols}
+    merged = dict(shipped or {})
+    for name, (sid, idx) in true.items():  # the labelled slice, centred where stage one centred it
+        got = merged.get(name, ())
+        merged[name] = (sid, idx, *got[2:4]) if len(got) == 4 and got[0] == sid else (sid, idx)
+    return {"shipped": shipped, "true": merged, "vols": vols}
 
 
 def _load_fold(name: str, run: Run, cfg, k: int):

@@ -102,6 +102,32 @@ class Volume:
         r, c = self.orientations[idx, :3], self.orientations[idx, 3:]
         return np.stack([d @ r / self.pixel_spacing[1], d @ c / self.pixel_spacing[0]], 1)
 
+    @property
+    def has_positions(self) -> bool:
+        """Whether the slices' patient positions came from their files (read_series puts a missing
+        ImagePositionPatient at (0, 0, instance)): geometry across series means nothing without them."""
+        if not len(self):
+            return False
+        return not (np.allclose(self.positions[:, :2], 0) and np.allclose(self.positions[:, 2], self.instance_numbers))
+
+    def to_patient(self, idx: int, xy) -> np.ndarray:
+        """Points [K, 2] (x = column, y = row) in `pixels[idx]` -> patient points [K, 3] (mm, LPS)."""
+        xy = np.atleast_2d(np.asarray(xy, np.float64))
+        r, c = self.orientations[idx, :3], self.orientations[idx, 3:]
+        return (self.positions[idx] + xy[:, :1] * r * self.pixel_spacing[1]
+                + xy[:, 1:2] * c * self.pixel_spacing[0])
+
+    def project(self, point) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A patient point onto every slice: (distance to each slice's plane [n] in mm, the foot of the
+        perpendicular in each slice's pixels [n, 2], whether that foot lies inside the image [n])."""
+        d = np.asarray(point, np.float64)[None, :] - self.positions
+        r, c = self.orientations[:, :3], self.orientations[:, 3:]
+        normals = np.cross(r, c)
+        xy = np.stack([(d * r).sum(1) / self.pixel_spacing[1], (d * c).sum(1) / self.pixel_spacing[0]], 1)
+        h, w = self.pixels.shape[1:]
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= h - 1)
+        return np.abs((d * normals).sum(1)), xy, inside
+
     def neighbours(self, i: int, count: int = 3) -> list[int]:
         """`count` slices centred on slice i, within its block: a crop's three slices, a level's frames
         (the block's edge slice repeated where there is no neighbour; never another block's slice)."""

@@ -113,8 +113,9 @@ class CropRegions:
             reg.spine = (float(np.mean(spines)), float(np.std(spines) + 0.01))
         return reg
 
-    def box(self, name: str, img: np.ndarray) -> tuple[np.ndarray, bool]:
-        """(box [x0, y0, x1, y1] in pixels, square, and whether the image heuristic placed it)."""
+    def box(self, name: str, img: np.ndarray, centre=None) -> tuple[np.ndarray, bool]:
+        """(box [x0, y0, x1, y1] in pixels, square, and whether the image placed it: the spine column
+        heuristic, or `centre` (x, y), the crop's points projected from the level points)."""
         h, w = img.shape
         from_image = False
         if name in SAGITTAL_CROPS:
@@ -132,6 +133,8 @@ class CropRegions:
         x0, x1, y0, y1 = x[0] * w, x[1] * w, y[0] * h, y[1] * h
         side = max(x1 - x0, y1 - y0)  # square, so a resize does not distort anatomy
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        if centre is not None:
+            (cx, cy), from_image = centre, True
         return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]), from_image
 
     def save(self, path: str | Path) -> None:

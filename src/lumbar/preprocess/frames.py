@@ -111,7 +111,7 @@ def axial_level_frames(items: list[tuple[int, Volume]], cfg: FramesConfig, selec
     by_id = dict(items)
     start = 0
     for k, (lv, count) in enumerate(zip(schema.LEVELS, level_counts(n))):
-        sid, idx = selection.get(f"axial_{lv}", (None, -1))
+        sid, idx = selection.get(f"axial_{lv}", (None, -1))[:2]
         if sid not in by_id or count == 0:
             start += count
             continue
@@ -195,7 +195,7 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, c
 def frames_key(cfg: FramesConfig, selection: dict | None = None) -> str:
     axial = None
     if cfg.axial == "levels" and selection is not None:
-        axial = sorted((k, list(v)) for k, v in selection.items() if k.startswith("axial_"))
+        axial = sorted((k, list(v[:2])) for k, v in selection.items() if k.startswith("axial_"))  # slices, not centres
     return f"frames{FRAMES_VERSION}_" + config_hash(asdict(cfg), axial)
 
 

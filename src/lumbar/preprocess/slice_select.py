@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +206,8 @@ class SliceSelector:
     dropped: list[str] = field(default_factory=list)  # members that failed to load, with the reason
     svm_rows: int = 0  # the SVM member's training rows at most (svm_sample); 0 = every row
     n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core of this machine
+    levels: object = None  # LevelLocaliser: the five level points on the sagittal T2 (None: classifiers only)
+    geometry: object = None  # placement.Geometry: offsets, method per series type
 
     def fit(self, X: dict[str, np.ndarray], y: dict[str, np.ndarray], members=MEMBERS) -> "SliceSelector":
         for stype, Xs in X.items():
@@ -264,6 +266,9 @@ class SliceSelector:
                         tmp.write_bytes(pickle.dumps(model))
                 names.append(m)
             manifest["types"][stype] = names
+        if self.levels is not None:
+            self.levels.save(folder, asdict(self.geometry))
+            manifest["levels"] = "levels.json"
         write_json(folder / "selector.json", manifest)
 
     @classmethod
@@ -296,6 +301,22 @@ class SliceSelector:
                     sel.dropped.append(msg)
             if not sel.members[stype]:
                 del sel.members[stype]
+        if manifest.get("levels"):
+            from .levels import LevelLocaliser
+            from .placement import Geometry
+
+            if skip and ({"levels.pt", "levels.json"} & set(skip)):
+                sel.dropped.append(f"level localiser: {skip.get('levels.pt') or skip.get('levels.json')}; slices from the classifiers")
+            else:
+                try:
+                    sel.levels, meta = LevelLocaliser.load(folder)
+                    sel.geometry = Geometry(**{k: meta[k] for k in ("offsets", "choice", "sigma_mm", "max_gap_mm")})
+                except Exception as e:
+                    msg = f"{folder / 'levels.pt'}: level localiser does not load ({type(e).__name__}: {str(e)[:200]})"
+                    if strict:
+                        raise RuntimeError(msg) from None
+                    sel.dropped.append(msg + "; slices from the classifiers")
+                    sel.levels = None
         return sel
 
     def member_counts(self) -> dict[str, list[str]]:

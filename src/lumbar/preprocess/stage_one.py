@@ -17,6 +17,8 @@ from ..data.dicom import Volume
 from ..layout import Run
 from ..data.volumes import DECODE_VERSION, normalised, study_volumes
 from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points
+from .levels import thumbnails
+from .placement import canal_points, place
 from .slice_select import FEATURE_VERSION, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
 
 PREPROCESS_VERSION = 2  # 2: labelled points through each slice's geometry, neighbours within a block
@@ -78,6 +80,23 @@ def study_features(study: Study, cache: StudyCache | None,
     return out
 
 
+def sagittal_thumbs(study: Study, cache: StudyCache | None, vols=None) -> dict[int, np.ndarray]:
+    """Series id -> the level network's thumbnails of each sagittal T2 series (cached; decoded only on
+    a miss): what its training and held-out evaluation read instead of the pixels."""
+    out = {}
+    for rec in study.series.get(schema.SAG_T2, []):
+        def build(rec=rec):
+            nonlocal vols
+            if vols is None:
+                vols = study_volumes(study, cache)
+            v = dict(vols.get(schema.SAG_T2, [])).get(rec.series_id)
+            return {"t": thumbnails(v) if v is not None else np.zeros((0, 1, 1), np.float16)}
+        t = cache.get(study.study_id, f"thumb_{rec.series_id}", build)["t"] if cache else build()["t"]
+        if len(t):
+            out[rec.series_id] = t
+    return out
+
+
 def training_rows(study: Study, feats: dict[str, list[SeriesFeatures]]):
     """(series type, features, classes) for each series with coordinates."""
     for stype, items in feats.items():
@@ -87,18 +106,31 @@ def training_rows(study: Study, feats: dict[str, list[SeriesFeatures]]):
                 yield stype, sf.features, y
 
 
-Selection = dict[str, tuple[int, int]]  # crop name -> (series_id, slice index)
+# crop name -> (series_id, slice index), or (series_id, slice index, centre x, centre y) where the
+# level points placed the crop's centre (stored pixels of that slice)
+Selection = dict[str, tuple]
+
+
+def series_probas(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | None,
+                  member: str | None = None) -> dict[int, np.ndarray | None]:
+    """Series id -> the classifier's per-slice probabilities (None where its type was never fitted)."""
+    if selector is None:
+        return {}
+    return {sf.series_id: selector.predict_proba(stype, sf.features, member) for stype, items in feats.items()
+            for sf in items}
 
 
 def select(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | None, member: str | None = None,
-           naive: bool = False) -> Selection:
+           naive: bool = False, probas: dict[int, np.ndarray | None] | None = None) -> Selection:
     """For each crop, the (series, slice) where its class is most probable across the study's series
     of that type. With naive=True, the naive rule instead; with no fitted selector, naive too."""
     extent = _reference_extent(feats)
+    if probas is None and not naive:
+        probas = series_probas(feats, selector, member)
     best: dict[str, tuple[float, int, int]] = {}
     for stype, items in feats.items():
         for sf in items:
-            proba = None if naive or selector is None else selector.predict_proba(stype, sf.features, member)
+            proba = None if naive or not probas else probas.get(sf.series_id)
             naive_idx = naive_choice(stype, sf.volume, extent) if proba is None else None
             for name, (t, cls, _) in CROPS.items():
                 if t != stype:
@@ -111,6 +143,38 @@ def select(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | Non
                 if name not in best or score > best[name][0]:
                     best[name] = (score, sf.series_id, idx)
     return {name: (sid, idx) for name, (_, sid, idx) in best.items()}
+
+
+def level_points(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | None, selection: Selection,
+                 probas: dict[int, np.ndarray | None], thumbs: dict[int, np.ndarray] | None = None):
+    """The five canal points (patient mm) the selector's level network finds on the chosen sagittal
+    T2 slice, or None (no network, no sagittal T2, no positions, or points that are not a spine)."""
+    if selector is None or selector.levels is None or "sag_t2" not in selection:
+        return None
+    sid, idx = selection["sag_t2"][:2]
+    sf = next((sf for sf in feats.get(schema.SAG_T2, []) if sf.series_id == sid), None)
+    if sf is None:
+        return None
+    t = thumbs.get(sid) if thumbs else None
+    if t is None:
+        if sf.volume.pixels.strides == (0, 0, 0):  # geometry only: nothing to look at
+            return None
+        t = thumbnails(sf.volume)
+    proba = probas.get(sid)
+    P, _ = canal_points(sf.volume, idx, t, selector.levels, None if proba is None else proba[:, 1])
+    return P
+
+
+def geometric(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | None, selection: Selection,
+              probas: dict[int, np.ndarray | None], thumbs: dict[int, np.ndarray] | None = None,
+              methods: dict[str, str] | None = None, points=None) -> Selection:
+    """The classifier's selection placed through the level points (placement.place); unchanged
+    without them."""
+    P = level_points(feats, selector, selection, probas, thumbs) if points is None else points
+    if P is None:
+        return selection
+    items = {stype: [(sf.series_id, sf.volume) for sf in sfs] for stype, sfs in feats.items()}
+    return place(selection, items, probas, P, selector.geometry, methods)
 
 
 def naive_selection(vols: dict[str, list[tuple[int, Volume]]]) -> Selection:
@@ -196,11 +260,12 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
     for i, name in enumerate(CROP_NAMES):
         if name not in selection or selection[name][0] not in by_id:
             continue
-        sid, idx = selection[name]
+        sid, idx = selection[name][:2]
+        centre = selection[name][2:4] or None  # placed by the level points
         v = by_id[sid]
         px = normalised(v)  # once per volume, however many crops read it
         size = cfg.sag_size if i < 3 else cfg.axial_size
-        box, from_image[i] = regions.box(name, px[idx])
+        box, from_image[i] = regions.box(name, px[idx], centre)
         img = crop_resize(px[v.neighbours(idx)], box, size)
         raw_pts, labelled = labels_for(study, name, sid, v)
         pts = map_points(raw_pts, box, size).astype(np.float32)
@@ -231,12 +296,16 @@ def study_crops(study: Study, selection: Selection, regions: CropRegions, cfg: P
 
 
 def selection_to_arrays(sel: Selection) -> dict[str, np.ndarray]:
+    nan = (np.nan, np.nan)
     return {"series_id": np.array([sel.get(n, (-1, -1))[0] for n in CROP_NAMES], np.int64),
-            "slice": np.array([sel.get(n, (-1, -1))[1] for n in CROP_NAMES], np.int64)}
+            "slice": np.array([sel.get(n, (-1, -1))[1] for n in CROP_NAMES], np.int64),
+            "centre": np.array([tuple(sel[n][2:4]) if len(sel.get(n, ())) == 4 else nan for n in CROP_NAMES], np.float64)}
 
 
 def arrays_to_selection(a: dict[str, np.ndarray]) -> Selection:
-    return {n: (int(s), int(i)) for n, s, i in zip(CROP_NAMES, a["series_id"], a["slice"]) if s >= 0}
+    centre = a["centre"] if "centre" in a else np.full((len(CROP_NAMES), 2), np.nan)
+    return {n: (int(s), int(i), *map(float, c)) if np.isfinite(c).all() else (int(s), int(i))
+            for n, s, i, c in zip(CROP_NAMES, a["series_id"], a["slice"], centre) if s >= 0}
 
 
 def select_slices(study: Study, selector: SliceSelector | None, cache: StudyCache | None,
@@ -246,7 +315,9 @@ def select_slices(study: Study, selector: SliceSelector | None, cache: StudyCach
     def build():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # sklearn feature-name chatter
-            return selection_to_arrays(select(study_features(study, cache, vols), selector))
+            feats = study_features(study, cache, vols)
+            probas = series_probas(feats, selector)
+            return selection_to_arrays(geometric(feats, selector, select(feats, selector, probas=probas), probas))
     arrays = cache.get(study.study_id, f"sel_{selector_id}", build) if cache and selector_id else build()
     return arrays_to_selection(arrays)
 

@@ -9,13 +9,16 @@ import numpy as np
 import pandas as pd
 
 from .. import config as cfgmod
+from .. import schema
 from ..data.cache import CachedEntries, StudyCache
 from ..files import write_json
 from ..layout import Run
 from ..data.catalog import load_studies
 from ..data.volumes import normalise, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
-from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, labelled_slices, labels_for,
+from ..preprocess.levels import LevelConfig, LevelLocaliser, stack_at, to_thumb
+from ..preprocess.placement import METHODS, Geometry, fit_offsets, labelled_points
+from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_probas,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
                                    true_selection)
 from ..preprocess.slice_select import MEMBERS, SliceSelector
@@ -32,6 +35,10 @@ class SliceSelectConfig:
     workers: int = 2  # processes decoding and featurising the studies
     svm_rows: int = 6000  # the SVM member's training rows at most (its fit grows faster than n^2); 0 = all
     n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core
+    levels: bool = True  # train the level network and place slices and crops through patient space
+    levels_epochs: int = 30  # the level network's passes over the labelled studies
+    levels_device: str = "cpu"  # where the level network trains ("auto": a working GPU if any)
+    sigma_mm: float = 3.0  # fused choice: how much a plane's distance from the level point weighs
 
 
 def stack_rows(rows: list) -> tuple[dict, dict]:
@@ -65,8 +72,14 @@ def load_train(data, run, rc: RunConfig, cache_dir: str):
 
 def _features_job(args):
     study, cache_dir = args
-    study_features(study, StudyCache(cache_dir, cache_version()))
+    _featurise(study, StudyCache(cache_dir, cache_version()))
     return study.study_id
+
+
+def _featurise(study, cache: StudyCache) -> None:
+    vols = study_volumes(study, cache)
+    study_features(study, cache, vols)
+    sagittal_thumbs(study, cache, vols)
 
 
 def warm_cache(studies, cache: StudyCache, workers: int = 2) -> None:
@@ -74,7 +87,7 @@ def warm_cache(studies, cache: StudyCache, workers: int = 2) -> None:
     study's entries; nothing is shared)."""
     if cache.root is None or workers <= 1:
         for st in bar(studies, desc="slice features"):
-            study_features(st, cache)
+            _featurise(st, cache)
         return
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -93,35 +106,153 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     # geometry and features only: the pixels are dropped as each study is read (bounded memory)
     feats = {st.study_id: study_features(st, cache, keep_pixels=False) for st in bar(studies, desc="load features")}
     rows = {st.study_id: list(training_rows(st, feats[st.study_id])) for st in studies}
-    methods = [*cfg.members, "ensemble", "naive"]
-    records, oof = [], {}
+    thumbs = {st.study_id: sagittal_thumbs(st, cache) for st in studies} if cfg.levels else {}
+    points = {st.study_id: labelled_points(st, _items(feats[st.study_id])) for st in studies} if cfg.levels else {}
+    samples = {st.study_id: level_samples(st, feats[st.study_id], thumbs[st.study_id]) for st in studies} if cfg.levels else {}
+    methods = [*cfg.members, "ensemble", "naive"] + (["geometry", "fused"] if cfg.levels else [])
+    records, errors, oof = [], [], {}
     for k in bar(range(rc.n_folds), desc="slice selector folds"):
-        X, Y = stack_rows([r for st in studies if st.fold != k for r in rows[st.study_id]])
+        train = [st for st in studies if st.fold != k]
+        X, Y = stack_rows([r for st in train for r in rows[st.study_id]])
         sel = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
+        if cfg.levels:
+            fit_levels(sel, cfg, [samples[st.study_id] for st in train], [points[st.study_id] for st in train], f"levels fold {k}")
         for st in (s for s in studies if s.fold == k):
             f = feats[st.study_id]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                chosen = {m: select(f, sel, member=None if m == "ensemble" else m, naive=m == "naive") for m in methods}
-            oof[st.study_id] = chosen["ensemble"]
+                chosen = {m: select(f, sel, member=None if m == "ensemble" else m, naive=m == "naive")
+                          for m in methods if m not in ("geometry", "fused")}
+                placed = {}
+                if sel.levels is not None:
+                    probas = series_probas(f, sel)
+                    P = level_points(f, sel, chosen["ensemble"], probas, thumbs[st.study_id])
+                    errors += level_errors(st.study_id, k, P, points[st.study_id]["sag_t2"])
+                    placed = {m: geometric(f, sel, chosen["ensemble"], probas, methods={schema.AXIAL: m, schema.SAG_T1: m},
+                                           points=P) for m in METHODS}
+                    chosen.update({m: placed[m] for m in ("geometry", "fused")})
+            oof[st.study_id] = {"classifiers": chosen["ensemble"], **placed}
             truth = labelled_slices(st, f)
             for m in methods:
                 for stype, exact, near in _compare(truth, chosen[m]):
                     records.append({"fold": k, "series_type": stype, "method": m, "exact": exact, "within1": near})
+    rec = pd.DataFrame(records)
+    choice = choose_methods(rec) if cfg.levels else {}
     X, Y = stack_rows([r for st in studies for r in rows[st.study_id]])
     full = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
+    if cfg.levels:
+        fit_levels(full, cfg, list(samples.values()), list(points.values()), "levels (all studies)")
+        if full.geometry is not None:
+            full.geometry.choice = choice
     out = Run(run).stage("slice_select")
     full.save(Run(run).selector)
     cfgmod.save(cfg, Run(run).config("slice_select"))
-    write_json(Run(run).oof_selection, {str(s): {n: list(v) for n, v in sel.items()} for s, sel in oof.items()},
+    shipped_sel = {s: shipped(v, choice) for s, v in oof.items()}
+    write_json(Run(run).oof_selection, {str(s): {n: list(v) for n, v in sel.items()} for s, sel in shipped_sel.items()},
                indent=None)
-    rec = pd.DataFrame(records)
-    # "shipped": what inference uses per series type (today the members' soft vote everywhere)
-    rec = pd.concat([rec, rec[rec["method"] == SHIPPED_METHOD].assign(method="shipped")], ignore_index=True)
+    # "shipped": what inference uses per series type (the method chosen by held-out accuracy)
+    ship = [rec[(rec["series_type"] == t) & (rec["method"] == choice.get(t, SHIPPED_METHOD))] for t in rec["series_type"].unique()]
+    rec = pd.concat([rec, *[r.assign(method="shipped") for r in ship]], ignore_index=True)
     report = selection_report(rec)
     report.to_csv(out / "report.csv")
     print(format_report(report))
-    return {"report": str(out / "report.csv"), "selector": str(Run(run).selector)}
+    result = {"report": str(out / "report.csv"), "selector": str(Run(run).selector),
+              "choice": {t: choice.get(t, SHIPPED_METHOD) for t in sorted(rec["series_type"].unique())}}
+    if errors:
+        lv = level_report(pd.DataFrame(errors))
+        lv.to_csv(out / "levels.csv")
+        print(format_levels(lv))
+        result["levels_median_mm"] = round(float(pd.DataFrame(errors)["error_mm"].median()), 2)
+    return result
+
+
+def _items(f) -> dict:
+    return {stype: [(sf.series_id, sf.volume) for sf in sfs] for stype, sfs in f.items()}
+
+
+def level_samples(study, f, thumbs: dict[int, np.ndarray]):
+    """The level network's example from a study: the labelled canal slice's stack, its five points in
+    thumbnail pixels, and the neighbouring slices' stacks; None without labelled canal points."""
+    truth = true_selection(study, f).get("sag_t2")
+    if truth is None or truth[0] not in thumbs:
+        return None
+    sid, idx = truth
+    v = next(sf.volume for sf in f[schema.SAG_T2] if sf.series_id == sid)
+    pts, _ = labels_for(study, "sag_t2", sid, v)
+    t = thumbs[sid]
+    block = np.flatnonzero(v.blocks == v.blocks[idx])
+    others = [stack_at(t, v, j) for j in (idx - 1, idx + 1) if j in block]
+    return stack_at(t, v, idx), to_thumb(pts, v.pixels.shape[1:]), others
+
+
+def fit_levels(sel: SliceSelector, cfg: SliceSelectConfig, samples: list, points: list, desc: str) -> None:
+    """The level network and the crops' offsets from the canal, fitted on these studies (in place)."""
+    samples = [s for s in samples if s is not None]
+    if len(samples) < 4:
+        warnings.warn(f"slice selector: {len(samples)} studies with labelled canal points; no level network",
+                      stacklevel=2)
+        return
+    lcfg = LevelConfig(epochs=cfg.levels_epochs, seed=cfg.seed, device=cfg.levels_device)
+    sel.levels = LevelLocaliser(lcfg).fit(samples, desc)
+    sel.geometry = Geometry(offsets=fit_offsets(points), sigma_mm=cfg.sigma_mm)
+
+
+def level_errors(study_id: int, fold: int, P, truth: np.ndarray) -> list[dict]:
+    """Per labelled level: the distance (mm) from the found point to the labelled canal point; a study
+    whose points were found implausible counts as missed."""
+    out = []
+    for lv, t in zip(schema.LEVELS, truth):
+        if not np.isfinite(t).all():
+            continue
+        d = P[schema.LEVELS.index(lv)] - t if P is not None else np.full(3, np.nan)
+        out.append({"study_id": study_id, "fold": fold, "level": lv, "error_mm": float(np.linalg.norm(d)),
+                    "lateral_mm": float(d[0]), "vertical_mm": float(d[2]), "found": P is not None})
+    return out
+
+
+def level_report(errors: pd.DataFrame) -> pd.DataFrame:
+    """Held-out error of the level points per level: median and 90th percentile (mm), share within 5 mm."""
+    g = errors.groupby("level")
+    rep = pd.DataFrame({"median_mm": g["error_mm"].median(), "p90_mm": g["error_mm"].quantile(0.9),
+                        "lateral_mm": g["lateral_mm"].apply(lambda e: float(e.abs().median())),
+                        "vertical_mm": g["vertical_mm"].apply(lambda e: float(e.abs().median())),
+                        "vertical_bias_mm": g["vertical_mm"].median(),
+                        "within_5mm": g["error_mm"].apply(lambda e: float((e <= 5).mean())),
+                        "found": g["found"].mean(), "n": g.size()})
+    return rep.reindex([lv for lv in schema.LEVELS if lv in rep.index])
+
+
+def format_levels(rep: pd.DataFrame) -> str:
+    lines = ["| level | median mm | 90th pct mm | within 5 mm | median lateral mm | median vertical mm | vertical bias mm | found | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for lv, r in rep.iterrows():
+        lines.append(f"| {lv} | {r.median_mm:.1f} | {r.p90_mm:.1f} | {r.within_5mm:.3f} | {r.lateral_mm:.1f} | "
+                     f"{r.vertical_mm:.1f} | {r.vertical_bias_mm:+.1f} | {r.found:.3f} | {int(r.n)} |")
+    return "\n".join(lines)
+
+
+def choose_methods(records: pd.DataFrame) -> dict[str, str]:
+    """Per series type, the slice method with the best held-out exact rate (ties: within one slice,
+    then the classifiers); the sagittal T2 canal slice is always the classifiers' (the levels are found on it)."""
+    out = {}
+    for stype, r in records[records["method"].isin(METHODS)].groupby("series_type"):
+        if stype == schema.SAG_T2:
+            continue
+        m = r.groupby("method")[["exact", "within1"]].mean()
+        m["pref"] = [-METHODS.index(i) for i in m.index]
+        out[stype] = m.sort_values(["exact", "within1", "pref"], ascending=False).index[0]
+    return out
+
+
+def shipped(variants: dict, choice: dict[str, str]) -> Selection:
+    """A held-out study's shipped selection: per crop, the variant its series type chose (the
+    classifiers' slices centred on the level points where there are points)."""
+    out = {}
+    for name, (stype, _, _) in CROPS.items():
+        source = variants.get(choice.get(stype, "ensemble")) or variants.get("ensemble") or variants["classifiers"]
+        if name in source:
+            out[name] = source[name]
+    return out
 
 
 SHIPPED_METHOD = "ensemble"  # the selection inference makes (select() with every loaded member)
@@ -146,7 +277,7 @@ def read_oof_selection(run) -> dict[int, Selection]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no slice selection in this run; run `train --model slice_select` first")
     raw = json.loads(path.read_text())
-    return {int(s): {n: (int(v[0]), int(v[1])) for n, v in sel.items()} for s, sel in raw.items()}
+    return {int(s): {n: (int(v[0]), int(v[1]), *map(float, v[2:4])) for n, v in sel.items()} for s, sel in raw.items()}
 
 
 def region_samples(study, cache) -> list:

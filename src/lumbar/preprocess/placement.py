@@ -1,0 +1,174 @@
+"""Stage one's choices through patient space, as the best solutions made them: the five level points
+found on the sagittal T2 (levels.py) place each level's axial slice (the plane passing closest, over
+every axial series and block), the sagittal T1 slice of each side (the canal's points moved by the
+foramen offset learned in training) and every crop's centre (the points projected onto the chosen
+slice). The slice classifiers stay: "fused" weighs their probability by the plane's distance, and
+where a study has no sagittal T2, no positions or implausible points, their choice stands.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import schema
+from ..data.dicom import Volume
+from .levels import LevelLocaliser, from_thumb, stack_at, thumbnails
+
+METHODS = ("ensemble", "geometry", "fused")  # how a series type's slice is chosen
+MIN_PITCH_MM = 12.0  # consecutive level points closer than this (or out of order) are not a spine
+
+
+@dataclass
+class Geometry:
+    """What placement learned in training (saved in levels.json beside the network)."""
+    offsets: dict = field(default_factory=dict)  # crop name -> mean 3D offset (mm) of its labelled points from the canal's
+    choice: dict = field(default_factory=dict)  # series type -> one of METHODS (by held-out accuracy)
+    sigma_mm: float = 3.0  # fused: a plane this far off costs what a classifier probability e^-0.5 times lower does
+    max_gap_mm: float = 10.0  # no geometric choice for a level farther than this from every plane
+
+
+def canal_points(v: Volume, idx: int, thumbs: np.ndarray, localiser: LevelLocaliser,
+                 proba: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """(five patient points [5, 3] or None when implausible, peak masses [5]) from the canal slice
+    `idx` of a sagittal T2 volume. With the canal classifier's slice probabilities the points move
+    along the normal to their probability-weighted depth (finer than a slice step)."""
+    pts, mass = localiser.predict(stack_at(thumbs, v, idx)[None])
+    xy = from_thumb(pts[0], v.pixels.shape[1:])
+    P = v.to_patient(idx, xy)
+    if proba is not None and v.has_positions:
+        near = v.neighbours(idx, 3)
+        w = np.asarray([proba[i] for i in near], np.float64)
+        if w.sum() > 0:
+            depth = v.depth
+            P = P + ((w @ depth[near]) / w.sum() - depth[idx]) * v.normal
+    if not v.has_positions or not plausible(P):
+        return None, mass[0]
+    return P, mass[0]
+
+
+def plausible(P: np.ndarray) -> bool:
+    """Level points run down the spine (L1/L2 highest: +z is superior in LPS) a disc pitch apart."""
+    dz = -np.diff(P[:, 2])
+    return bool(np.isfinite(P).all() and (dz > 0).all() and (np.linalg.norm(np.diff(P, axis=0), axis=1) >= MIN_PITCH_MM).all())
+
+
+def plane_choice(vols: list[tuple[int, Volume]], point: np.ndarray, probas: dict[int, np.ndarray | None] | None,
+                 cls: int, method: str, geo: Geometry) -> tuple[int, int, float] | None:
+    """(series id, slice, distance mm) whose plane passes closest to `point` within its field of view
+    ("geometry"), or the best classifier probability weighed by that distance ("fused"); None when no
+    plane is within geo.max_gap_mm (or no series has positions)."""
+    best = None
+    for sid, v in vols:
+        if not v.has_positions:
+            continue
+        dist, _, inside = v.project(point)
+        ok = inside & (dist <= geo.max_gap_mm)
+        if not ok.any():
+            continue
+        score = -(dist ** 2) / (2 * geo.sigma_mm ** 2)
+        if method == "fused" and probas and probas.get(sid) is not None:
+            score = score + np.log(probas[sid][:, cls] + 1e-4)
+        score = np.where(ok, score, -np.inf)
+        i = int(np.argmax(score))
+        if best is None or score[i] > best[0]:
+            best = (float(score[i]), sid, i, float(dist[i]))
+    return None if best is None else best[1:]
+
+
+def side_choice(vols: list[tuple[int, Volume]], points: np.ndarray, probas, cls: int, method: str,
+                geo: Geometry) -> tuple[int, int, float] | None:
+    """One sagittal slice for all five levels of a side: the plane nearest the points' median (the
+    foramina of one side lie in about one sagittal plane)."""
+    return plane_choice(vols, np.median(points, axis=0), probas, cls, method, geo)
+
+
+def centre_on(v: Volume, idx: int, points: np.ndarray) -> tuple[float, float] | None:
+    """The mean foot (stored pixels) of the points that fall inside slice idx's image."""
+    feet = []
+    for p in points:
+        _, xy, inside = v.project(p)
+        if inside[idx]:
+            feet.append(xy[idx])
+    return tuple(np.mean(feet, 0).tolist()) if feet else None
+
+
+def place(selection: dict, items: dict[str, list[tuple[int, Volume]]], probas: dict[int, np.ndarray | None],
+          P: np.ndarray | None, geo: Geometry, methods: dict[str, str] | None = None) -> dict:
+    """The classifier's selection {crop: (series, slice)} refined through the level points P [5, 3]:
+    per series type the method of `methods` (default geo.choice; "ensemble" keeps the classifier's
+    slice), and every crop centred on its points projected onto its slice: {crop: (series, slice, x, y)}."""
+    from .crops import CROPS
+
+    if P is None:
+        return dict(selection)
+    methods = methods if methods is not None else geo.choice
+    out = dict(selection)
+    by_id = {sid: v for vs in items.values() for sid, v in vs}
+    for name, (stype, cls, _) in CROPS.items():
+        targets = P + np.asarray(geo.offsets.get(name, np.zeros(3)), np.float64)
+        method = methods.get(stype, "ensemble")
+        if method != "ensemble" and stype != schema.SAG_T2:
+            if stype == schema.AXIAL:
+                got = plane_choice(items.get(stype, []), targets[cls - 1], probas, cls, method, geo)
+            else:
+                got = side_choice(items.get(stype, []), targets, probas, cls, method, geo)
+            if got is not None:
+                out[name] = (got[0], got[1])
+        if name not in out or out[name][0] not in by_id:
+            continue
+        sid, idx = out[name][:2]
+        v = by_id[sid]
+        if not v.has_positions:
+            continue
+        pts = targets[[cls - 1]] if stype == schema.AXIAL else targets
+        c = centre_on(v, idx, pts)
+        if c is not None:
+            out[name] = (sid, idx, *c)
+    return out
+
+
+def labelled_points(study, items: dict[str, list[tuple[int, Volume]]]) -> dict[str, np.ndarray]:
+    """Crop name -> its labelled points in patient space [5 levels, 3] (NaN where unlabelled)."""
+    from .crops import CROPS
+
+    by_id = {sid: v for vs in items.values() for sid, v in vs}
+    out = {name: np.full((5, 3), np.nan) for name in CROPS}
+    if not len(study.coords):
+        return out
+    for r in study.coords.itertuples(index=False):
+        v = by_id.get(int(r.series_id))
+        if v is None or not v.has_positions:
+            continue
+        j = schema.label_index(schema.condition_slug(r.condition), schema.level_slug(r.level))
+        for name, (_, _, cols) in CROPS.items():
+            if j in cols:
+                try:
+                    idx = v.index_of_instance(int(r.instance_number))
+                except KeyError:
+                    continue
+                p = v.to_patient(idx, v.from_source(idx, [float(r.x), float(r.y)]))[0]
+                level = schema.LEVELS.index(schema.level_slug(r.level))
+                prev = out[name][level]
+                out[name][level] = p if not np.isfinite(prev).all() else (prev + p) / 2  # left and right: their middle
+    return out
+
+
+def fit_offsets(per_study: list[dict[str, np.ndarray]]) -> dict[str, list[float]]:
+    """Mean offset of each crop's labelled points from the canal's labelled points, same level."""
+    from .crops import CROPS
+
+    out = {}
+    for name in CROPS:
+        if name == "sag_t2":
+            continue
+        d = [pts[name] - pts["sag_t2"] for pts in per_study]
+        d = np.concatenate(d) if d else np.zeros((0, 3))
+        d = d[np.isfinite(d).all(1)]
+        if len(d):
+            out[name] = np.median(d, 0).round(3).tolist()
+    return out
+
+
+def study_thumbs(vols: dict[str, list[tuple[int, Volume]]]) -> dict[int, np.ndarray]:
+    return {sid: thumbnails(v) for sid, v in vols.get(schema.SAG_T2, [])}
