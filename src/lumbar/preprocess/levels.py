@@ -142,7 +142,7 @@ def _augment(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator) -> tupl
 
 @dataclass
 class LevelConfig:
-    epochs: int = 30  # passes over the labelled studies
+    steps: int = 600  # optimiser steps: the training cost stays flat in the number of studies
     batch_size: int = 16
     lr: float = 2e-3
     width: int = 16
@@ -165,8 +165,8 @@ class LevelLocaliser:
 
     def fit(self, samples: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]], progress: str = "") -> "LevelLocaliser":
         """samples: (centre stack [3, T, T], points [5, 2] in thumbnail pixels (NaN unlabelled), the
-        neighbouring stacks the selector may pick instead): each epoch draws one of them per study, so
-        the network learns the levels from a slice next to the canal as well."""
+        neighbouring stacks the selector may pick instead): a neighbour stands in for the centre in
+        three draws of ten, so the network also finds the levels from a slice beside the canal."""
         import torch
 
         from ..devices import pick_device
@@ -175,29 +175,28 @@ class LevelLocaliser:
         rng = np.random.default_rng(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         net = self.net.to(device).train()
-        steps = self.cfg.epochs * max(1, int(np.ceil(len(samples) / self.cfg.batch_size)))
+        steps = max(1, self.cfg.steps)
         opt = torch.optim.AdamW(net.parameters(), lr=self.cfg.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
-        step = 0
-        for _ in bar(range(self.cfg.epochs), desc=progress or "level localiser", leave=False):
-            order = rng.permutation(len(samples))
-            for s in range(0, len(order), self.cfg.batch_size):
-                xs, ps = [], []
-                for i in order[s:s + self.cfg.batch_size]:
-                    centre, pts, others = samples[i]
-                    img = others[rng.integers(len(others))] if others and rng.random() < 0.3 else centre
-                    img, p = _augment(img, pts, rng)
-                    xs.append(img)
-                    ps.append(p)
-                x = torch.from_numpy(np.stack(xs)).to(device)
-                y = torch.from_numpy(np.stack(ps).astype(np.float32)).to(device)
-                loss = heatmap_loss(net(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if step < steps:
-                    sched.step()
-                step += 1
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=steps, pct_start=0.15)
+        order: list[int] = []
+        for _ in bar(range(steps), desc=progress or "level localiser", leave=False):
+            if len(order) < self.cfg.batch_size:  # a fresh pass over the studies
+                order += rng.permutation(len(samples)).tolist()
+            batch, order = order[:self.cfg.batch_size], order[self.cfg.batch_size:]
+            xs, ps = [], []
+            for i in batch:
+                centre, pts, others = samples[i]
+                img = others[rng.integers(len(others))] if others and rng.random() < 0.3 else centre
+                img, p = _augment(img, pts, rng)
+                xs.append(img)
+                ps.append(p)
+            x = torch.from_numpy(np.stack(xs)).to(device)
+            y = torch.from_numpy(np.stack(ps).astype(np.float32)).to(device)
+            loss = heatmap_loss(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
         self.net = net.cpu().eval()
         return self
 

@@ -36,7 +36,7 @@ class SliceSelectConfig:
     svm_rows: int = 6000  # the SVM member's training rows at most (its fit grows faster than n^2); 0 = all
     n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core
     levels: bool = True  # train the level network and place slices and crops through patient space
-    levels_epochs: int = 30  # the level network's passes over the labelled studies
+    levels_steps: int = 600  # the level network's optimiser steps (batches of 16), whatever the number of studies
     levels_device: str = "cpu"  # where the level network trains ("auto": a working GPU if any)
     sigma_mm: float = 3.0  # fused choice: how much a plane's distance from the level point weighs
 
@@ -192,7 +192,7 @@ def fit_levels(sel: SliceSelector, cfg: SliceSelectConfig, samples: list, points
         warnings.warn(f"slice selector: {len(samples)} studies with labelled canal points; no level network",
                       stacklevel=2)
         return
-    lcfg = LevelConfig(epochs=cfg.levels_epochs, seed=cfg.seed, device=cfg.levels_device)
+    lcfg = LevelConfig(steps=cfg.levels_steps, seed=cfg.seed, device=cfg.levels_device)
     sel.levels = LevelLocaliser(lcfg).fit(samples, desc)
     sel.geometry = Geometry(offsets=fit_offsets(points), sigma_mm=cfg.sigma_mm)
 
