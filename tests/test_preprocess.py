@@ -102,11 +102,17 @@ def test_cache_atomic_and_truncated_entry_rebuilt(tmp_path):
 def test_slice_select_report_and_artefacts(stage_one):
     run, cache, _ = stage_one
     report = pd.read_csv(run / "slice_select" / "report.csv")
-    assert set(report.method) == {"rf", "svm", "mlp", "xgb", "ensemble", "naive", "shipped"}
+    assert set(report.method) == {"rf", "svm", "mlp", "xgb", "ensemble", "naive", "geometry", "fused", "shipped"}
     assert set(report.series_type) == set(schema.SERIES_TYPES)
     by = report.set_index(["series_type", "method"])
-    for stype in schema.SERIES_TYPES:  # "shipped" is what inference uses: the members' vote
-        assert by.loc[(stype, "shipped")].tolist() == by.loc[(stype, "ensemble")].tolist()
+    levels = json.loads((run / "slice_select" / "model" / "levels.json").read_text())
+    assert set(levels["choice"]) == {schema.AXIAL, schema.SAG_T1}  # the canal slice is always the vote's
+    for stype in schema.SERIES_TYPES:  # "shipped" is what inference uses: the method chosen held out
+        chosen = levels["choice"].get(stype, "ensemble")
+        assert by.loc[(stype, "shipped")].tolist() == by.loc[(stype, chosen)].tolist()
+        best = max(by.loc[(stype, m)].exact for m in ("ensemble", "geometry", "fused"))
+        assert by.loc[(stype, "shipped")].exact == best
+    assert (run / "slice_select" / "levels.csv").exists()
     assert ((report.exact >= 0) & (report.exact <= report.within1) & (report.within1 <= 1)).all()
     manifest = json.loads((run / "slice_select" / "model" / "selector.json").read_text())
     assert "sklearn" in manifest and "xgboost" in manifest

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The GPU preset's files with what makes them run in minutes on a CPU (what the test changes, nothing else).
 TINY = {
-    "slice_select": {"workers": 1, "svm_rows": 2000},
+    "slice_select": {"workers": 1, "svm_rows": 2000, "levels_steps": 20},
     "crops": {"sag_size": 64, "axial_size": 48},
     "superres": {"epochs": 1, "channels": 16, "patch": 24, "patches_per_image": 4, "batch_size": 64},
     "multitask": {"backbone": "test_efficientnet", "epochs": 1, "kp_input": 48, "patch_sag": 16, "patch_axial": 16,

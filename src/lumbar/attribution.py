@@ -46,13 +46,9 @@ class CentredRegions:
     def __init__(self, regions, centres: dict[str, np.ndarray]):
         self.regions, self.centres = regions, centres
 
-    def box(self, name: str, img: np.ndarray) -> tuple[np.ndarray, bool]:
-        box, from_image = self.regions.box(name, img)
+    def box(self, name: str, img: np.ndarray, centre=None) -> tuple[np.ndarray, bool]:
         c = self.centres.get(name)
-        if c is None:
-            return box, from_image
-        half = (box[2] - box[0]) / 2
-        return np.array([c[0] - half, c[1] - half, c[0] + half, c[1] + half]), from_image
+        return self.regions.box(name, img, centre if c is None else tuple(c))
 
 
 def labelled_centres(study, vols, selection) -> dict[str, np.ndarray]:

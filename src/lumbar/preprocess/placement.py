@@ -33,8 +33,12 @@ def canal_points(v: Volume, idx: int, thumbs: np.ndarray, localiser: LevelLocali
     """(five patient points [5, 3] or None when implausible, peak masses [5]) from the canal slice
     `idx` of a sagittal T2 volume. With the canal classifier's slice probabilities the points move
     along the normal to their probability-weighted depth (finer than a slice step)."""
-    pts, mass = localiser.predict(stack_at(thumbs, v, idx)[None])
-    xy = from_thumb(pts[0], v.pixels.shape[1:])
+    # the network on the canal slice and on its neighbours (parallel slices share one pixel grid):
+    # the mean of the three answers is steadier than any one
+    near = sorted(set(v.neighbours(idx, 3)))
+    pts, mass = localiser.predict(np.stack([stack_at(thumbs, v, j) for j in near]))
+    xy = from_thumb(pts.mean(0), v.pixels.shape[1:])
+    mass = mass.mean(0, keepdims=True)
     P = v.to_patient(idx, xy)
     if proba is not None and v.has_positions:
         near = v.neighbours(idx, 3)

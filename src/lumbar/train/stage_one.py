@@ -36,9 +36,8 @@ class SliceSelectConfig:
     svm_rows: int = 6000  # the SVM member's training rows at most (its fit grows faster than n^2); 0 = all
     n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core
     levels: bool = True  # train the level network and place slices and crops through patient space
-    levels_steps: int = 600  # the level network's optimiser steps (batches of 16), whatever the number of studies
-    levels_device: str = "cpu"  # where the level network trains ("auto": a working GPU if any)
-    sigma_mm: float = 3.0  # fused choice: how much a plane's distance from the level point weighs
+    levels_steps: int = 300  # the level network's optimiser steps (batches of 16), whatever the number of studies
+    levels_device: str = "auto"  # where the level network trains (auto: a working GPU, else the CPU)
 
 
 def stack_rows(rows: list) -> tuple[dict, dict]:
@@ -109,7 +108,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     thumbs = {st.study_id: sagittal_thumbs(st, cache) for st in studies} if cfg.levels else {}
     points = {st.study_id: labelled_points(st, _items(feats[st.study_id])) for st in studies} if cfg.levels else {}
     samples = {st.study_id: level_samples(st, feats[st.study_id], thumbs[st.study_id]) for st in studies} if cfg.levels else {}
-    methods = [*cfg.members, "ensemble", "naive"] + (["geometry", "fused"] if cfg.levels else [])
+    methods = [*cfg.members, "ensemble", "naive"]
     records, errors, oof = [], [], {}
     for k in bar(range(rc.n_folds), desc="slice selector folds"):
         train = [st for st in studies if st.fold != k]
@@ -122,7 +121,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 chosen = {m: select(f, sel, member=None if m == "ensemble" else m, naive=m == "naive")
-                          for m in methods if m not in ("geometry", "fused")}
+                          for m in methods}
                 placed = {}
                 if sel.levels is not None:
                     probas = series_probas(f, sel)
@@ -130,20 +129,29 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                     errors += level_errors(st.study_id, k, P, points[st.study_id]["sag_t2"])
                     placed = {m: geometric(f, sel, chosen["ensemble"], probas, methods={schema.AXIAL: m, schema.SAG_T1: m},
                                            points=P) for m in METHODS}
-                    chosen.update({m: placed[m] for m in ("geometry", "fused")})
+                    for sigma in SIGMAS:  # the fused choice at each weight of the distance
+                        sel.geometry.sigma_mm = sigma
+                        placed[f"fused@{sigma}"] = geometric(f, sel, chosen["ensemble"], probas, points=P,
+                                                             methods={schema.AXIAL: "fused", schema.SAG_T1: "fused"})
+                    sel.geometry.sigma_mm = Geometry.sigma_mm
+                    chosen.update({m: placed[m] for m in placed if m.startswith("fused@")}, geometry=placed["geometry"])
             oof[st.study_id] = {"classifiers": chosen["ensemble"], **placed}
             truth = labelled_slices(st, f)
-            for m in methods:
+            for m in chosen:
                 for stype, exact, near in _compare(truth, chosen[m]):
                     records.append({"fold": k, "series_type": stype, "method": m, "exact": exact, "within1": near})
     rec = pd.DataFrame(records)
+    sigma = Geometry.sigma_mm
+    if cfg.levels and len(rec) and rec["method"].str.startswith("fused@").any():
+        sigma, rec = pick_sigma(rec)
+        oof = {s: {**v, "fused": v.get(f"fused@{sigma}", v.get("fused"))} for s, v in oof.items()}
     choice = choose_methods(rec) if cfg.levels else {}
     X, Y = stack_rows([r for st in studies for r in rows[st.study_id]])
     full = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
     if cfg.levels:
         fit_levels(full, cfg, list(samples.values()), list(points.values()), "levels (all studies)")
         if full.geometry is not None:
-            full.geometry.choice = choice
+            full.geometry.choice, full.geometry.sigma_mm = choice, sigma
     out = Run(run).stage("slice_select")
     full.save(Run(run).selector)
     cfgmod.save(cfg, Run(run).config("slice_select"))
@@ -158,6 +166,8 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     print(format_report(report))
     result = {"report": str(out / "report.csv"), "selector": str(Run(run).selector),
               "choice": {t: choice.get(t, SHIPPED_METHOD) for t in sorted(rec["series_type"].unique())}}
+    if cfg.levels:
+        result["sigma_mm"] = sigma
     if errors:
         lv = level_report(pd.DataFrame(errors))
         lv.to_csv(out / "levels.csv")
@@ -188,13 +198,13 @@ def level_samples(study, f, thumbs: dict[int, np.ndarray]):
 def fit_levels(sel: SliceSelector, cfg: SliceSelectConfig, samples: list, points: list, desc: str) -> None:
     """The level network and the crops' offsets from the canal, fitted on these studies (in place)."""
     samples = [s for s in samples if s is not None]
-    if len(samples) < 4:
+    if len(samples) < 2:
         warnings.warn(f"slice selector: {len(samples)} studies with labelled canal points; no level network",
                       stacklevel=2)
         return
     lcfg = LevelConfig(steps=cfg.levels_steps, seed=cfg.seed, device=cfg.levels_device)
     sel.levels = LevelLocaliser(lcfg).fit(samples, desc)
-    sel.geometry = Geometry(offsets=fit_offsets(points), sigma_mm=cfg.sigma_mm)
+    sel.geometry = Geometry(offsets=fit_offsets(points))
 
 
 def level_errors(study_id: int, fold: int, P, truth: np.ndarray) -> list[dict]:
@@ -229,6 +239,23 @@ def format_levels(rep: pd.DataFrame) -> str:
         lines.append(f"| {lv} | {r.median_mm:.1f} | {r.p90_mm:.1f} | {r.within_5mm:.3f} | {r.lateral_mm:.1f} | "
                      f"{r.vertical_mm:.1f} | {r.vertical_bias_mm:+.1f} | {r.found:.3f} | {int(r.n)} |")
     return "\n".join(lines)
+
+
+SIGMAS = (1.0, 1.5, 2.0, 3.0, 4.5)  # mm: the distance weights the fused choice is tried with
+
+
+def pick_sigma(records: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """The distance weight whose fused choice is best held out on axial slices (the type it serves);
+    its records become the method "fused", the others are printed and dropped from the report."""
+    tried = records[records["method"].str.startswith("fused@")]
+    axial = tried[tried["series_type"] == schema.AXIAL]
+    scan = (axial if len(axial) else tried).groupby("method")["exact"].mean()
+    best = scan.idxmax()
+    print("fused choice, held-out axial exact per sigma: "
+          + ", ".join(f"{m.split('@')[1]} mm {v:.3f}" for m, v in scan.items()))
+    rest = records[~records["method"].str.startswith("fused@")]
+    return float(best.split("@")[1]), pd.concat([rest, tried[tried["method"] == best].assign(method="fused")],
+                                                 ignore_index=True)
 
 
 def choose_methods(records: pd.DataFrame) -> dict[str, str]:
