@@ -178,3 +178,47 @@ def test_a_centre_moves_the_box_not_its_size():
     assert placed
     assert moved[2] - moved[0] == pytest.approx(box[2] - box[0])
     assert (moved[:2] + moved[2:]) / 2 == pytest.approx([10.0, 50.0])
+
+
+def _region_sample(rng, spacing=(0.8, 0.8)):
+    """A labelled canal 'region' with five small bright discs, as fine_sample cuts it."""
+    h, w = 260, 120
+    pts = np.array([[rng.uniform(50, 70), 30 + 45 * k + rng.uniform(-4, 4)] for k in range(5)])
+    ys, xs = np.mgrid[0:h, 0:w]
+    img = sum(np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 12.0) for x, y in pts) + rng.normal(0, 0.05, (h, w))
+    region = np.stack([img] * 3).astype(np.float16)
+    origin = np.array([10.0, 20.0])
+    return region, origin, np.array(spacing), pts + origin
+
+
+def test_the_second_look_finds_a_point_its_patch_was_cut_off_centre():
+    from lumbar.preprocess.levels import FINE, fine_patch
+
+    rng = np.random.default_rng(3)
+    train = [_region_sample(rng) for _ in range(12)]
+    loc = LevelLocaliser(LevelConfig(steps=120, width=8, lr=3e-3)).fit_fine(train)
+    assert loc.fine is not None
+    region, origin, spacing, pts = _region_sample(rng)
+    stack = np.zeros((3, 400, 300), np.float32)
+    o = origin.astype(int)
+    stack[:, o[1]:o[1] + region.shape[1], o[0]:o[0] + region.shape[2]] = region
+    first_look = pts + rng.uniform(-6, 6, pts.shape)  # a first look up to ~5 mm off
+    refined = loc.refine(stack, first_look, spacing)
+    before = np.linalg.norm(first_look - pts, axis=1)
+    after = np.linalg.norm(refined - pts, axis=1)
+    assert np.median(after) < 0.5 * np.median(before), (after, before)
+    patch, box = fine_patch(stack, pts[0], spacing)  # a patch centred on a point holds it at its centre
+    assert patch.shape == (3, FINE, FINE)
+    np.testing.assert_allclose((box[:2] + box[2:]) / 2, pts[0])
+
+
+def test_both_looks_survive_save_and_load(tmp_path):
+    rng = np.random.default_rng(4)
+    loc = LevelLocaliser(LevelConfig(steps=2, width=8)).fit_fine([_region_sample(rng)])
+    loc.save(tmp_path, {"offsets": {}, "choice": {}, "sigma_mm": 3.0, "max_gap_mm": 10.0})
+    back, meta = LevelLocaliser.load(tmp_path)
+    assert back.fine is not None and meta["fine"] is not None
+    region, origin, spacing, pts = _region_sample(rng)
+    stack = np.zeros((3, 400, 300), np.float32)
+    stack[:, 20:280, 10:130] = region
+    np.testing.assert_allclose(back.refine(stack, pts, spacing), loc.refine(stack, pts, spacing), atol=1e-4)

@@ -19,10 +19,14 @@ from ..data.dicom import Volume
 from ..data.volumes import normalised
 from ..files import atomic_path, write_json
 from ..progress import bar
+from .crops import crop_resize, map_points, unmap_points
 
 THUMB = 128  # input side (px): a 300 mm field of view at ~2.3 mm per pixel
 STRIDE = 4  # heatmap cell = STRIDE input pixels
 N_LEVELS = 5
+FINE = 96  # the second look: a patch this many pixels square ...
+FINE_MM = 56.0  # ... covering this many mm around each first-look point (0.58 mm per pixel)
+FINE_JITTER_MM = 8.0  # training moves the patch's centre this far off the point (the first look's error)
 
 
 def thumbnails(v: Volume) -> np.ndarray:
@@ -49,7 +53,20 @@ def stack_at(thumbs: np.ndarray, v: Volume, idx: int) -> np.ndarray:
     return thumbs[v.neighbours(idx, 3)].astype(np.float32)
 
 
-def _net(width: int = 16):
+def fine_box(centre, spacing) -> np.ndarray:
+    """The box [x0, y0, x1, y1] (stored pixels) of a FINE_MM-square patch centred on `centre`."""
+    half = FINE_MM / 2 / np.array([spacing[1], spacing[0]], np.float64)
+    c = np.asarray(centre, np.float64)
+    return np.concatenate([c - half, c + half])
+
+
+def fine_patch(stack: np.ndarray, centre, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """(patch [3, FINE, FINE] float32, its box) of a normalised slice stack [3, h, w] around `centre`."""
+    box = fine_box(centre, spacing)
+    return crop_resize(stack, box, FINE), box
+
+
+def _net(width: int = 16, n_out: int = N_LEVELS):
     import torch
     from torch import nn
 
@@ -67,7 +84,7 @@ def _net(width: int = 16):
             self.s16 = nn.Sequential(block(4 * w, 4 * w, 2), block(4 * w, 4 * w), block(4 * w, 4 * w))  # 1/16
             self.u8 = block(8 * w, 4 * w)
             self.u4 = block(6 * w, 2 * w)
-            self.head = nn.Conv2d(2 * w, N_LEVELS, 1)
+            self.head = nn.Conv2d(2 * w, n_out, 1)
 
         def forward(self, x):
             up = nn.functional.interpolate
@@ -79,6 +96,7 @@ def _net(width: int = 16):
             return self.head(b4)  # [B, 5, T/4, T/4] logits
 
     return LevelNet(width)
+
 
 
 def decode(logits, window: int = 2):
@@ -151,7 +169,8 @@ class LevelConfig:
 
 
 class LevelLocaliser:
-    """The fitted network and what it was trained with; predict() -> five points on a slice."""
+    """The fitted networks and what they were trained with: the first look finds the five levels on
+    the whole slice, the second (optional) looks again at a finer patch around each point."""
 
     def __init__(self, cfg: LevelConfig | None = None, state: dict | None = None):
         import torch
@@ -159,14 +178,18 @@ class LevelLocaliser:
         self.cfg = cfg or LevelConfig()
         torch.manual_seed(self.cfg.seed)
         self.net = _net(self.cfg.width)
+        self.fine = None
         if state is not None:
-            self.net.load_state_dict(state)
+            self.net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+            fine = {k[5:]: v for k, v in state.items() if k.startswith("fine.")}
+            if fine:
+                self.fine = _net(self.cfg.width, 1)
+                self.fine.load_state_dict(fine)
+                self.fine.eval()
         self.net.eval()
 
-    def fit(self, samples: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]], progress: str = "") -> "LevelLocaliser":
-        """samples: (centre stack [3, T, T], points [5, 2] in thumbnail pixels (NaN unlabelled), the
-        neighbouring stacks the selector may pick instead): a neighbour stands in for the centre in
-        three draws of ten, so the network also finds the levels from a slice beside the canal."""
+    def _train(self, net, draw, progress: str):
+        """The one optimiser loop of both looks: `draw(rng)` gives a batch (inputs, points)."""
         import torch
 
         from ..devices import pick_device
@@ -174,12 +197,29 @@ class LevelLocaliser:
         device = pick_device(self.cfg.device)
         rng = np.random.default_rng(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
-        net = self.net.to(device).train()
+        net = net.to(device).train()
         steps = max(1, self.cfg.steps)
         opt = torch.optim.AdamW(net.parameters(), lr=self.cfg.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=steps, pct_start=0.15)
+        for _ in bar(range(steps), desc=progress, leave=False):
+            xs, ps = draw(rng)
+            x = torch.from_numpy(np.stack(xs).astype(np.float32)).to(device)
+            y = torch.from_numpy(np.stack(ps).astype(np.float32)).to(device)
+            loss = heatmap_loss(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        return net.cpu().eval()
+
+    def fit(self, samples: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]], progress: str = "") -> "LevelLocaliser":
+        """samples: (centre stack [3, T, T], points [5, 2] in thumbnail pixels (NaN unlabelled), the
+        neighbouring stacks the selector may pick instead): a neighbour stands in for the centre in
+        three draws of ten, so the network also finds the levels from a slice beside the canal."""
         order: list[int] = []
-        for _ in bar(range(steps), desc=progress or "level localiser", leave=False):
+
+        def draw(rng):
+            nonlocal order
             if len(order) < self.cfg.batch_size:  # a fresh pass over the studies
                 order += rng.permutation(len(samples)).tolist()
             batch, order = order[:self.cfg.batch_size], order[self.cfg.batch_size:]
@@ -190,14 +230,34 @@ class LevelLocaliser:
                 img, p = _augment(img, pts, rng)
                 xs.append(img)
                 ps.append(p)
-            x = torch.from_numpy(np.stack(xs)).to(device)
-            y = torch.from_numpy(np.stack(ps).astype(np.float32)).to(device)
-            loss = heatmap_loss(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        self.net = net.cpu().eval()
+            return xs, ps
+
+        self.net = self._train(self.net, draw, progress or "level localiser")
+        return self
+
+    def fit_fine(self, samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                 progress: str = "") -> "LevelLocaliser":
+        """The second look. samples: (a region of the labelled canal stack [3, h, w] around its points,
+        the region's origin (x, y) in stored pixels, pixel spacing [2], points [5, 2] in stored pixels):
+        each draw is one labelled level, the patch centred up to FINE_JITTER_MM off its point."""
+        pairs = [(i, k) for i, (_, _, _, pts) in enumerate(samples) for k in range(N_LEVELS) if np.isfinite(pts[k]).all()]
+        if not pairs:
+            return self
+
+        def draw(rng):
+            xs, ps = [], []
+            for j in rng.integers(len(pairs), size=self.cfg.batch_size):
+                i, k = pairs[j]
+                region, origin, spacing, pts = samples[i]
+                off = rng.uniform(-FINE_JITTER_MM, FINE_JITTER_MM, 2) / np.array([spacing[1], spacing[0]])
+                patch, box = fine_patch(region.astype(np.float32), pts[k] - origin + off, spacing)
+                target = map_points(pts[k:k + 1] - origin, box, FINE)
+                gamma = rng.uniform(0.7, 1.4)
+                xs.append(np.clip(patch, 0, None) ** gamma * rng.uniform(0.8, 1.2))
+                ps.append(target)
+            return xs, ps
+
+        self.fine = self._train(_net(self.cfg.width, 1), draw, progress or "level localiser, second look")
         return self
 
     def predict(self, stacks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,15 +268,34 @@ class LevelLocaliser:
             pts, mass = decode(self.net(torch.from_numpy(np.asarray(stacks, np.float32))))
         return pts.numpy().astype(np.float64), mass.numpy().astype(np.float64)
 
+    def refine(self, stack: np.ndarray, points: np.ndarray, spacing) -> np.ndarray:
+        """Points [5, 2] (stored pixels of a normalised stack [3, h, w]) moved to the second look's
+        answer on a patch around each; unchanged without a second look."""
+        import torch
+
+        if self.fine is None:
+            return points
+        patches, boxes = zip(*(fine_patch(stack, p, spacing) for p in points))
+        x = torch.from_numpy(np.stack(patches).astype(np.float32))
+        with torch.inference_mode():
+            pts, _ = decode(self.fine(x))
+        local = pts[:, 0].numpy().astype(np.float64)
+        return np.stack([unmap_points(local[i:i + 1], boxes[i], FINE)[0] for i in range(len(points))])
+
     def save(self, folder: str | Path, extra: dict | None = None) -> None:
-        """levels.pt (the network's tensors, loadable with weights_only) and levels.json beside it."""
+        """levels.pt (the networks' tensors, loadable with weights_only) and levels.json beside it."""
         import torch
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        state = {f"net.{k}": v.detach().cpu() for k, v in self.net.state_dict().items()}
+        if self.fine is not None:
+            state.update({f"fine.{k}": v.detach().cpu() for k, v in self.fine.state_dict().items()})
         with atomic_path(folder / "levels.pt") as tmp:
-            torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, tmp)
-        write_json(folder / "levels.json", {"config": asdict(self.cfg), "thumb": THUMB, "stride": STRIDE, **(extra or {})})
+            torch.save(state, tmp)
+        write_json(folder / "levels.json", {"config": asdict(self.cfg), "thumb": THUMB, "stride": STRIDE,
+                                            "fine": FINE if self.fine is not None else None,
+                                            "fine_mm": FINE_MM, **(extra or {})})
 
     @classmethod
     def load(cls, folder: str | Path) -> tuple["LevelLocaliser", dict]:
@@ -225,7 +304,8 @@ class LevelLocaliser:
 
         folder = Path(folder)
         meta = json.loads((folder / "levels.json").read_text())
-        if meta.get("thumb") != THUMB or meta.get("stride") != STRIDE:
+        if meta.get("thumb") != THUMB or meta.get("stride") != STRIDE or meta.get("fine") not in (None, FINE) \
+                or meta.get("fine_mm", FINE_MM) != FINE_MM:
             raise ValueError(f"{folder / 'levels.json'}: trained at {meta.get('thumb')} px / stride "
                              f"{meta.get('stride')}, this code reads {THUMB} / {STRIDE}")
         state = torch.load(folder / "levels.pt", map_location="cpu", weights_only=True)

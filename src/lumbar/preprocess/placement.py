@@ -29,16 +29,19 @@ class Geometry:
 
 
 def canal_points(v: Volume, idx: int, thumbs: np.ndarray, localiser: LevelLocaliser,
-                 proba: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+                 proba: np.ndarray | None = None, pixels: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """(five patient points [5, 3] or None when implausible, peak masses [5]) from the canal slice
-    `idx` of a sagittal T2 volume. With the canal classifier's slice probabilities the points move
-    along the normal to their probability-weighted depth (finer than a slice step)."""
+    `idx` of a sagittal T2 volume; with its normalised pixels [n, h, w] the second look refines them.
+    With the canal classifier's slice probabilities the points move along the normal to their
+    probability-weighted depth (finer than a slice step)."""
     # the network on the canal slice and on its neighbours (parallel slices share one pixel grid):
     # the mean of the three answers is steadier than any one
     near = sorted(set(v.neighbours(idx, 3)))
     pts, mass = localiser.predict(np.stack([stack_at(thumbs, v, j) for j in near]))
     xy = from_thumb(pts.mean(0), v.pixels.shape[1:])
     mass = mass.mean(0, keepdims=True)
+    if pixels is not None and localiser.fine is not None:
+        xy = localiser.refine(pixels[v.neighbours(idx, 3)], xy, v.pixel_spacing)
     P = v.to_patient(idx, xy)
     if proba is not None and v.has_positions:
         near = v.neighbours(idx, 3)

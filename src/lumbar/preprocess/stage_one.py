@@ -146,22 +146,27 @@ def select(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | Non
 
 
 def level_points(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | None, selection: Selection,
-                 probas: dict[int, np.ndarray | None], thumbs: dict[int, np.ndarray] | None = None):
+                 probas: dict[int, np.ndarray | None], thumbs: dict[int, np.ndarray] | None = None,
+                 pixels_of=None):
     """The five canal points (patient mm) the selector's level network finds on the chosen sagittal
-    T2 slice, or None (no network, no sagittal T2, no positions, or points that are not a spine)."""
+    T2 slice, or None (no network, no sagittal T2, no positions, or points that are not a spine).
+    The second look reads the slice's pixels: the volume's own, or `pixels_of(series_id)` (normalised)
+    where the features hold geometry only."""
     if selector is None or selector.levels is None or "sag_t2" not in selection:
         return None
     sid, idx = selection["sag_t2"][:2]
     sf = next((sf for sf in feats.get(schema.SAG_T2, []) if sf.series_id == sid), None)
     if sf is None:
         return None
+    geometry_only = sf.volume.pixels.strides == (0, 0, 0)  # training reads features, not pixels
     t = thumbs.get(sid) if thumbs else None
+    if t is None and geometry_only:
+        return None
     if t is None:
-        if sf.volume.pixels.strides == (0, 0, 0):  # geometry only: nothing to look at
-            return None
         t = thumbnails(sf.volume)
     proba = probas.get(sid)
-    P, _ = canal_points(sf.volume, idx, t, selector.levels, None if proba is None else proba[:, 1])
+    px = (pixels_of(sid) if pixels_of else None) if geometry_only else normalised(sf.volume)
+    P, _ = canal_points(sf.volume, idx, t, selector.levels, None if proba is None else proba[:, 1], px)
     return P
 
 

@@ -14,9 +14,9 @@ from ..data.cache import CachedEntries, StudyCache
 from ..files import write_json
 from ..layout import Run
 from ..data.catalog import load_studies
-from ..data.volumes import normalise, study_volumes
+from ..data.volumes import arrays_to_volume, normalise, normalised, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
-from ..preprocess.levels import LevelConfig, LevelLocaliser, stack_at, to_thumb
+from ..preprocess.levels import FINE_JITTER_MM, FINE_MM, LevelConfig, LevelLocaliser, stack_at, to_thumb
 from ..preprocess.placement import METHODS, Geometry, fit_offsets, labelled_points
 from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_probas,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
@@ -38,6 +38,7 @@ class SliceSelectConfig:
     levels: bool = True  # train the level network and place slices and crops through patient space
     levels_steps: int = 300  # the level network's optimiser steps (batches of 16), whatever the number of studies
     levels_device: str = "auto"  # where the level network trains (auto: a working GPU, else the CPU)
+    levels_fine: bool = True  # a second look at a finer patch around each level point
 
 
 def stack_rows(rows: list) -> tuple[dict, dict]:
@@ -108,6 +109,8 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     thumbs = {st.study_id: sagittal_thumbs(st, cache) for st in studies} if cfg.levels else {}
     points = {st.study_id: labelled_points(st, _items(feats[st.study_id])) for st in studies} if cfg.levels else {}
     samples = {st.study_id: level_samples(st, feats[st.study_id], thumbs[st.study_id]) for st in studies} if cfg.levels else {}
+    fine = ({st.study_id: fine_sample(st, feats[st.study_id], cache) for st in bar(studies, desc="level patches")}
+            if cfg.levels and cfg.levels_fine else {})
     methods = [*cfg.members, "ensemble", "naive"]
     records, errors, oof = [], [], {}
     for k in bar(range(rc.n_folds), desc="slice selector folds"):
@@ -115,7 +118,8 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         X, Y = stack_rows([r for st in train for r in rows[st.study_id]])
         sel = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
         if cfg.levels:
-            fit_levels(sel, cfg, [samples[st.study_id] for st in train], [points[st.study_id] for st in train], f"levels fold {k}")
+            fit_levels(sel, cfg, [samples[st.study_id] for st in train], [points[st.study_id] for st in train],
+                       [fine.get(st.study_id) for st in train], f"levels fold {k}")
         for st in (s for s in studies if s.fold == k):
             f = feats[st.study_id]
             with warnings.catch_warnings():
@@ -125,7 +129,8 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                 placed = {}
                 if sel.levels is not None:
                     probas = series_probas(f, sel)
-                    P = level_points(f, sel, chosen["ensemble"], probas, thumbs[st.study_id])
+                    P = level_points(f, sel, chosen["ensemble"], probas, thumbs[st.study_id],
+                                     lambda sid, st=st: series_pixels(st, sid, cache))
                     errors += level_errors(st.study_id, k, P, points[st.study_id]["sag_t2"])
                     placed = {m: geometric(f, sel, chosen["ensemble"], probas, methods={schema.AXIAL: m, schema.SAG_T1: m},
                                            points=P) for m in METHODS}
@@ -149,7 +154,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     X, Y = stack_rows([r for st in studies for r in rows[st.study_id]])
     full = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
     if cfg.levels:
-        fit_levels(full, cfg, list(samples.values()), list(points.values()), "levels (all studies)")
+        fit_levels(full, cfg, list(samples.values()), list(points.values()), list(fine.values()), "levels (all studies)")
         if full.geometry is not None:
             full.geometry.choice, full.geometry.sigma_mm = choice, sigma
     out = Run(run).stage("slice_select")
@@ -195,8 +200,35 @@ def level_samples(study, f, thumbs: dict[int, np.ndarray]):
     return stack_at(t, v, idx), to_thumb(pts, v.pixels.shape[1:]), others
 
 
-def fit_levels(sel: SliceSelector, cfg: SliceSelectConfig, samples: list, points: list, desc: str) -> None:
-    """The level network and the crops' offsets from the canal, fitted on these studies (in place)."""
+def series_pixels(study, series_id: int, cache: StudyCache) -> np.ndarray | None:
+    """One series' normalised pixels [n, h, w] read back from the cache (None if it is not there)."""
+    a = cache.load(study.study_id, f"vol_{series_id}")
+    return None if a is None else normalised(arrays_to_volume(a))
+
+
+def fine_sample(study, f, cache: StudyCache):
+    """The second look's example from a study: the labelled canal stack cut to its points' reach
+    (every patch training may draw around them), the cut's origin, the spacing and the points."""
+    truth = true_selection(study, f).get("sag_t2")
+    if truth is None:
+        return None
+    sid, idx = truth
+    v = next(sf.volume for sf in f[schema.SAG_T2] if sf.series_id == sid)
+    pts, _ = labels_for(study, "sag_t2", sid, v)
+    ok = np.isfinite(pts).all(1)
+    px = series_pixels(study, sid, cache) if ok.any() else None
+    if px is None:
+        return None
+    reach = (FINE_MM * 0.75 + FINE_JITTER_MM + 2) / np.array([v.pixel_spacing[1], v.pixel_spacing[0]])
+    lo = np.maximum(np.floor(pts[ok].min(0) - reach), 0).astype(int)
+    hi = np.minimum(np.ceil(pts[ok].max(0) + reach), [px.shape[2] - 1, px.shape[1] - 1]).astype(int)
+    region = px[v.neighbours(idx, 3)][:, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1].astype(np.float16)
+    return region, lo.astype(np.float64), np.asarray(v.pixel_spacing, np.float64), pts
+
+
+def fit_levels(sel: SliceSelector, cfg: SliceSelectConfig, samples: list, points: list, fine: list, desc: str) -> None:
+    """The level network (both looks) and the crops' offsets from the canal, fitted on these studies
+    (in place)."""
     samples = [s for s in samples if s is not None]
     if len(samples) < 2:
         warnings.warn(f"slice selector: {len(samples)} studies with labelled canal points; no level network",
@@ -204,6 +236,9 @@ def fit_levels(sel: SliceSelector, cfg: SliceSelectConfig, samples: list, points
         return
     lcfg = LevelConfig(steps=cfg.levels_steps, seed=cfg.seed, device=cfg.levels_device)
     sel.levels = LevelLocaliser(lcfg).fit(samples, desc)
+    fine = [s for s in fine if s is not None]
+    if cfg.levels_fine and fine:
+        sel.levels.fit_fine(fine, desc + ", second look")
     sel.geometry = Geometry(offsets=fit_offsets(points))
 
 
