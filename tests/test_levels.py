@@ -222,3 +222,16 @@ def test_both_looks_survive_save_and_load(tmp_path):
     stack = np.zeros((3, 400, 300), np.float32)
     stack[:, 20:280, 10:130] = region
     np.testing.assert_allclose(back.refine(stack, pts, spacing), loc.refine(stack, pts, spacing), atol=1e-4)
+
+
+def test_the_levels_figure_draws_each_study(tmp_path):
+    from lumbar.plots import level_points_figure
+
+    rng = np.random.default_rng(5)
+    ex = [{"study_id": i, "image": rng.random((THUMB, THUMB)), "found": rng.uniform(0, THUMB, (5, 2)),
+           "labelled": rng.uniform(0, THUMB, (5, 2)), "error_mm": 2.5} for i in range(3)]
+    out = level_points_figure(ex, tmp_path / "levels.png")
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(out)
+    assert img.shape[1] > img.shape[0] * 2  # three panels side by side

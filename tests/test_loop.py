@@ -40,14 +40,35 @@ def _fit(tmp_path, name, **kw):
     return model
 
 
-def test_ema_update_is_the_decayed_average():
+def test_ema_is_the_bias_corrected_average_of_the_weights_after_the_warm_up():
     model = Linear()
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    ema = EMA(model, 0.75)
-    with torch.no_grad():
-        model.lin.weight.add_(2.0)
-    ema.update(model)
-    torch.testing.assert_close(ema.shadow["lin.weight"], 0.75 * start["lin.weight"] + 0.25 * model.lin.weight)
+    init = model.lin.weight.detach().clone()
+    d, start = 0.75, 2
+    ema = EMA(model, d, start=start)
+    seen = []
+    for i in range(6):
+        with torch.no_grad():
+            model.lin.weight.copy_(init + float(i + 1))
+        seen.append(model.lin.weight.detach().clone())
+        ema.update(model)
+        if i < start:  # the warm-up: it follows the weights
+            torch.testing.assert_close(ema.shadow["lin.weight"], seen[-1])
+    after = seen[start:]
+    n = len(after)
+    w = torch.tensor([(1 - d) * d ** (n - 1 - i) for i in range(n)])
+    expected = sum(wi * x for wi, x in zip(w, after)) / w.sum()
+    torch.testing.assert_close(ema.shadow["lin.weight"], expected)
+    # nothing of the untrained network or the warm-up is left in it
+    assert (ema.shadow["lin.weight"] - init).min() >= start + 1 - 1e-5
+
+
+def test_warm_up_then_cosine():
+    from lumbar.train.loop import lr_factor
+
+    f = [lr_factor(e, 10, 2) for e in range(10)]
+    assert f[0] < f[1] < f[2] == 1.0  # rising, then the cosine starts at the full rate
+    assert all(a >= b for a, b in zip(f[2:], f[3:])) and f[-1] > 0.05
+    assert [lr_factor(e, 10, 0) for e in range(10)][0] == 1.0
 
 
 def test_training_with_ema_keeps_the_average_not_the_last_step(tmp_path):
@@ -55,7 +76,7 @@ def test_training_with_ema_keeps_the_average_not_the_last_step(tmp_path):
     averaged = _fit(tmp_path, "ema", ema=0.5)
     last = torch.load(tmp_path / "ema" / "last.pt", weights_only=False)
     torch.testing.assert_close(last["model"]["lin.weight"], plain.lin.weight.detach())  # the same raw steps
-    torch.testing.assert_close(averaged.lin.weight.detach(), last["ema"]["lin.weight"])  # final = the average
+    torch.testing.assert_close(averaged.lin.weight.detach(), last["ema"]["shadow"]["lin.weight"])  # final = the average
     assert (averaged.lin.weight - plain.lin.weight).abs().max() > 1e-4
     saved = torch.load(tmp_path / "ema" / "weights.pt", weights_only=True)["model"]
     torch.testing.assert_close(saved["lin.weight"], averaged.lin.weight.detach())

@@ -25,7 +25,8 @@ class TrainConfig:
     accum_steps: int = 1
     clip_grad: float = 2.0
     amp: bool = True  # fp16 autocast on CUDA; CPU always trains in fp32
-    ema: float = 0.0  # decay; 0 turns EMA off
+    ema: float = 0.0  # decay of the weights' average (bias-corrected, from the end of the warm-up); 0 = off
+    warmup_epochs: int = 0  # epochs of linear learning-rate warm-up before the cosine
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"  # "cuda" (the GPU presets) fails clearly without a working GPU; "cpu" on purpose

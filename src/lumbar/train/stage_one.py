@@ -112,7 +112,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     fine = ({st.study_id: fine_sample(st, feats[st.study_id], cache) for st in bar(studies, desc="level patches")}
             if cfg.levels and cfg.levels_fine else {})
     methods = [*cfg.members, "ensemble", "naive"]
-    records, errors, oof = [], [], {}
+    records, errors, oof, examples = [], [], {}, []
     for k in bar(range(rc.n_folds), desc="slice selector folds"):
         train = [st for st in studies if st.fold != k]
         X, Y = stack_rows([r for st in train for r in rows[st.study_id]])
@@ -132,6 +132,9 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                     P = level_points(f, sel, chosen["ensemble"], probas, thumbs[st.study_id],
                                      lambda sid, st=st: series_pixels(st, sid, cache))
                     errors += level_errors(st.study_id, k, P, points[st.study_id]["sag_t2"])
+                    if P is not None and len(examples) < 6 and np.isfinite(points[st.study_id]["sag_t2"]).all():
+                        examples.append(level_example(st.study_id, f, chosen["ensemble"]["sag_t2"], thumbs[st.study_id],
+                                                      P, points[st.study_id]["sag_t2"]))
                     placed = {m: geometric(f, sel, chosen["ensemble"], probas, methods={schema.AXIAL: m, schema.SAG_T1: m},
                                            points=P) for m in METHODS}
                     for sigma in SIGMAS:  # the fused choice at each weight of the distance
@@ -178,6 +181,10 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         lv.to_csv(out / "levels.csv")
         print(format_levels(lv))
         result["levels_median_mm"] = round(float(pd.DataFrame(errors)["error_mm"].median()), 2)
+    if examples:
+        from ..plots import level_points_figure
+
+        level_points_figure(examples, out / "levels.png")
     return result
 
 
@@ -240,6 +247,19 @@ def fit_levels(sel: SliceSelector, cfg: SliceSelectConfig, samples: list, points
     if cfg.levels_fine and fine:
         sel.levels.fit_fine(fine, desc + ", second look")
     sel.geometry = Geometry(offsets=fit_offsets(points))
+
+
+def level_example(study_id: int, f, canal: tuple, thumbs: dict, P: np.ndarray, truth: np.ndarray) -> dict:
+    """What the levels figure draws of one held-out study: the canal slice's thumbnail and both sets
+    of points projected onto it."""
+    sid, idx = canal[:2]
+    v = next(sf.volume for sf in f[schema.SAG_T2] if sf.series_id == sid)
+
+    def on_slice(points):
+        return to_thumb(np.stack([v.project(p)[1][idx] for p in points]), v.pixels.shape[1:])
+
+    return {"study_id": study_id, "image": thumbs[sid][idx].astype(np.float32), "found": on_slice(P),
+            "labelled": on_slice(truth), "error_mm": float(np.median(np.linalg.norm(P - truth, axis=1)))}
 
 
 def level_errors(study_id: int, fold: int, P, truth: np.ndarray) -> list[dict]:
