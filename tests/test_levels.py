@@ -225,7 +225,7 @@ def test_both_looks_survive_save_and_load(tmp_path):
 
 
 def test_the_levels_figure_draws_each_study(tmp_path):
-    from lumbar.plots import level_points_figure
+    from lumbar.train.stage_one import level_points_figure
 
     rng = np.random.default_rng(5)
     ex = [{"study_id": i, "image": rng.random((THUMB, THUMB)), "found": rng.uniform(0, THUMB, (5, 2)),

@@ -61,29 +61,3 @@ def show_study(study, vols, entry: dict, out: str | Path, predicted: dict | None
     plt.close(fig)
     return out
 
-
-def level_points_figure(examples: list[dict], out: str | Path) -> Path:
-    """Held-out level points over the canal slice the selector chose, one panel per study: labelled
-    canal points (green circles) and found ones (red crosses), in the level network's thumbnail.
-    examples: {"study_id", "image" [T, T], "found" [5, 2], "labelled" [5, 2] (NaN where unlabelled),
-    "error_mm" (median over its levels)}."""
-    plt = pyplot()
-    n = max(1, len(examples))
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0), squeeze=False)
-    for a, ex in zip(axes[0], examples):
-        a.imshow(ex["image"], cmap="gray")
-        lab, got = np.asarray(ex["labelled"]), np.asarray(ex["found"])
-        a.scatter(lab[:, 0], lab[:, 1], s=30, facecolors="none", edgecolors="lime", label="labelled")
-        a.scatter(got[:, 0], got[:, 1], s=30, marker="x", c="red", label="found")
-        a.set_title(f"study {ex['study_id']}\nmedian error {ex['error_mm']:.1f} mm", fontsize=8)
-        a.set_xticks([])
-        a.set_yticks([])
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    for a in axes[0][len(examples):]:
-        a.axis("off")
-    fig.suptitle("level points on held-out sagittal T2 canal slices", fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out

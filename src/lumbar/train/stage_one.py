@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import warnings
 from dataclasses import dataclass
 
@@ -182,8 +183,6 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         print(format_levels(lv))
         result["levels_median_mm"] = round(float(pd.DataFrame(errors)["error_mm"].median()), 2)
     if examples:
-        from ..plots import level_points_figure
-
         level_points_figure(examples, out / "levels.png")
     return result
 
@@ -461,3 +460,33 @@ def load_crop_entries(data, run, rc: RunConfig, cache_dir: str, cfg: PreprocessC
         if cache.root is None:
             kept.append(entry)
     return studies, (CachedEntries(cache, keys) if cache.root is not None else kept)
+
+
+def level_points_figure(examples: list[dict], out: str | Path) -> Path:
+    """Held-out level points over the canal slice the selector chose, one panel per study: labelled
+    canal points (green circles) and found ones (red crosses), in the level network's thumbnail.
+    examples: {"study_id", "image" [T, T], "found" [5, 2], "labelled" [5, 2] (NaN where unlabelled),
+    "error_mm" (median over its levels)}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(examples))
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0), squeeze=False)
+    for a, ex in zip(axes[0], examples):
+        a.imshow(ex["image"], cmap="gray")
+        lab, got = np.asarray(ex["labelled"]), np.asarray(ex["found"])
+        a.scatter(lab[:, 0], lab[:, 1], s=30, facecolors="none", edgecolors="lime", label="labelled")
+        a.scatter(got[:, 0], got[:, 1], s=30, marker="x", c="red", label="found")
+        a.set_title(f"study {ex['study_id']}\nmedian error {ex['error_mm']:.1f} mm", fontsize=8)
+        a.set_xticks([])
+        a.set_yticks([])
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    for a in axes[0][len(examples):]:
+        a.axis("off")
+    fig.suptitle("level points on held-out sagittal T2 canal slices", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
