@@ -22,6 +22,10 @@ from typing import Any, Callable, Iterator
 
 
 def _serve(conn, fn: Callable[[Any], Any]) -> None:
+    import sys
+
+    if "torch" in sys.modules:  # fn brought torch (stage one's level network): one thread per worker,
+        sys.modules["torch"].set_num_threads(1)  # the workers are the parallelism; more only fight
     while True:
         try:
             msg = conn.recv()
