@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..data.dicom import Volume
 from ..data.volumes import normalised
@@ -66,37 +68,36 @@ def fine_patch(stack: np.ndarray, centre, spacing) -> tuple[np.ndarray, np.ndarr
     return crop_resize(stack, box, FINE), box
 
 
-def _net(width: int = 16, n_out: int = N_LEVELS):
-    import torch
-    from torch import nn
+def _block(i: int, o: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
-    def block(i, o, stride=1):
-        return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
-    class LevelNet(nn.Module):
-        """A U-Net in miniature: down to 1/16 for context (which disc is which), up to 1/4 for place."""
+class LevelNet(nn.Module):
+    """A U-Net in miniature: down to 1/16 for context (which disc is which), up to 1/4 for place.
+    At module level so stage one (which holds it) pickles into the input workers."""
 
-        def __init__(self, w: int):
-            super().__init__()
-            self.s2 = nn.Sequential(block(3, w, 2), block(w, w))  # 1/2
-            self.s4 = nn.Sequential(block(w, 2 * w, 2), block(2 * w, 2 * w))  # 1/4
-            self.s8 = nn.Sequential(block(2 * w, 4 * w, 2), block(4 * w, 4 * w))  # 1/8
-            self.s16 = nn.Sequential(block(4 * w, 4 * w, 2), block(4 * w, 4 * w), block(4 * w, 4 * w))  # 1/16
-            self.u8 = block(8 * w, 4 * w)
-            self.u4 = block(6 * w, 2 * w)
-            self.head = nn.Conv2d(2 * w, n_out, 1)
+    def __init__(self, w: int, n_out: int = N_LEVELS):
+        super().__init__()
+        self.s2 = nn.Sequential(_block(3, w, 2), _block(w, w))  # 1/2
+        self.s4 = nn.Sequential(_block(w, 2 * w, 2), _block(2 * w, 2 * w))  # 1/4
+        self.s8 = nn.Sequential(_block(2 * w, 4 * w, 2), _block(4 * w, 4 * w))  # 1/8
+        self.s16 = nn.Sequential(_block(4 * w, 4 * w, 2), _block(4 * w, 4 * w), _block(4 * w, 4 * w))  # 1/16
+        self.u8 = _block(8 * w, 4 * w)
+        self.u4 = _block(6 * w, 2 * w)
+        self.head = nn.Conv2d(2 * w, n_out, 1)
 
-        def forward(self, x):
-            up = nn.functional.interpolate
-            a4 = self.s4(self.s2(x))
-            a8 = self.s8(a4)
-            a16 = self.s16(a8)
-            b8 = self.u8(torch.cat([up(a16, scale_factor=2.0), a8], 1))
-            b4 = self.u4(torch.cat([up(b8, scale_factor=2.0), a4], 1))
-            return self.head(b4)  # [B, 5, T/4, T/4] logits
+    def forward(self, x):
+        up = nn.functional.interpolate
+        a4 = self.s4(self.s2(x))
+        a8 = self.s8(a4)
+        a16 = self.s16(a8)
+        b8 = self.u8(torch.cat([up(a16, scale_factor=2.0), a8], 1))
+        b4 = self.u4(torch.cat([up(b8, scale_factor=2.0), a4], 1))
+        return self.head(b4)  # [B, n_out, H/4, W/4] logits
 
-    return LevelNet(width)
 
+def _net(width: int = 16, n_out: int = N_LEVELS) -> LevelNet:
+    return LevelNet(width, n_out)
 
 
 def decode(logits, window: int = 2):
