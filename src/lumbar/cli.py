@@ -66,7 +66,7 @@ def _cmd_train(a) -> int:
     from .train.runner import RunConfig, takes, train
     t = time.time()
     overrides = (file_overrides(a.config) if a.config else []) + a.overrides
-    if a.device and takes(a.model, "device"):  # stage one, the prior and the ensemble have no device
+    if a.device and takes(a.model, "device"):  # the crops, the prior and the ensemble have no device
         overrides.append(f"device={a.device}")
     if a.backbones and takes(a.model, "backbone_checkpoint"):
         overrides.append(f"backbone_checkpoint={a.backbones}")

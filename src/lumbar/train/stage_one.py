@@ -38,7 +38,7 @@ class SliceSelectConfig:
     n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core
     levels: bool = True  # train the level network and place slices and crops through patient space
     levels_steps: int = 300  # the level network's optimiser steps (batches of 16), whatever the number of studies
-    levels_device: str = "auto"  # where the level network trains (auto: a working GPU, else the CPU)
+    device: str = "auto"  # where the level network trains (auto: a working GPU, else the CPU; the members: CPU)
     levels_fine: bool = True  # a second look at a finer patch around each level point
 
 
@@ -240,7 +240,7 @@ def fit_levels(sel: SliceSelector, cfg: SliceSelectConfig, samples: list, points
         warnings.warn(f"slice selector: {len(samples)} studies with labelled canal points; no level network",
                       stacklevel=2)
         return
-    lcfg = LevelConfig(steps=cfg.levels_steps, seed=cfg.seed, device=cfg.levels_device)
+    lcfg = LevelConfig(steps=cfg.levels_steps, seed=cfg.seed, device=cfg.device)
     sel.levels = LevelLocaliser(lcfg).fit(samples, desc)
     fine = [s for s in fine if s is not None]
     if cfg.levels_fine and fine:
