@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import schema
 from ..data.dicom import Volume
-from .levels import LevelLocaliser, from_thumb, stack_at, thumbnails
+from .levels import LevelLocaliser, from_thumb, stack_at
 
 METHODS = ("ensemble", "geometry", "fused")  # how a series type's slice is chosen
 MIN_PITCH_MM = 12.0  # consecutive level points closer than this (or out of order) are not a spine
@@ -176,6 +176,3 @@ def fit_offsets(per_study: list[dict[str, np.ndarray]]) -> dict[str, list[float]
             out[name] = np.median(d, 0).round(3).tolist()
     return out
 
-
-def study_thumbs(vols: dict[str, list[tuple[int, Volume]]]) -> dict[int, np.ndarray]:
-    return {sid: thumbnails(v) for sid, v in vols.get(schema.SAG_T2, [])}

@@ -178,8 +178,12 @@ def geometric(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | 
     P = level_points(feats, selector, selection, probas, thumbs) if points is None else points
     if P is None:
         return selection
-    items = {stype: [(sf.series_id, sf.volume) for sf in sfs] for stype, sfs in feats.items()}
-    return place(selection, items, probas, P, selector.geometry, methods)
+    return place(selection, series_items(feats), probas, P, selector.geometry, methods)
+
+
+def series_items(feats: dict[str, list[SeriesFeatures]]) -> dict[str, list[tuple[int, Volume]]]:
+    """Series type -> [(series id, volume)]: the features' volumes in the shape placement reads."""
+    return {stype: [(sf.series_id, sf.volume) for sf in sfs] for stype, sfs in feats.items()}
 
 
 def naive_selection(vols: dict[str, list[tuple[int, Volume]]]) -> Selection:

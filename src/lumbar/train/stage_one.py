@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -18,8 +18,8 @@ from ..data.catalog import load_studies
 from ..data.volumes import arrays_to_volume, normalise, normalised, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
 from ..preprocess.levels import FINE_JITTER_MM, FINE_MM, LevelConfig, LevelLocaliser, stack_at, to_thumb
-from ..preprocess.placement import METHODS, Geometry, fit_offsets, labelled_points
-from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_probas,
+from ..preprocess.placement import METHODS, Geometry, fit_offsets, labelled_points, place
+from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_items, series_probas,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
                                    true_selection)
 from ..preprocess.slice_select import MEMBERS, SliceSelector
@@ -108,7 +108,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     feats = {st.study_id: study_features(st, cache, keep_pixels=False) for st in bar(studies, desc="load features")}
     rows = {st.study_id: list(training_rows(st, feats[st.study_id])) for st in studies}
     thumbs = {st.study_id: sagittal_thumbs(st, cache) for st in studies} if cfg.levels else {}
-    points = {st.study_id: labelled_points(st, _items(feats[st.study_id])) for st in studies} if cfg.levels else {}
+    points = {st.study_id: labelled_points(st, series_items(feats[st.study_id])) for st in studies} if cfg.levels else {}
     samples = {st.study_id: level_samples(st, feats[st.study_id], thumbs[st.study_id]) for st in studies} if cfg.levels else {}
     fine = ({st.study_id: fine_sample(st, feats[st.study_id], cache) for st in bar(studies, desc="level patches")}
             if cfg.levels and cfg.levels_fine else {})
@@ -138,11 +138,10 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                                                       P, points[st.study_id]["sag_t2"]))
                     placed = {m: geometric(f, sel, chosen["ensemble"], probas, methods={schema.AXIAL: m, schema.SAG_T1: m},
                                            points=P) for m in METHODS}
-                    for sigma in SIGMAS:  # the fused choice at each weight of the distance
-                        sel.geometry.sigma_mm = sigma
-                        placed[f"fused@{sigma}"] = geometric(f, sel, chosen["ensemble"], probas, points=P,
-                                                             methods={schema.AXIAL: "fused", schema.SAG_T1: "fused"})
-                    sel.geometry.sigma_mm = Geometry.sigma_mm
+                    fused = {schema.AXIAL: "fused", schema.SAG_T1: "fused"}
+                    for sigma in SIGMAS:  # the fused choice at each weight of the distance (no points: the vote's)
+                        placed[f"fused@{sigma}"] = place(chosen["ensemble"], series_items(f), probas, P,
+                                                         replace(sel.geometry, sigma_mm=sigma), fused)
                     chosen.update({m: placed[m] for m in placed if m.startswith("fused@")}, geometry=placed["geometry"])
             oof[st.study_id] = {"classifiers": chosen["ensemble"], **placed}
             truth = labelled_slices(st, f)
@@ -185,10 +184,6 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     if examples:
         level_points_figure(examples, out / "levels.png")
     return result
-
-
-def _items(f) -> dict:
-    return {stype: [(sf.series_id, sf.volume) for sf in sfs] for stype, sfs in f.items()}
 
 
 def level_samples(study, f, thumbs: dict[int, np.ndarray]):
