@@ -51,7 +51,7 @@ def test_a_shifted_selection_moves_only_what_stage_one_chose(run_copy, synth_dir
     run, cache = run_copy
     truth = _true_selections(synth_dir, cache)
     ids, base = model_variants("multitask", synth_dir, run, str(cache))
-    shifted = {s: {n: (sid, max(0, idx - 2)) for n, (sid, idx) in sel.items()} for s, sel in truth.items()}
+    shifted = {s: {n: (v[0], max(0, v[1] - 2)) for n, v in sel.items()} for s, sel in truth.items()}
     _write_selection(run, shifted)
     _, moved = model_variants("multitask", synth_dir, run, str(cache))
     assert np.abs(moved["shipped"] - moved["true_slices"]).max() > 1e-4  # other slices, other predictions

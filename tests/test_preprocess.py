@@ -102,7 +102,7 @@ def test_cache_atomic_and_truncated_entry_rebuilt(tmp_path):
 def test_slice_select_report_and_artefacts(stage_one):
     run, cache, _ = stage_one
     report = pd.read_csv(run / "slice_select" / "report.csv")
-    assert set(report.method) == {"rf", "svm", "mlp", "xgb", "ensemble", "naive", "geometry", "fused", "shipped"}
+    assert set(report.method) == {"rf", "svm", "mlp", "xgb", "ensemble", "naive", "geometry", "fused", "local", "shipped"}
     assert set(report.series_type) == set(schema.SERIES_TYPES)
     by = report.set_index(["series_type", "method"])
     levels = json.loads((run / "slice_select" / "model" / "levels.json").read_text())
@@ -110,7 +110,7 @@ def test_slice_select_report_and_artefacts(stage_one):
     for stype in schema.SERIES_TYPES:  # "shipped" is what inference uses: the method chosen held out
         chosen = levels["choice"].get(stype, "ensemble")
         assert by.loc[(stype, "shipped")].tolist() == by.loc[(stype, chosen)].tolist()
-        best = max(by.loc[(stype, m)].exact for m in ("ensemble", "geometry", "fused"))
+        best = max(by.loc[(stype, m)].exact for m in ("ensemble", "geometry", "fused", "local"))
         assert by.loc[(stype, "shipped")].exact == best
     assert (run / "slice_select" / "levels.csv").exists()
     assert ((report.exact >= 0) & (report.exact <= report.within1) & (report.within1 <= 1)).all()
@@ -119,6 +119,10 @@ def test_slice_select_report_and_artefacts(stage_one):
     assert (run / "slice_select" / "model" / "axial_xgb.json").exists()
     oof = json.loads((run / "slice_select" / "oof_selection.json").read_text())
     assert len(oof) == 10
+    assert set(levels["scorers"]) <= {schema.AXIAL, schema.SAG_T1}
+    if levels["choice"].get(schema.SAG_T1, "ensemble") != "ensemble":  # each T1 level's own slice and row travel on
+        lengths = {len(sel["sag_t1_left"]) for sel in oof.values() if "sag_t1_left" in sel}
+        assert 14 in lengths and lengths <= {2, 4, 14}  # (series, slice[, centre]) where no level points were found
 
 
 def test_crops_report_and_every_study_gets_crops(stage_one, synth_dir):

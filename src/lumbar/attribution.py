@@ -31,6 +31,7 @@ from .files import write_json, write_text
 from .layout import Run
 from .metric import TERMS, labels_to_array, study_terms, submission_to_probs, term_scores
 from .models.prior import fit_prior
+from .preprocess.placement import centre_of, per_level, with_levels
 from .preprocess.stage_one import (build_crops, cache_version, labels_for, read_preprocess_config, study_crops,
                                    study_features, true_selection)
 from .progress import bar
@@ -71,9 +72,13 @@ def selections(study, cache, shipped: dict) -> dict[str, dict]:
     vols = study_volumes(study, cache)
     true = true_selection(study, study_features(study, cache, vols))
     merged = dict(shipped or {})
-    for name, (sid, idx) in true.items():  # the labelled slice, centred where stage one centred it
+    for name, choice in true.items():  # the labelled slice(s), centred where stage one centred it
+        sid, idx = choice[:2]
         got = merged.get(name, ())
-        merged[name] = (sid, idx, *got[2:4]) if len(got) == 4 and got[0] == sid else (sid, idx)
+        centre = centre_of(got) if len(got) >= 4 and got[0] == sid else None
+        levels = per_level(choice)
+        merged[name] = (with_levels(sid, idx, centre, *levels) if levels
+                        else (sid, idx, *centre) if centre else (sid, idx))
     return {"shipped": shipped, "true": merged, "vols": vols}
 
 

@@ -2,8 +2,14 @@
 found on the sagittal T2 (levels.py) place each level's axial slice (the plane passing closest, over
 every axial series and block), the sagittal T1 slice of each side (the canal's points moved by the
 foramen offset learned in training) and every crop's centre (the points projected onto the chosen
-slice). The slice classifiers stay: "fused" weighs their probability by the plane's distance, and
-where a study has no sagittal T2, no positions or implausible points, their choice stands.
+slice). The slice classifiers stay: "fused" weighs their probability by the plane's distance,
+"local" weighs the planes near each target by what they show there (evidence.py), and where a study
+has no sagittal T2, no positions or implausible points, their choice stands.
+
+The sagittal T1 crops of a side take each level's slice on its own (the foramina of one side do not lie
+in one plane: a spine turned a few degrees moves them a slice between L1 and S1), so a choice may carry
+five slices and the row of each level on them: (series, slice, centre x, centre y, s1..s5, y1..y5); the
+crop's rows around a level come from that level's slice (stage_one.build_crops).
 """
 from __future__ import annotations
 
@@ -13,9 +19,10 @@ import numpy as np
 
 from .. import schema
 from ..data.dicom import Volume
-from .levels import LevelLocaliser, from_thumb, stack_at
+from .evidence import Scorer, candidates, features
+from .levels import N_LEVELS, LevelLocaliser, from_thumb, stack_at
 
-METHODS = ("ensemble", "geometry", "fused")  # how a series type's slice is chosen
+METHODS = ("ensemble", "geometry", "fused", "local")  # how a series type's slice is chosen
 MIN_PITCH_MM = 12.0  # consecutive level points closer than this (or out of order) are not a spine
 
 
@@ -26,6 +33,37 @@ class Geometry:
     choice: dict = field(default_factory=dict)  # series type -> one of METHODS (by held-out accuracy)
     sigma_mm: float = 3.0  # fused: a plane this far off costs what a classifier probability e^-0.5 times lower does
     max_gap_mm: float = 10.0  # no geometric choice for a level farther than this from every plane
+    scorers: dict = field(default_factory=dict)  # series type -> evidence.Scorer as a dict ("local")
+
+    def scorer(self, stype: str) -> Scorer | None:
+        d = self.scorers.get(stype)
+        return Scorer.from_dict(d) if d else None
+
+
+def centre_of(choice: tuple) -> tuple[float, float] | None:
+    """A choice's crop centre (stored pixels), None where the classifiers' regions place the box."""
+    if len(choice) >= 4 and np.isfinite(choice[2:4]).all():
+        return float(choice[2]), float(choice[3])
+    return None
+
+
+def per_level(choice: tuple) -> tuple[list[int], list[float]] | None:
+    """(each level's slice, each level's row on it) of a choice that carries them, else None."""
+    if len(choice) < 4 + 2 * N_LEVELS:
+        return None
+    return [int(s) for s in choice[4:4 + N_LEVELS]], [float(y) for y in choice[4 + N_LEVELS:4 + 2 * N_LEVELS]]
+
+
+def slice_for(choice: tuple, level: int) -> int:
+    """The slice a choice shows level `level` (0 = L1/L2) on."""
+    levels = per_level(choice)
+    return levels[0][level] if levels else int(choice[1])
+
+
+def with_levels(sid: int, idx: int, centre, slices, rows) -> tuple:
+    """The choice tuple of a crop whose levels each have their own slice."""
+    c = tuple(centre) if centre is not None else (np.nan, np.nan)
+    return (int(sid), int(idx), *map(float, c), *map(int, slices), *map(float, rows))
 
 
 def canal_points(v: Volume, idx: int, thumbs: np.ndarray, localiser: LevelLocaliser,
@@ -83,11 +121,35 @@ def plane_choice(vols: list[tuple[int, Volume]], point: np.ndarray, probas: dict
     return None if best is None else best[1:]
 
 
+def local_choice(vols: list[tuple[int, Volume]], target: np.ndarray, probas, cls: int, scorer: Scorer,
+                 geo: Geometry, pixels_of) -> tuple[int, int] | None:
+    """(series id, slice) of the candidate plane near `target` the scorer ranks first; None without one."""
+    cands = candidates(vols, target, geo.max_gap_mm)
+    if not cands:
+        return None
+    spacing = {sid: v.pixel_spacing for sid, v in vols}
+    best = cands[scorer.best(features(cands, pixels_of, spacing.__getitem__, probas, cls))] if len(cands) > 1 else cands[0]
+    return best.series_id, best.slice
+
+
 def side_choice(vols: list[tuple[int, Volume]], points: np.ndarray, probas, cls: int, method: str,
-                geo: Geometry) -> tuple[int, int, float] | None:
-    """One sagittal slice for all five levels of a side: the plane nearest the points' median (the
-    foramina of one side lie in about one sagittal plane)."""
-    return plane_choice(vols, np.median(points, axis=0), probas, cls, method, geo)
+                geo: Geometry, pixels_of=None) -> tuple[int, int, list[int]] | None:
+    """A side's sagittal series (the one whose plane passes nearest the points' median), its central
+    slice and each level's own slice there (by `method`; a level no plane reaches takes the central)."""
+    first = plane_choice(vols, np.median(points, axis=0), probas, cls, "fused" if method == "fused" else "geometry", geo)
+    if first is None:
+        return None
+    sid = first[0]
+    series = [(s, v) for s, v in vols if s == sid]
+    scorer = geo.scorer(schema.SAG_T1) if method == "local" else None
+    slices = []
+    for p in points:
+        if scorer is not None and pixels_of is not None:
+            got = local_choice(series, p, probas, cls, scorer, geo, pixels_of)
+        else:
+            got = plane_choice(series, p, probas, cls, "fused" if method == "fused" else "geometry", geo)
+        slices.append(first[1] if got is None else got[1])
+    return sid, int(sorted(slices)[len(slices) // 2]), slices
 
 
 def centre_on(v: Volume, idx: int, points: np.ndarray) -> tuple[float, float] | None:
@@ -101,10 +163,13 @@ def centre_on(v: Volume, idx: int, points: np.ndarray) -> tuple[float, float] | 
 
 
 def place(selection: dict, items: dict[str, list[tuple[int, Volume]]], probas: dict[int, np.ndarray | None],
-          P: np.ndarray | None, geo: Geometry, methods: dict[str, str] | None = None) -> dict:
+          P: np.ndarray | None, geo: Geometry, methods: dict[str, str] | None = None, pixels_of=None) -> dict:
     """The classifier's selection {crop: (series, slice)} refined through the level points P [5, 3]:
     per series type the method of `methods` (default geo.choice; "ensemble" keeps the classifier's
-    slice), and every crop centred on its points projected onto its slice: {crop: (series, slice, x, y)}."""
+    slice), and every crop centred on its points projected onto its slice: {crop: (series, slice, x, y)}
+    (sagittal T1 by any other method: each level's own slice and row too, see with_levels).
+    "local" reads pixels: pixels_of(series id) -> normalised [n, h, w], by default the volumes' own."""
+    from ..data.volumes import normalised
     from .crops import CROPS
 
     if P is None:
@@ -112,14 +177,28 @@ def place(selection: dict, items: dict[str, list[tuple[int, Volume]]], probas: d
     methods = methods if methods is not None else geo.choice
     out = dict(selection)
     by_id = {sid: v for vs in items.values() for sid, v in vs}
+    if pixels_of is None:
+        memo: dict[int, np.ndarray] = {}
+
+        def pixels_of(sid):  # normalised once per series, however many levels read it
+            if sid not in memo:
+                memo[sid] = normalised(by_id[sid])
+            return memo[sid]
     for name, (stype, cls, _) in CROPS.items():
         targets = P + np.asarray(geo.offsets.get(name, np.zeros(3)), np.float64)
         method = methods.get(stype, "ensemble")
+        levels = None
         if method != "ensemble" and stype != schema.SAG_T2:
             if stype == schema.AXIAL:
-                got = plane_choice(items.get(stype, []), targets[cls - 1], probas, cls, method, geo)
+                scorer = geo.scorer(stype) if method == "local" else None
+                if scorer is not None:
+                    got = local_choice(items.get(stype, []), targets[cls - 1], probas, cls, scorer, geo, pixels_of)
+                else:
+                    got = plane_choice(items.get(stype, []), targets[cls - 1], probas, cls,
+                                       "geometry" if method == "local" else method, geo)
             else:
-                got = side_choice(items.get(stype, []), targets, probas, cls, method, geo)
+                got = side_choice(items.get(stype, []), targets, probas, cls, method, geo, pixels_of)
+                levels = got[2] if got is not None else None
             if got is not None:
                 out[name] = (got[0], got[1])
         if name not in out or out[name][0] not in by_id:
@@ -130,7 +209,10 @@ def place(selection: dict, items: dict[str, list[tuple[int, Volume]]], probas: d
             continue
         pts = targets[[cls - 1]] if stype == schema.AXIAL else targets
         c = centre_on(v, idx, pts)
-        if c is not None:
+        if levels is not None:
+            rows = [float(v.project(p)[1][s, 1]) for p, s in zip(targets, levels)]
+            out[name] = with_levels(sid, idx, c, levels, rows)
+        elif c is not None:
             out[name] = (sid, idx, *c)
     return out
 

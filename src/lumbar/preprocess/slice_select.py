@@ -310,7 +310,10 @@ class SliceSelector:
             else:
                 try:
                     sel.levels, meta = LevelLocaliser.load(folder)
-                    sel.geometry = Geometry(**{k: meta[k] for k in ("offsets", "choice", "sigma_mm", "max_gap_mm")})
+                    sel.geometry = Geometry(**{k: meta[k] for k in ("offsets", "choice", "sigma_mm", "max_gap_mm")},
+                                            scorers=meta.get("scorers", {}))
+                    for stype in sel.geometry.scorers:  # a scorer of other features fails here, not per study
+                        sel.geometry.scorer(stype)
                 except Exception as e:
                     msg = f"{folder / 'levels.pt'}: level localiser does not load ({type(e).__name__}: {str(e)[:200]})"
                     if strict:

@@ -18,7 +18,7 @@ from ..layout import Run
 from ..data.volumes import DECODE_VERSION, normalised, study_volumes
 from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points
 from .levels import thumbnails
-from .placement import canal_points, place
+from .placement import N_LEVELS, canal_points, centre_of, per_level, place, with_levels
 from .slice_select import FEATURE_VERSION, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
 
 PREPROCESS_VERSION = 2  # 2: labelled points through each slice's geometry, neighbours within a block
@@ -107,7 +107,8 @@ def training_rows(study: Study, feats: dict[str, list[SeriesFeatures]]):
 
 
 # crop name -> (series_id, slice index), or (series_id, slice index, centre x, centre y) where the
-# level points placed the crop's centre (stored pixels of that slice)
+# level points placed the crop's centre (stored pixels of that slice), or that and each level's own
+# slice and row (sagittal T1: placement.with_levels)
 Selection = dict[str, tuple]
 
 
@@ -172,13 +173,14 @@ def level_points(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector
 
 def geometric(feats: dict[str, list[SeriesFeatures]], selector: SliceSelector | None, selection: Selection,
               probas: dict[int, np.ndarray | None], thumbs: dict[int, np.ndarray] | None = None,
-              methods: dict[str, str] | None = None, points=None) -> Selection:
+              methods: dict[str, str] | None = None, points=None, pixels_of=None, geometry=None) -> Selection:
     """The classifier's selection placed through the level points (placement.place); unchanged
-    without them."""
+    without them. `pixels_of` where the features hold geometry only (training); `geometry` instead of
+    the selector's (training's held-out scorers)."""
     P = level_points(feats, selector, selection, probas, thumbs) if points is None else points
     if P is None:
         return selection
-    return place(selection, series_items(feats), probas, P, selector.geometry, methods)
+    return place(selection, series_items(feats), probas, P, geometry or selector.geometry, methods, pixels_of)
 
 
 def series_items(feats: dict[str, list[SeriesFeatures]]) -> dict[str, list[tuple[int, Volume]]]:
@@ -193,8 +195,8 @@ def naive_selection(vols: dict[str, list[tuple[int, Volume]]]) -> Selection:
     return select(feats, None, naive=True)
 
 
-def labelled_slices(study: Study, feats: dict[str, list[SeriesFeatures]]) -> list[tuple[str, int, int]]:
-    """(crop name, series_id, slice index) of every labelled (condition, level) of the study."""
+def labelled_slices(study: Study, feats: dict[str, list[SeriesFeatures]]) -> list[tuple[str, int, int, int]]:
+    """(crop name, series_id, slice index, level index) of every labelled (condition, level) of the study."""
     out = []
     if not len(study.coords):
         return out
@@ -206,22 +208,34 @@ def labelled_slices(study: Study, feats: dict[str, list[SeriesFeatures]]) -> lis
         j = schema.label_index(schema.condition_slug(r.condition), schema.level_slug(r.level))
         name = next(n for n, (_, _, cols) in CROPS.items() if j in cols)
         try:
-            out.append((name, int(r.series_id), v.index_of_instance(int(r.instance_number))))
+            out.append((name, int(r.series_id), v.index_of_instance(int(r.instance_number)),
+                        schema.LEVELS.index(schema.level_slug(r.level))))
         except KeyError:
             continue
     return out
 
 
-def true_selection(study: Study, feats: dict[str, list[SeriesFeatures]]) -> Selection:
-    """Per crop, the labelled (series, slice) most of its levels share (the median slice)."""
-    per: dict[str, list[tuple[int, int]]] = {}
-    for name, sid, idx in labelled_slices(study, feats):
-        per.setdefault(name, []).append((sid, idx))
+def true_selection(study: Study, feats: dict[str, list[SeriesFeatures]], per_level_crops=("sag_t1_left", "sag_t1_right")) -> Selection:
+    """Per crop, the labelled (series, slice) most of its levels share (the median slice); the crops
+    of `per_level_crops` also carry each labelled level's own slice and row (unlabelled levels: the
+    median slice, no row), as placement gives them."""
+    per: dict[str, list[tuple[int, int, int]]] = {}
+    for name, sid, idx, level in labelled_slices(study, feats):
+        per.setdefault(name, []).append((sid, idx, level))
+    volumes = {sf.series_id: sf.volume for items in feats.values() for sf in items}
     out: Selection = {}
     for name, items in per.items():
-        sid = max(set(s for s, _ in items), key=[s for s, _ in items].count)
-        idxs = sorted(i for s, i in items if s == sid)
-        out[name] = (sid, idxs[len(idxs) // 2])
+        sid = max(set(s for s, _, _ in items), key=[s for s, _, _ in items].count)
+        idxs = sorted(i for s, i, _ in items if s == sid)
+        idx = idxs[len(idxs) // 2]
+        out[name] = (sid, idx)
+        if name in per_level_crops:
+            slices, rows = [idx] * N_LEVELS, [np.nan] * N_LEVELS
+            pts, _ = labels_for(study, name, sid, volumes[sid])
+            for s, i, level in items:
+                if s == sid and np.isfinite(pts[level]).all():
+                    slices[level], rows[level] = i, float(pts[level, 1])
+            out[name] = with_levels(sid, idx, None, slices, rows)
     return out
 
 
@@ -266,16 +280,18 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
     from_image = np.zeros(n, bool)
     mm_per_px = np.zeros(n, np.float32)
     by_id = {sid: v for items in vols.values() for sid, v in items}
+    pixels: dict[int, np.ndarray] = {}
     for i, name in enumerate(CROP_NAMES):
         if name not in selection or selection[name][0] not in by_id:
             continue
         sid, idx = selection[name][:2]
-        centre = selection[name][2:4] or None  # placed by the level points
         v = by_id[sid]
-        px = normalised(v)  # once per volume, however many crops read it
+        if sid not in pixels:
+            pixels[sid] = normalised(v)  # once per volume, however many crops read it
+        px = pixels[sid]
         size = cfg.sag_size if i < 3 else cfg.axial_size
-        box, from_image[i] = regions.box(name, px[idx], centre)
-        img = crop_resize(px[v.neighbours(idx)], box, size)
+        box, from_image[i] = regions.box(name, px[idx], centre_of(selection[name]))  # centre: from the level points
+        img = banded(px, v, idx, per_level(selection[name]), box, size)
         raw_pts, labelled = labels_for(study, name, sid, v)
         pts = map_points(raw_pts, box, size).astype(np.float32)
         if i < 3:
@@ -292,6 +308,27 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
             "true_instance": true_instances, "from_image": from_image, "mm_per_px": mm_per_px}
 
 
+def banded(px: np.ndarray, v: Volume, idx: int, levels: tuple[list[int], list[float]] | None,
+           box: np.ndarray, size: int) -> np.ndarray:
+    """The crop [3, S, S] of slice idx and its neighbours; where each level has its own slice (and its
+    row on it), the crop's rows nearest a level come from that level's slice and its neighbours (the
+    bands meet halfway between consecutive levels' rows)."""
+    img = crop_resize(px[v.neighbours(idx)], box, size)
+    if levels is None:
+        return img
+    slices, rows = levels
+    known = [(r, s) for r, s in zip(rows, slices) if np.isfinite(r)]
+    if not known or all(s == idx for _, s in known):
+        return img
+    crop_rows = map_points(np.array([[0.0, r] for r, _ in known]), box, size)[:, 1]
+    owner = np.abs(np.arange(size)[:, None] - crop_rows[None, :]).argmin(1)  # each crop row's nearest level
+    out = img.copy()
+    for s in {s for _, s in known} - {idx}:
+        mine = np.isin(owner, [k for k, (_, t) in enumerate(known) if t == s])
+        out[:, mine] = crop_resize(px[v.neighbours(s)], box, size)[:, mine]
+    return out
+
+
 def crops_key(cfg: PreprocessConfig, selection: Selection, regions: CropRegions) -> str:
     return "crops_" + config_hash(asdict(cfg), sorted((k, list(v)) for k, v in selection.items()), asdict(regions))
 
@@ -305,16 +342,31 @@ def study_crops(study: Study, selection: Selection, regions: CropRegions, cfg: P
 
 
 def selection_to_arrays(sel: Selection) -> dict[str, np.ndarray]:
-    nan = (np.nan, np.nan)
-    return {"series_id": np.array([sel.get(n, (-1, -1))[0] for n in CROP_NAMES], np.int64),
-            "slice": np.array([sel.get(n, (-1, -1))[1] for n in CROP_NAMES], np.int64),
-            "centre": np.array([tuple(sel[n][2:4]) if len(sel.get(n, ())) == 4 else nan for n in CROP_NAMES], np.float64)}
+    none = (-1, -1)
+    levels = [per_level(sel[n]) if n in sel else None for n in CROP_NAMES]
+    return {"series_id": np.array([sel.get(n, none)[0] for n in CROP_NAMES], np.int64),
+            "slice": np.array([sel.get(n, none)[1] for n in CROP_NAMES], np.int64),
+            "centre": np.array([centre_of(sel[n]) or (np.nan, np.nan) if n in sel else (np.nan, np.nan)
+                                for n in CROP_NAMES], np.float64),
+            "levels": np.array([lv[0] if lv else [-1] * N_LEVELS for lv in levels], np.int64),
+            "level_rows": np.array([lv[1] if lv else [np.nan] * N_LEVELS for lv in levels], np.float64)}
 
 
 def arrays_to_selection(a: dict[str, np.ndarray]) -> Selection:
-    centre = a["centre"] if "centre" in a else np.full((len(CROP_NAMES), 2), np.nan)
-    return {n: (int(s), int(i), *map(float, c)) if np.isfinite(c).all() else (int(s), int(i))
-            for n, s, i, c in zip(CROP_NAMES, a["series_id"], a["slice"], centre) if s >= 0}
+    n = len(CROP_NAMES)
+    centre = a["centre"] if "centre" in a else np.full((n, 2), np.nan)
+    levels = a["levels"] if "levels" in a else np.full((n, N_LEVELS), -1)
+    rows = a["level_rows"] if "level_rows" in a else np.full((n, N_LEVELS), np.nan)
+    out: Selection = {}
+    for k, (name, s, i) in enumerate(zip(CROP_NAMES, a["series_id"], a["slice"])):
+        if s < 0:
+            continue
+        c = centre[k] if np.isfinite(centre[k]).all() else None
+        if (levels[k] >= 0).all():
+            out[name] = with_levels(s, i, c, levels[k], rows[k])
+        else:
+            out[name] = (int(s), int(i), *map(float, c)) if c is not None else (int(s), int(i))
+    return out
 
 
 def select_slices(study: Study, selector: SliceSelector | None, cache: StudyCache | None,

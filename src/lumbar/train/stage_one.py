@@ -18,7 +18,8 @@ from ..data.catalog import load_studies
 from ..data.volumes import arrays_to_volume, normalise, normalised, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
 from ..preprocess.levels import FINE_JITTER_MM, FINE_MM, LevelConfig, LevelLocaliser, stack_at, to_thumb
-from ..preprocess.placement import METHODS, Geometry, fit_offsets, labelled_points, place
+from ..preprocess.evidence import Scorer, candidates, features
+from ..preprocess.placement import METHODS, N_LEVELS, Geometry, fit_offsets, labelled_points, place, slice_for, with_levels
 from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_items, series_probas,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
                                    true_selection)
@@ -51,14 +52,16 @@ def stack_rows(rows: list) -> tuple[dict, dict]:
     return {k: np.concatenate(v) for k, v in X.items()}, {k: np.concatenate(v) for k, v in Y.items()}
 
 
-def _compare(truth: list[tuple[str, int, int]], chosen: Selection) -> list[tuple[str, bool, bool]]:
-    """(series type, exact, within one slice) per labelled (condition, level); another series is a miss."""
+def _compare(truth: list[tuple[str, int, int, int]], chosen: Selection) -> list[tuple[str, bool, bool]]:
+    """(series type, exact, within one slice) per labelled (condition, level): the slice the choice shows
+    that level on (its own where it has one); another series is a miss."""
     out = []
-    for name, sid, idx in truth:
+    for name, sid, idx, level in truth:
         stype = CROPS[name][0]
         got = chosen.get(name)
         same = got is not None and got[0] == sid
-        out.append((stype, same and got[1] == idx, same and abs(got[1] - idx) <= 1))
+        at = slice_for(got, level) if same else -10
+        out.append((stype, same and at == idx, same and abs(at - idx) <= 1))
     return out
 
 
@@ -114,6 +117,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
             if cfg.levels and cfg.levels_fine else {})
     methods = [*cfg.members, "ensemble", "naive"]
     records, errors, oof, examples = [], [], {}, []
+    held: dict[int, tuple] = {}  # study -> (fold, probas, level points, fold's geometry): the local scorer's inputs
     for k in bar(range(rc.n_folds), desc="slice selector folds"):
         train = [st for st in studies if st.fold != k]
         X, Y = stack_rows([r for st in train for r in rows[st.study_id]])
@@ -125,11 +129,14 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
             f = feats[st.study_id]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                chosen = {m: select(f, sel, member=None if m == "ensemble" else m, naive=m == "naive")
+                # each member's probabilities once; the ensemble's are their mean (SliceSelector.predict_proba)
+                member = {m: series_probas(f, sel, m) for m in cfg.members}
+                probas = {sid: None if member[cfg.members[0]][sid] is None else
+                          np.mean([member[m][sid] for m in cfg.members], axis=0) for sid in member[cfg.members[0]]}
+                chosen = {m: select(f, sel, naive=m == "naive", probas=probas if m == "ensemble" else member.get(m))
                           for m in methods}
                 placed = {}
                 if sel.levels is not None:
-                    probas = series_probas(f, sel)
                     P = level_points(f, sel, chosen["ensemble"], probas, thumbs[st.study_id],
                                      lambda sid, st=st: series_pixels(st, sid, cache))
                     errors += level_errors(st.study_id, k, P, points[st.study_id]["sag_t2"])
@@ -143,11 +150,20 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                         placed[f"fused@{sigma}"] = place(chosen["ensemble"], series_items(f), probas, P,
                                                          replace(sel.geometry, sigma_mm=sigma), fused)
                     chosen.update({m: placed[m] for m in placed if m.startswith("fused@")}, geometry=placed["geometry"])
+                    held[st.study_id] = (k, probas, P, sel.geometry)
             oof[st.study_id] = {"classifiers": chosen["ensemble"], **placed}
             truth = labelled_slices(st, f)
             for m in chosen:
                 for stype, exact, near in _compare(truth, chosen[m]):
                     records.append({"fold": k, "series_type": stype, "method": m, "exact": exact, "within1": near})
+    scorers: dict = {}
+    if cfg.levels and held:
+        local, scorers = local_scorers(studies, feats, held, oof, cache, rc.n_folds)
+        for st in studies:
+            if st.study_id in local:
+                oof[st.study_id]["local"] = local[st.study_id]
+                for stype, exact, near in _compare(labelled_slices(st, feats[st.study_id]), local[st.study_id]):
+                    records.append({"fold": st.fold, "series_type": stype, "method": "local", "exact": exact, "within1": near})
     rec = pd.DataFrame(records)
     sigma = Geometry.sigma_mm
     if cfg.levels and len(rec) and rec["method"].str.startswith("fused@").any():
@@ -159,7 +175,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     if cfg.levels:
         fit_levels(full, cfg, list(samples.values()), list(points.values()), list(fine.values()), "levels (all studies)")
         if full.geometry is not None:
-            full.geometry.choice, full.geometry.sigma_mm = choice, sigma
+            full.geometry.choice, full.geometry.sigma_mm, full.geometry.scorers = choice, sigma, scorers
     out = Run(run).stage("slice_select")
     full.save(Run(run).selector)
     cfgmod.save(cfg, Run(run).config("slice_select"))
@@ -186,6 +202,57 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     return result
 
 
+def evidence_groups(study, f, P: np.ndarray, probas: dict, geo: Geometry, pixels_of) -> dict[str, list]:
+    """The local scorer's examples from a study with level points: per labelled axial and sagittal T1
+    (condition, level), its candidate planes' features and which is the labelled slice (a sagittal
+    level's candidates come from the labelled series, as a side's series is chosen before its levels)."""
+    items = series_items(f)
+    out: dict[str, list] = {schema.AXIAL: [], schema.SAG_T1: []}
+    for name, sid, idx, level in labelled_slices(study, f):
+        stype, cls, _ = CROPS[name]
+        if stype not in out:
+            continue
+        target = P[level] + np.asarray(geo.offsets.get(name, np.zeros(3)), np.float64)
+        vols = items.get(stype, []) if stype == schema.AXIAL else [(s, v) for s, v in items.get(stype, []) if s == sid]
+        cands = candidates(vols, target, geo.max_gap_mm)
+        if len(cands) < 2:
+            continue
+        spacing = {s: v.pixel_spacing for s, v in vols}
+        X = features(cands, pixels_of, spacing.__getitem__, probas, cls)
+        out[stype].append((X, np.array([c.series_id == sid and c.slice == idx for c in cands])))
+    return out
+
+
+def local_scorers(studies, feats: dict, held: dict, oof: dict, cache: StudyCache, n_folds: int) -> tuple[dict, dict]:
+    """The local method held out and for shipping: its examples from every study's held-out level
+    points, a scorer per series type fitted on the other folds' studies for each fold's selections, and
+    one on all of them for the shipped selector. (study -> held-out "local" selection, series type ->
+    scorer dict)."""
+    groups, pixels = {}, {}
+    for st in bar([s for s in studies if s.study_id in held and held[s.study_id][2] is not None], desc="local evidence"):
+        k, probas, P, geo = held[st.study_id]
+        groups[st.study_id] = evidence_groups(st, feats[st.study_id], P, probas, geo, pixels_reader(st, cache))
+    local = {}
+    methods = {schema.AXIAL: "local", schema.SAG_T1: "local"}
+    for k in range(n_folds):
+        fitted = {}
+        for stype in (schema.AXIAL, schema.SAG_T1):
+            sc = Scorer.fit([g for s, gs in groups.items() if held[s][0] != k for g in gs[stype]])
+            if sc is not None:
+                fitted[stype] = sc.to_dict()
+        for st in (s for s in studies if s.fold == k and s.study_id in held):
+            _, probas, P, geo = held[st.study_id]
+            local[st.study_id] = geometric(feats[st.study_id], None, oof[st.study_id]["classifiers"], probas,
+                                           methods=methods, points=P, geometry=replace(geo, scorers=fitted),
+                                           pixels_of=pixels_reader(st, cache))
+    full = {}
+    for stype in (schema.AXIAL, schema.SAG_T1):
+        sc = Scorer.fit([g for gs in groups.values() for g in gs[stype]])
+        if sc is not None:
+            full[stype] = sc.to_dict()
+    return local, full
+
+
 def level_samples(study, f, thumbs: dict[int, np.ndarray]):
     """The level network's example from a study: the labelled canal slice's stack, its five points in
     thumbnail pixels, and the neighbouring slices' stacks; None without labelled canal points."""
@@ -205,6 +272,17 @@ def series_pixels(study, series_id: int, cache: StudyCache) -> np.ndarray | None
     """One series' normalised pixels [n, h, w] read back from the cache (None if it is not there)."""
     a = cache.load(study.study_id, f"vol_{series_id}")
     return None if a is None else normalised(arrays_to_volume(a))
+
+
+def pixels_reader(study, cache: StudyCache):
+    """series id -> its normalised pixels from the cache, each series read once."""
+    memo: dict[int, np.ndarray | None] = {}
+
+    def pixels_of(sid: int):
+        if sid not in memo:
+            memo[sid] = series_pixels(study, sid, cache)
+        return memo[sid]
+    return pixels_of
 
 
 def fine_sample(study, f, cache: StudyCache):
@@ -353,7 +431,9 @@ def read_oof_selection(run) -> dict[int, Selection]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no slice selection in this run; run `train --model slice_select` first")
     raw = json.loads(path.read_text())
-    return {int(s): {n: (int(v[0]), int(v[1]), *map(float, v[2:4])) for n, v in sel.items()} for s, sel in raw.items()}
+    return {int(s): {n: (int(v[0]), int(v[1]), *map(float, v[2:])) if len(v) < 4 + 2 * N_LEVELS
+                     else with_levels(v[0], v[1], v[2:4], v[4:4 + N_LEVELS], v[4 + N_LEVELS:]) for n, v in sel.items()}
+            for s, sel in raw.items()}
 
 
 def region_samples(study, cache) -> list:
@@ -365,7 +445,7 @@ def region_samples(study, cache) -> list:
     truth = true_selection(study, study_features(study, cache, vols))
     by_id = {sid: v for items in vols.values() for sid, v in items}
     out = []
-    for name, (sid, idx) in truth.items():
+    for name, (sid, idx, *_) in truth.items():
         px = normalise(by_id[sid].pixels[idx:idx + 1])[0]
         out.append((name, slice_summary(name, px), labels_for(study, name, sid, by_id[sid])[0]))
     return out
