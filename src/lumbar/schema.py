@@ -119,3 +119,13 @@ def parse_row_id(rid: str) -> tuple[int, str, str]:
 def row_ids(study_ids) -> list[str]:
     """All 25 row ids of each study, study-major, in LABEL_COLUMNS order."""
     return [f"{s}_{col}" for s in study_ids for col in LABEL_COLUMNS]
+
+
+def _mirrored(condition: str) -> str:
+    side, _, rest = condition.partition("_")
+    return {"left": "right_", "right": "left_"}.get(side, side + "_") + rest
+
+
+# Label column j of a patient mirrored through the midline is column MIRROR[j] of the patient: left and
+# right swap, the canal stays (an involution: MIRROR[MIRROR[j]] == j).
+MIRROR: tuple[int, ...] = tuple(LABEL_COLUMNS.index(f"{_mirrored(c)}_{lv}") for c in CONDITIONS for lv in LEVELS)

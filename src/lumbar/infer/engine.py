@@ -37,6 +37,7 @@ from ..layout import WeightsLayout as W
 from ..models.prior import load_prior
 from ..models.registry import ModelSpec, create_model, for_inference, get_spec, predictors
 from ..preprocess.crops import CropRegions
+from ..preprocess.mirror import mirror_labels
 from ..preprocess.stage_one import PreprocessConfig, cache_version, read_preprocess_config
 from ..preprocess.slice_select import SliceSelector
 from .budget import Plan
@@ -225,9 +226,10 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
         for line in bundle.describe():
             _say(cfg, f"loaded: {line}")
     folds = {m: sorted(nets) for m, nets in bundle.models.items()} if bundle else {}
+    tta = {m for m in folds if cfg.tta and get_spec(m).mirror is not None}
     plan = Plan(folds, cfg.time_budget, len(studies), cfg.workers, weight_of=bundle.model_weight if bundle else
-                (lambda m: 1.0), start=start)
-    _say(cfg, f"models {', '.join(f'{m} x{len(v)} folds' for m, v in folds.items()) or 'none'} on "
+                (lambda m: 1.0), start=start, tta=tta)
+    _say(cfg, f"models {', '.join(f'{m} x{len(v)} folds' + (' + mirror' if m in tta else '') for m, v in folds.items()) or 'none'} on "
               f"{', '.join(str(d) for d in devices)}"
          + ("" if bundle is None or bundle.ensemble else "; no ensemble weights (models averaged)"))
     tmp = tempfile.TemporaryDirectory(prefix="lumbar-cache-") if not cfg.cache_dir else None
@@ -347,18 +349,22 @@ def _models_on(items, bundle: Bundle, plan: Plan, timings, failures, cfg, fold_s
         folds = list(plan.active[name])  # never empty: plan.models() holds only models with folds left
         try:
             t = time.perf_counter()
+            # the inputs, and with the test-time mirror (plan.tta) the mirrored patient's too
+            passes = [entries] + ([[spec.mirror(e) for e in entries]] if name in plan.tta else [])
             batches: dict = {}
             pending = []
             for k in folds:
                 net = bundle.models[name][k]
                 dev = next(net.parameters()).device
-                if dev not in batches:
-                    batches[dev] = stack_batch(entries, spec.batch_keys, dev)
-                with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.float16,
-                                                     enabled=cfg.amp and dev.type == "cuda"):
-                    pending.append(net(batches[dev])["probs"])
-            for p in pending:
-                acc += p.float().cpu().numpy()  # .cpu() waits for that fold's GPU
+                for j, inputs in enumerate(passes):
+                    if (dev, j) not in batches:
+                        batches[(dev, j)] = stack_batch(inputs, spec.batch_keys, dev)
+                    with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.float16,
+                                                         enabled=cfg.amp and dev.type == "cuda"):
+                        pending.append((j, net(batches[(dev, j)])["probs"]))
+            for j, p in pending:
+                q = p.float().cpu().numpy()  # .cpu() waits for that fold's GPU
+                acc += q if j == 0 else mirror_labels(q, axis=1)  # the mirror's left is the study's right
             dt = time.perf_counter() - t
             timings[f"model {name}"] += dt
             for k in folds:  # per batch, shared evenly: folds on two GPUs overlap
@@ -369,7 +375,7 @@ def _models_on(items, bundle: Bundle, plan: Plan, timings, failures, cfg, fold_s
             _say(cfg, f"{name} failed on a batch ({type(e).__name__}: {e}); those studies use the other models\n"
                       + traceback.format_exc(limit=3))
             continue
-        p = (acc / len(folds)).astype(np.float32)
+        p = (acc / (len(folds) * len(passes))).astype(np.float32)
         if spec.postprocess is not None:
             p = spec.postprocess(p, entries, bundle.prior)
         for j, i in enumerate(idx):

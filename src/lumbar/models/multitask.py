@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .. import schema
 from .backbones import create_backbone
 from .losses import class_weighted_ce
+from ..preprocess.mirror import mirror_crops
 from .registry import register_model
 from .superres import ESPCN
 
@@ -199,6 +200,6 @@ def predicted_points(net: "MultitaskModel", entry: dict) -> dict:
 
 @register_model("multitask", MultitaskConfig, inputs="crops",
                 batch_keys=("sag_image", "axial_image", "sag_points", "axial_points", "present"),
-                postprocess=_fill_missing_crops, points=predicted_points)
+                postprocess=_fill_missing_crops, points=predicted_points, mirror=mirror_crops)
 def build_multitask(cfg: MultitaskConfig) -> MultitaskModel:
     return MultitaskModel(cfg)

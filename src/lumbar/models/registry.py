@@ -32,6 +32,9 @@ class ModelSpec:
     postprocess: Callable[[np.ndarray, list, np.ndarray], np.ndarray] | None = None
     # (network, one input entry) -> {crop name: points [K, 2]}: predicted points for the example figures
     points: Callable[[Any, dict], dict] | None = None
+    # one input entry -> the entry of the patient mirrored left-right (preprocess/mirror.py): the
+    # test-time mirror, and the training augmentation's, when the model declares one
+    mirror: Callable[[dict], dict] | None = None
 
 
 _SPECS: dict[str, ModelSpec] = {}

@@ -29,6 +29,7 @@ from ..preprocess.frames import FramesConfig, N_CHANNELS
 from .backbones import create_backbone
 from .losses import class_weighted_ce
 from .multitask import cut_patches, soft_argmax
+from ..preprocess.mirror import mirror_frames
 from .registry import register_model
 
 
@@ -194,6 +195,7 @@ class SequenceModel(nn.Module):
 
 
 @register_model("sequence", SequenceConfig, inputs="frames", batch_keys=("frames", "mask", "positions"),
-                input_config=FramesConfig.of_model, usable=lambda entry: bool(entry["mask"].any()))
+                input_config=FramesConfig.of_model, usable=lambda entry: bool(entry["mask"].any()),
+                mirror=mirror_frames)
 def build_sequence(cfg: SequenceConfig) -> SequenceModel:
     return SequenceModel(cfg)

@@ -24,7 +24,8 @@ from ..data.volumes import normalised, study_volumes
 from .crops import crop_resize, edges, find_spine_column, map_points
 from .stage_one import naive_selection
 
-FRAMES_VERSION = 3  # 3: axial frames per level across series and blocks; points through slice geometry
+FRAMES_VERSION = 4  # 3: axial frames per level across series and blocks; points through slice geometry;
+# 4: axial frame boxes centred exactly (mirror-symmetric)
 
 
 @dataclass
@@ -142,14 +143,15 @@ def spine_box(img: np.ndarray, sagittal: bool, side_frac: float) -> np.ndarray:
         cy = h / 2
     else:
         energy = np.hypot(*edges(img))
-        y0, y1, x0, x1 = int(0.2 * h), int(0.8 * h), int(0.2 * w), int(0.8 * w)
+        y0, x0 = int(0.2 * h), int(0.2 * w)
+        y1, x1 = h - y0, w - x0  # symmetric: the mirrored image's box is the mirrored box
         e = energy[y0:y1, x0:x1]
         total = e.sum()
         if total <= 0:
             cx, cy = w / 2, h / 2
-        else:
+        else:  # the energy's centroid (pixel centres at integers) in box coordinates (pixel i spans i..i+1)
             yy, xx = np.mgrid[y0:y1, x0:x1]
-            cx, cy = float((e * xx).sum() / total), float((e * yy).sum() / total)
+            cx, cy = float((e * xx).sum() / total) + 0.5, float((e * yy).sum() / total) + 0.5
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 

@@ -15,6 +15,7 @@ from ..files import write_json
 from ..metric import probs_to_submission, score, solution_frame
 from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.registry import create_model
+from ..preprocess.mirror import mirror_crops, mirror_labels
 from ..layout import Run
 from .datasets import EpochSeeded, collate
 from .folds import cross_validate, study_inputs
@@ -29,14 +30,16 @@ from .superres import superres_config
 class CropDataset(EpochSeeded, Dataset):
     """One study per item: its 8 three-slice crops, points (NaN unknown), presence, labels (-1 unknown).
 
-    Augmentation keeps points and labels consistent: intensity gain/gamma, and a small translation of
-    each crop that moves its points with it. No flips: a left-right flip of an axial crop would swap
-    the left and right labels, and an anterior-posterior flip has no anatomical counterpart.
+    Augmentation keeps points and labels consistent: with probability `mirror` the study's left-right
+    mirror with its left and right labels swapped (preprocess/mirror.py; no other flip has an
+    anatomical counterpart), intensity gain/gamma, and a small translation of each crop that moves its
+    points with it.
     """
 
     def __init__(self, entries: list[dict], labels: np.ndarray | None = None, augment: bool = False, seed: int = 0,
-                 max_shift: int = 6):
+                 max_shift: int = 6, mirror: float = 0.0):
         self.entries = entries
+        self.mirror = mirror
         self.labels = labels if labels is not None else np.full((len(entries), schema.N_LABELS), -1, np.int64)
         self.augment = augment
         self.max_shift = max_shift
@@ -51,7 +54,9 @@ class CropDataset(EpochSeeded, Dataset):
         return img, pts + np.array([dx, dy], dtype=pts.dtype)
 
     def __getitem__(self, i: int) -> dict:
-        e = self.entries[i]
+        e, labels = self.entries[i], self.labels[i]
+        if self.augment and self.mirror > 0 and self.rng.random() < self.mirror:
+            e, labels = mirror_crops(e), mirror_labels(labels)
         sag = e["sag_image"].astype(np.float32)
         axial = e["axial_image"].astype(np.float32)
         sag_pts = e["sag_points"].astype(np.float32).copy()
@@ -69,7 +74,7 @@ class CropDataset(EpochSeeded, Dataset):
                 "axial_image": torch.from_numpy(np.ascontiguousarray(axial)),
                 "sag_points": torch.from_numpy(sag_pts), "axial_points": torch.from_numpy(ax_pts),
                 "present": torch.from_numpy(e["present"].astype(bool)),
-                "labels": torch.from_numpy(self.labels[i].astype(np.int64))}
+                "labels": torch.from_numpy(labels.astype(np.int64))}
 
 
 def keypoint_errors(model, dataset, entries, device) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +107,7 @@ class MultitaskTraining(MultitaskConfig, TrainConfig):
     epochs: int = 12
     batch_size: int = 8
     augment: bool = True
+    mirror: float = 0.0  # with augment: the share of examples seen mirrored left-right, labels swapped
     cache_dir: str = "cache"
     only_fold: int = -1  # >= 0: train that fold alone (a quick look; no OOF file is written)
 
@@ -128,7 +134,7 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         return model
 
     def make_sets(tr, va):
-        return (CropDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed),
+        return (CropDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed, mirror=cfg.mirror),
                 CropDataset(take(entries, va), y[va]))
 
     def on_fold(model, val_set, va, device):

@@ -14,6 +14,7 @@ from ..config import TrainConfig
 from ..models.sequence import SequenceConfig
 from ..data.cache import CachedEntries, take
 from ..preprocess.frames import FramesConfig, frames_key, study_frames
+from ..preprocess.mirror import mirror_frames, mirror_labels
 from ..progress import bar
 from ..files import write_json
 from ..layout import Run
@@ -28,11 +29,13 @@ from .loop import is_main
 
 class FramesDataset(EpochSeeded, Dataset):
     """One study per item: frames [3, N, S, S], mask [3], positions [3, N], labels [25].
-    Augmentation: intensity gain/gamma and a small shift of each series' frames (no flips: a
-    left-right flip would swap the left and right labels)."""
+    Augmentation: with probability `mirror` the study's left-right mirror with its left and right
+    labels swapped (preprocess/mirror.py), intensity gain/gamma and a small shift of each series' frames."""
 
-    def __init__(self, entries: list[dict], labels: np.ndarray | None = None, augment: bool = False, seed: int = 0):
+    def __init__(self, entries: list[dict], labels: np.ndarray | None = None, augment: bool = False, seed: int = 0,
+                 mirror: float = 0.0):
         self.entries = entries
+        self.mirror = mirror
         self.labels = labels if labels is not None else np.full((len(entries), 25), -1, np.int64)
         self.augment = augment
         self.seed = seed
@@ -41,7 +44,9 @@ class FramesDataset(EpochSeeded, Dataset):
         return len(self.entries)
 
     def __getitem__(self, i: int) -> dict:
-        e = self.entries[i]
+        e, labels = self.entries[i], self.labels[i]
+        if self.augment and self.mirror > 0 and self.rng.random() < self.mirror:
+            e, labels = mirror_frames(e), mirror_labels(labels)
         frames = e["frames"].astype(np.float32)
         points = (e["points"].astype(np.float32).copy() if "points" in e
                   else np.full((*frames.shape[:2], 5, 2), np.nan, np.float32))
@@ -53,7 +58,7 @@ class FramesDataset(EpochSeeded, Dataset):
             frames = np.clip(frames, 0, None) ** self.rng.uniform(0.85, 1.15) * self.rng.uniform(0.85, 1.15)
         return {"frames": torch.from_numpy(np.ascontiguousarray(frames)), "mask": torch.from_numpy(e["mask"].astype(bool)),
                 "positions": torch.from_numpy(e["positions"].astype(np.float32)), "points": torch.from_numpy(points),
-                "labels": torch.from_numpy(self.labels[i].astype(np.int64))}
+                "labels": torch.from_numpy(labels.astype(np.int64))}
 
 
 @dataclass
@@ -63,6 +68,7 @@ class SequenceTraining(SequenceConfig, TrainConfig):
     batch_size: int = 8
     lr: float = 1e-3
     augment: bool = True
+    mirror: float = 0.0  # with augment: the share of examples seen mirrored left-right, labels swapped
     cache_dir: str = "cache"
     only_fold: int = -1
 
@@ -90,7 +96,7 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     fold = np.array([s.fold for s in studies])
 
     def make_sets(tr, va):
-        return (FramesDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed),
+        return (FramesDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed, mirror=cfg.mirror),
                 FramesDataset(take(entries, va), y[va]))
 
     oof, fold_scores = cross_validate("sequence", cfg, ids, y, fold, rc.n_folds, run, make_sets,

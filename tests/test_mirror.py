@@ -1,0 +1,221 @@
+"""The left-right mirror: of labels, of each model's inputs (checked against a study written mirrored
+into its DICOM files), as training augmentation, and as the test-time mirror and its place in the budget."""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+from lumbar import schema
+from lumbar.data.catalog import load_studies
+from lumbar.data.volumes import study_volumes
+from lumbar.preprocess.crops import CropRegions
+from lumbar.preprocess.frames import FramesConfig, build_frames
+from lumbar.preprocess.mirror import mirror_crops, mirror_frames, mirror_labels
+from lumbar.preprocess.stage_one import PreprocessConfig, build_crops, study_features, true_selection
+
+
+def test_the_label_mirror_swaps_left_and_right_and_keeps_the_canal():
+    cols = np.array(schema.LABEL_COLUMNS)
+    m = cols[list(schema.MIRROR)]
+    for j, c in enumerate(cols):
+        expect = c.replace("left_", "@").replace("right_", "left_").replace("@", "right_")
+        assert m[j] == expect
+    assert list(np.take(schema.MIRROR, schema.MIRROR)) == list(range(25))  # an involution
+    probs = np.random.default_rng(0).random((4, 25, 3))
+    np.testing.assert_array_equal(mirror_labels(mirror_labels(probs, axis=1), axis=1), probs)
+
+
+def _random_crops(rng, s=16, sa=12):
+    return {"sag_image": rng.random((3, 3, s, s)).astype(np.float16), "axial_image": rng.random((5, 3, sa, sa)).astype(np.float16),
+            "sag_points": rng.random((3, 5, 2)).astype(np.float32) * s, "axial_points": rng.random((5, 2, 2)).astype(np.float32) * sa,
+            "present": rng.random(8) > 0.3, "boxes": rng.random((8, 4))}
+
+
+def _random_frames(rng, n=5, s=12):
+    return {"frames": rng.random((3, n, s, s)).astype(np.float16), "mask": np.array([True, True, False]),
+            "positions": np.sort(rng.random((3, n)), axis=1).astype(np.float32),
+            "points": rng.random((3, n, 5, 2)).astype(np.float32) * s}
+
+
+def test_mirroring_twice_gives_the_input_back():
+    rng = np.random.default_rng(1)
+    for e, mirror in ((_random_crops(rng), mirror_crops), (_random_frames(rng), mirror_frames)):
+        back = mirror(mirror(e))
+        assert back.keys() == e.keys()
+        for k in e:
+            np.testing.assert_allclose(np.asarray(back[k], np.float64), np.asarray(e[k], np.float64), atol=1e-6)
+        once = mirror(e)
+        assert any(not np.array_equal(once[k], e[k]) for k in e)
+
+
+def _mirror_study(src, dst, coords: pd.DataFrame, study_id: int, new_id: int) -> pd.DataFrame:
+    """A copy of a study as the patient mirrored through the midline would give it: the same pixels in
+    every file with patient x negated in ImagePositionPatient and ImageOrientationPatient (a
+    reflection), and every left label written as right and right as left."""
+    out = coords[coords.study_id == study_id].copy()
+    out["study_id"] = new_id
+    swap = {"Left": "Right", "Right": "Left"}
+    out["condition"] = [" ".join([swap.get(c.split()[0], c.split()[0]), *c.split()[1:]]) for c in out["condition"]]
+    for series_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / series_dir.name).mkdir(parents=True)
+        for f in sorted(series_dir.glob("*.dcm")):
+            ds = pydicom.dcmread(f)
+            ipp = [float(x) for x in ds.ImagePositionPatient]
+            iop = [float(x) for x in ds.ImageOrientationPatient]
+            ds.ImagePositionPatient = [f"{x:.10g}" for x in (-ipp[0], ipp[1], ipp[2])]
+            ds.ImageOrientationPatient = [f"{x:.10g}" for x in (-iop[0], iop[1], iop[2], -iop[3], iop[4], iop[5])]
+            ds.save_as(dst / series_dir.name / f.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mirrored_patient(synth_dir, tmp_path_factory):
+    """(original study, its mirrored copy) from the small synthetic folder (a labelled train study)."""
+    import shutil
+
+    data = tmp_path_factory.mktemp("patient_mirror") / "competition"
+    shutil.copytree(synth_dir, data)
+    coords = pd.read_csv(data / "train_label_coordinates.csv")
+    src = int(coords.study_id.iloc[0])
+    new = 990_001
+    rows = _mirror_study(data / "train_images" / str(src), data / "train_images" / str(new), coords, src, new)
+    pd.concat([coords, rows]).to_csv(data / "train_label_coordinates.csv", index=False)
+    train = pd.read_csv(data / "train.csv")
+    row = train[train.study_id == src].copy()
+    row["study_id"] = new
+    for c in schema.LABEL_COLUMNS:  # the mirrored patient's labels: the study's, left and right swapped
+        row[c] = train.loc[train.study_id == src, schema.LABEL_COLUMNS[schema.MIRROR[schema.LABEL_COLUMNS.index(c)]]].values
+    pd.concat([train, row]).to_csv(data / "train.csv", index=False)
+    desc = pd.read_csv(data / "train_series_descriptions.csv")
+    pd.concat([desc, desc[desc.study_id == src].assign(study_id=new)]).to_csv(data / "train_series_descriptions.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        studies = {s.study_id: s for s in load_studies(data, "train")}
+    return studies[src], studies[new]
+
+
+def _inputs(study, selection=None):
+    """(crops, frames, selection, volumes) of a study: at its labelled slices, or at `selection`."""
+    vols = study_volumes(study, None)
+    sel = selection or true_selection(study, study_features(study, None, vols))
+    crops = build_crops(study, vols, sel, CropRegions(), PreprocessConfig(sag_size=48, axial_size=40))
+    n = {stype: len(items[0][1]) for stype, items in vols.items()}
+    # as many frames as sagittal slices (every slice once: spreading fewer evenly is not mirror-symmetric)
+    frames = build_frames(vols, FramesConfig(n_frames=n[schema.SAG_T1], size=32), study.coords, sel)
+    return crops, frames, sel, vols
+
+
+def _mirrored_selection(sel: dict, vols) -> dict:
+    """The same slices named in the mirrored patient's volumes: sagittal slices count from the other end
+    (their order runs right to left), the T1 sides swap; axial slices keep their index."""
+    from lumbar.preprocess.placement import per_level, with_levels
+
+    n = {sid: len(v) for items in vols.values() for sid, v in items}
+    names = {"sag_t1_left": "sag_t1_right", "sag_t1_right": "sag_t1_left"}
+    out = {}
+    for name, choice in sel.items():
+        if not name.startswith("sag"):
+            out[name] = choice
+            continue
+        sid, idx = choice[:2]
+        levels = per_level(choice)
+        flip = n[sid] - 1
+        out[names.get(name, name)] = (with_levels(sid, flip - idx, None, [flip - s for s in levels[0]], levels[1])
+                                      if levels else (sid, flip - idx))
+    return out
+
+
+def test_the_mirror_of_a_studys_inputs_is_what_the_mirrored_patient_gives(mirrored_patient):
+    study, copy = mirrored_patient
+    np.testing.assert_array_equal(copy.labels, mirror_labels(study.labels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crops, frames, sel, vols = _inputs(study)
+        assert len({len(v) for _, v in vols[schema.SAG_T1] + vols[schema.SAG_T2]}) == 1  # the frames' premise
+        crops_m, frames_m, _, _ = _inputs(copy, _mirrored_selection(sel, vols))
+    want = mirror_crops(crops)
+    np.testing.assert_array_equal(want["present"], crops_m["present"])
+    for key in ("sag_image", "axial_image"):
+        np.testing.assert_allclose(want[key].astype(np.float32), crops_m[key].astype(np.float32), atol=2e-2)
+    for key in ("sag_points", "axial_points"):
+        assert np.isfinite(crops_m[key]).any()
+        np.testing.assert_allclose(want[key], crops_m[key], atol=0.05, equal_nan=True)
+    want = mirror_frames(frames)
+    np.testing.assert_array_equal(want["mask"], frames_m["mask"])
+    np.testing.assert_allclose(want["positions"], frames_m["positions"], atol=1e-4)
+    np.testing.assert_allclose(want["frames"].astype(np.float32), frames_m["frames"].astype(np.float32), atol=2e-2)
+    np.testing.assert_allclose(want["points"], frames_m["points"], atol=0.05, equal_nan=True)
+
+
+def test_a_mirrored_example_is_the_same_training_example():
+    from lumbar.train.multitask import CropDataset
+    from lumbar.train.sequence import FramesDataset
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, (1, 25))
+    for make, mirror, e in ((CropDataset, mirror_crops, _random_crops(rng)), (FramesDataset, mirror_frames, _random_frames(rng))):
+        always = make([e], labels, augment=True, seed=0, mirror=1.0)
+        # drawn (the same random stream) but never taken: the mirrored input seen as it is
+        never = make([mirror(e)], mirror_labels(labels), augment=True, seed=0, mirror=1e-12)
+        always.set_epoch(0)
+        never.set_epoch(0)
+        a, b = always[0], never[0]
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], equal_nan=True)
+        assert make([e], labels, augment=False, mirror=1.0)[0]["labels"].tolist() == labels[0].tolist()  # off unless augmenting
+
+
+def test_the_test_time_mirror_makes_a_prediction_mirror_equivariant():
+    """With the mirror on, the model's answer for a study's mirror is its answer with left and right
+    swapped (exactly: the average of both passes), and off it is not."""
+    from types import SimpleNamespace
+
+    from collections import defaultdict
+    from conftest import TINY_MULTITASK
+    from lumbar import config
+    from lumbar.infer.engine import _models_on
+    from lumbar.infer.settings import PredictConfig
+    from lumbar.models.registry import create_model
+    from lumbar.train.multitask import MultitaskTraining
+
+    torch.manual_seed(0)
+    cfg = config.override(MultitaskTraining(), TINY_MULTITASK)
+    net = create_model("multitask", cfg).eval()
+    rng = np.random.default_rng(3)
+    e = _random_crops(rng, s=64, sa=48)  # the sizes the tiny network is tested at (test_models.random_batch)
+    e["present"][:] = True
+    e["sag_points"][:] = np.nan
+    e["axial_points"][:] = np.nan
+
+    def run(entry, tta: bool):
+        bundle = SimpleNamespace(models={"multitask": {0: net}}, prior=np.full((25, 3), 1 / 3))
+        plan = SimpleNamespace(active={"multitask": [0]}, tta={"multitask"} if tta else set(), models=lambda: {"multitask"})
+        out = _models_on([{"study_id": 1, "inputs": {"multitask": entry}}], bundle, plan, defaultdict(float), {},
+                         PredictConfig(), {})
+        return out["multitask"][0]
+
+    p, pm = run(e, True), run(mirror_crops(e), True)
+    np.testing.assert_allclose(pm, mirror_labels(p, axis=0), atol=1e-5)
+    q, qm = run(e, False), run(mirror_crops(e), False)
+    assert np.abs(qm - mirror_labels(q, axis=0)).max() > 1e-4  # one pass alone is not symmetric
+    np.testing.assert_allclose(p, (q + mirror_labels(qm, axis=0)) / 2, atol=1e-5)
+
+
+def test_the_budget_drops_the_test_time_mirror_before_any_fold_and_restores_it_last():
+    from lumbar.infer.budget import Plan
+
+    clock = [0.0]
+    plan = Plan({"a": [0, 1], "b": [0, 1]}, budget=100.0, n_studies=100, workers=0, clock=lambda: clock[0], start=0.0,
+                warmup_batches=0, tta={"a", "b"})
+    # one study of 2 passes x 2 folds at 0.2 s a pass, per model: 1.6 s a study, 160 s projected
+    plan.observe(1, 1.6, {}, {("a", 0): 0.4, ("a", 1): 0.4, ("b", 0): 0.4, ("b", 1): 0.4})
+    said = plan.decide()
+    assert said and all("mirror" in s for s in said) and plan.tta == set()  # both mirrors go; no fold does
+    assert plan.active == {"a": [0, 1], "b": [0, 1]}
+    assert plan.per_study() == pytest.approx(0.8, rel=0.05)
+    plan.budget = 1000.0  # room again: the mirrors come back
+    said = plan.decide()
+    assert plan.tta == {"a", "b"} and any("restored the test-time mirror" in s for s in said)
