@@ -112,6 +112,22 @@ def test_a_sagittal_t1_side_takes_each_levels_own_slice():
     assert per_level(kept["sag_t1_left"]) is None and slice_for(kept["sag_t1_left"], 3) == 2
 
 
+def test_a_side_keeps_the_classifiers_series_where_it_reaches_the_points():
+    # two T1 series over the same spine (the labels are in one of them): the classifiers' series stays
+    # unless none of its planes comes within reach
+    a, b = _sagittal(12, 3.5), _sagittal(12, 3.5)
+    P = _rolled_points(a, [4, 4, 5, 6, 6])
+    geo = Geometry(choice={schema.SAG_T1: "geometry"})
+    vols = {schema.SAG_T1: [(1, a), (2, b)]}
+    for classifiers in (1, 2):
+        out = placement.place({"sag_t1_left": (classifiers, 0)}, vols, {}, P, geo)
+        assert out["sag_t1_left"][0] == classifiers
+    far = _sagittal(12, 3.5)
+    far.positions = far.positions + np.array([200.0, 0, 0])  # nowhere near the points
+    out = placement.place({"sag_t1_left": (3, 0)}, {schema.SAG_T1: [(1, a), (3, far)]}, {}, P, geo)
+    assert out["sag_t1_left"][0] == 1
+
+
 def test_the_local_method_reads_the_pixels_and_falls_back_to_the_nearest_plane_without_a_scorer():
     rng = np.random.default_rng(1)
     train, _ = _groups(rng, 60)

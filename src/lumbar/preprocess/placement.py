@@ -133,10 +133,14 @@ def local_choice(vols: list[tuple[int, Volume]], target: np.ndarray, probas, cls
 
 
 def side_choice(vols: list[tuple[int, Volume]], points: np.ndarray, probas, cls: int, method: str,
-                geo: Geometry, pixels_of=None) -> tuple[int, int, list[int]] | None:
-    """A side's sagittal series (the one whose plane passes nearest the points' median), its central
-    slice and each level's own slice there (by `method`; a level no plane reaches takes the central)."""
-    first = plane_choice(vols, np.median(points, axis=0), probas, cls, "fused" if method == "fused" else "geometry", geo)
+                geo: Geometry, pixels_of=None, prefer: int | None = None) -> tuple[int, int, list[int]] | None:
+    """A side's sagittal series (`prefer`, the classifiers' series, where one of its planes reaches
+    the points' median; else the one whose plane passes nearest it), its central slice and each level's
+    own slice there (by `method`; a level no plane reaches takes the central)."""
+    mode, median = "fused" if method == "fused" else "geometry", np.median(points, axis=0)
+    first = plane_choice([(s, v) for s, v in vols if s == prefer], median, probas, cls, mode, geo) if prefer is not None else None
+    if first is None:
+        first = plane_choice(vols, median, probas, cls, mode, geo)
     if first is None:
         return None
     sid = first[0]
@@ -197,7 +201,8 @@ def place(selection: dict, items: dict[str, list[tuple[int, Volume]]], probas: d
                     got = plane_choice(items.get(stype, []), targets[cls - 1], probas, cls,
                                        "geometry" if method == "local" else method, geo)
             else:
-                got = side_choice(items.get(stype, []), targets, probas, cls, method, geo, pixels_of)
+                got = side_choice(items.get(stype, []), targets, probas, cls, method, geo, pixels_of,
+                                  prefer=out[name][0] if name in out else None)
                 levels = got[2] if got is not None else None
             if got is not None:
                 out[name] = (got[0], got[1])
