@@ -219,3 +219,45 @@ def test_the_budget_drops_the_test_time_mirror_before_any_fold_and_restores_it_l
     plan.budget = 1000.0  # room again: the mirrors come back
     said = plan.decide()
     assert plan.tta == {"a", "b"} and any("restored the test-time mirror" in s for s in said)
+
+
+def test_a_turned_and_scaled_crop_carries_its_points_and_cutout_zeroes_squares():
+    from lumbar.train.datasets import cutout, random_affine
+
+    size = 48
+    pts = np.array([[10.0, 12.0], [30.0, 35.0], [np.nan, np.nan]], np.float32)
+    stack = np.zeros((3, size, size), np.float32)
+    for x, y in pts[:2].astype(int):
+        stack[:, y - 1:y + 2, x - 1:x + 2] = 1.0  # a 3 px blob on each point, in every channel
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        out, moved = random_affine(stack, pts, rng, max_deg=15.0, max_scale=0.15)
+        assert np.isnan(moved[2]).all() and not np.allclose(moved[:2], pts[:2])
+        for (x, y) in moved[:2]:  # each blob's brightest pixel is where its point went
+            win = out[1, int(round(y)) - 3:int(round(y)) + 4, int(round(x)) - 3:int(round(x)) + 4]
+            iy, ix = np.unravel_index(np.argmax(win), win.shape)
+            assert abs(ix - 3) <= 1 and abs(iy - 3) <= 1 and win.max() > 0.5
+        np.testing.assert_array_equal(out[0], out[2])  # one draw for every channel
+    same, kept = random_affine(stack, pts, rng, 0.0, 0.0)
+    assert same is stack and kept is pts  # switched off: untouched, nothing drawn
+    holes = cutout(np.ones((3, size, size), np.float32), np.random.default_rng(0), boxes=2)
+    side = round(0.2 * size)
+    assert side * side <= (holes[0] == 0).sum() <= 2 * side * side and (holes[0] == holes[1]).all()
+    assert cutout(stack, rng, 0) is stack
+
+
+def test_the_augmentation_switches_reach_both_datasets():
+    from lumbar.train.multitask import CropDataset
+    from lumbar.train.sequence import FramesDataset
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, (1, 25))
+    for make, e in ((CropDataset, _random_crops(rng)), (FramesDataset, _random_frames(rng))):
+        plain = make([e], labels, augment=True, seed=0)
+        turned = make([e], labels, augment=True, seed=0, rotate=20.0, scale=0.2, cutout=2)
+        plain.set_epoch(0)
+        turned.set_epoch(0)
+        key = "sag_image" if make is CropDataset else "frames"
+        a, b = plain[0][key], turned[0][key]
+        assert a.shape == b.shape and not torch.allclose(a, b)
+        assert (b == 0).float().mean() > (a == 0).float().mean()  # the rotation's corners and the cutouts

@@ -17,7 +17,7 @@ from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.registry import create_model
 from ..preprocess.mirror import mirror_crops, mirror_labels
 from ..layout import Run
-from .datasets import EpochSeeded, collate
+from .datasets import EpochSeeded, collate, cutout, random_affine
 from .folds import cross_validate, study_inputs
 from .loop import is_main
 from .oof import write_oof
@@ -32,14 +32,14 @@ class CropDataset(EpochSeeded, Dataset):
 
     Augmentation keeps points and labels consistent: with probability `mirror` the study's left-right
     mirror with its left and right labels swapped (preprocess/mirror.py; no other flip has an
-    anatomical counterpart), intensity gain/gamma, and a small translation of each crop that moves its
-    points with it.
+    anatomical counterpart), a small rotation and scaling (`rotate` degrees, `scale`) and translation of
+    each crop that move its points with it, `cutout` zeroed squares per crop, intensity gain/gamma.
     """
 
     def __init__(self, entries: list[dict], labels: np.ndarray | None = None, augment: bool = False, seed: int = 0,
-                 max_shift: int = 6, mirror: float = 0.0):
+                 max_shift: int = 6, mirror: float = 0.0, rotate: float = 0.0, scale: float = 0.0, cutout: int = 0):
         self.entries = entries
-        self.mirror = mirror
+        self.mirror, self.rotate, self.scale, self.cutout = mirror, rotate, scale, cutout
         self.labels = labels if labels is not None else np.full((len(entries), schema.N_LABELS), -1, np.int64)
         self.augment = augment
         self.max_shift = max_shift
@@ -63,9 +63,13 @@ class CropDataset(EpochSeeded, Dataset):
         ax_pts = e["axial_points"].astype(np.float32).copy()
         if self.augment:
             for j in range(len(sag)):
+                sag[j], sag_pts[j] = random_affine(sag[j], sag_pts[j], self.rng, self.rotate, self.scale)
                 sag[j], sag_pts[j] = self._shift(sag[j], sag_pts[j])
+                sag[j] = cutout(sag[j], self.rng, self.cutout)
             for j in range(len(axial)):
+                axial[j], ax_pts[j] = random_affine(axial[j], ax_pts[j], self.rng, self.rotate, self.scale)
                 axial[j], ax_pts[j] = self._shift(axial[j], ax_pts[j])
+                axial[j] = cutout(axial[j], self.rng, self.cutout)
             gain = self.rng.uniform(0.85, 1.15)
             gamma = self.rng.uniform(0.85, 1.15)
             sag = np.clip(sag, 0, None) ** gamma * gain
@@ -108,6 +112,9 @@ class MultitaskTraining(MultitaskConfig, TrainConfig):
     batch_size: int = 8
     augment: bool = True
     mirror: float = 0.0  # with augment: the share of examples seen mirrored left-right, labels swapped
+    rotate: float = 0.0  # with augment: each crop turned by up to this many degrees (its points with it)
+    scale: float = 0.0  # with augment: each crop scaled by up to this fraction either way
+    cutout: int = 0  # with augment: squares (a fifth of the side) zeroed per crop
     cache_dir: str = "cache"
     only_fold: int = -1  # >= 0: train that fold alone (a quick look; no OOF file is written)
 
@@ -134,7 +141,8 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         return model
 
     def make_sets(tr, va):
-        return (CropDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed, mirror=cfg.mirror),
+        return (CropDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed, mirror=cfg.mirror,
+                            rotate=cfg.rotate, scale=cfg.scale, cutout=cfg.cutout),
                 CropDataset(take(entries, va), y[va]))
 
     def on_fold(model, val_set, va, device):

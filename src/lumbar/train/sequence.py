@@ -18,7 +18,7 @@ from ..preprocess.mirror import mirror_frames, mirror_labels
 from ..progress import bar
 from ..files import write_json
 from ..layout import Run
-from .datasets import EpochSeeded
+from .datasets import EpochSeeded, cutout, random_affine
 from .oof import write_oof
 from .stage_one import load_train, read_oof_selection
 from .runner import RunConfig, register
@@ -30,12 +30,13 @@ from .loop import is_main
 class FramesDataset(EpochSeeded, Dataset):
     """One study per item: frames [3, N, S, S], mask [3], positions [3, N], labels [25].
     Augmentation: with probability `mirror` the study's left-right mirror with its left and right
-    labels swapped (preprocess/mirror.py), intensity gain/gamma and a small shift of each series' frames."""
+    labels swapped (preprocess/mirror.py), a small rotation, scaling and shift of each series' frames
+    (one draw per series; points with them), `cutout` zeroed squares per series, intensity gain/gamma."""
 
     def __init__(self, entries: list[dict], labels: np.ndarray | None = None, augment: bool = False, seed: int = 0,
-                 mirror: float = 0.0):
+                 mirror: float = 0.0, rotate: float = 0.0, scale: float = 0.0, cutout: int = 0):
         self.entries = entries
-        self.mirror = mirror
+        self.mirror, self.rotate, self.scale, self.cutout = mirror, rotate, scale, cutout
         self.labels = labels if labels is not None else np.full((len(entries), 25), -1, np.int64)
         self.augment = augment
         self.seed = seed
@@ -52,9 +53,11 @@ class FramesDataset(EpochSeeded, Dataset):
                   else np.full((*frames.shape[:2], 5, 2), np.nan, np.float32))
         if self.augment:
             for t in range(len(frames)):
+                frames[t], points[t] = random_affine(frames[t], points[t], self.rng, self.rotate, self.scale)
                 dx, dy = self.rng.integers(-4, 5, size=2)
                 frames[t] = np.roll(frames[t], (int(dy), int(dx)), axis=(-2, -1))
                 points[t] += np.array([dx, dy], np.float32)
+                frames[t] = cutout(frames[t], self.rng, self.cutout)
             frames = np.clip(frames, 0, None) ** self.rng.uniform(0.85, 1.15) * self.rng.uniform(0.85, 1.15)
         return {"frames": torch.from_numpy(np.ascontiguousarray(frames)), "mask": torch.from_numpy(e["mask"].astype(bool)),
                 "positions": torch.from_numpy(e["positions"].astype(np.float32)), "points": torch.from_numpy(points),
@@ -69,6 +72,9 @@ class SequenceTraining(SequenceConfig, TrainConfig):
     lr: float = 1e-3
     augment: bool = True
     mirror: float = 0.0  # with augment: the share of examples seen mirrored left-right, labels swapped
+    rotate: float = 0.0  # with augment: each series' frames turned by up to this many degrees
+    scale: float = 0.0  # with augment: each series' frames scaled by up to this fraction either way
+    cutout: int = 0  # with augment: squares (a fifth of the side) zeroed per series
     cache_dir: str = "cache"
     only_fold: int = -1
 
@@ -96,7 +102,8 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     fold = np.array([s.fold for s in studies])
 
     def make_sets(tr, va):
-        return (FramesDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed, mirror=cfg.mirror),
+        return (FramesDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed, mirror=cfg.mirror,
+                              rotate=cfg.rotate, scale=cfg.scale, cutout=cfg.cutout),
                 FramesDataset(take(entries, va), y[va]))
 
     oof, fold_scores = cross_validate("sequence", cfg, ids, y, fold, rc.n_folds, run, make_sets,
