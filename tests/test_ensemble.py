@@ -51,6 +51,7 @@ def test_ensemble_never_worse_than_best_single_and_round_trips(members, tmp_path
         ens.apply({"noisy": m["noisy"], "prior": m["prior"]})
 
 
+@pytest.mark.slow  # processes started and killed: the suite's, not test-fast's
 def test_cv_selection_keeps_a_real_blend_and_drops_a_noise_member(members):
     y, m = members
     folds = np.arange(len(y)) % 4

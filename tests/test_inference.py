@@ -206,6 +206,7 @@ def test_version_report_names_the_differences_that_matter():
     assert version_report(recorded, recorded)[1] == []
 
 
+@pytest.mark.slow  # processes started and killed: the suite's, not test-fast's
 def test_a_worker_killed_for_memory_costs_its_study_only(trained_weights, synth_dir, tmp_path):
     study = int(pd.read_csv(synth_dir / "test_series_descriptions.csv").study_id.iloc[0])
     res = _run(synth_dir, trained_weights, tmp_path / "sub.csv", workers=2, fault=f"die:{study}", batch_size=2)

@@ -98,6 +98,7 @@ def test_multitask_oof_complete_and_missing_series_fall_back_to_prior(trained, s
     assert checked >= 2  # the small folder has a study without sagittal T1 and one without T2
 
 
+@pytest.mark.slow  # processes started and killed: the suite's, not test-fast's
 def test_killed_run_resumes_from_its_checkpoint(trained, synth_dir, tmp_path):
     run, cache, _, _ = trained
     fresh = _fresh_run(run, tmp_path)
@@ -120,6 +121,7 @@ def test_killed_run_resumes_from_its_checkpoint(trained, synth_dir, tmp_path):
     assert log.epoch.tolist() == list(range(4))  # continued, not restarted: every epoch once
 
 
+@pytest.mark.slow  # processes started and killed: the suite's, not test-fast's
 def test_torchrun_two_processes_gloo(trained, synth_dir, tmp_path):
     """DDP with the presets' backbone family (EfficientNet, random weights): each process takes optimiser
     steps, which DDP allows only if every parameter gets a gradient (the feature extractor is cut after

@@ -2,6 +2,8 @@
 import os
 import time
 
+import pytest
+
 from lumbar.infer.workers import StudyPool
 
 
@@ -21,6 +23,7 @@ def tasks(items):
     return lambda: next(it, None)
 
 
+@pytest.mark.slow  # processes started and killed: the suite's, not test-fast's
 def test_every_study_comes_back_once_whatever_happens_to_its_worker():
     items = [("ok", 1), ("hang", 0), ("ok", 2), ("die", 0), ("raise", 0), ("ok", 3), ("ok", 4)]
     # The deadline is far above what a spawned worker needs to start and double a number on a loaded
