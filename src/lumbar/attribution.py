@@ -31,7 +31,7 @@ from .files import write_json, write_text
 from .layout import Run
 from .metric import TERMS, labels_to_array, study_terms, submission_to_probs, term_scores
 from .models.prior import fit_prior
-from .preprocess.placement import centre_of, per_level, with_levels
+from .preprocess.placement import centre_of, make_choice, per_level
 from .preprocess.stage_one import (build_crops, cache_version, labels_for, read_preprocess_config, study_crops,
                                    study_features, true_selection)
 from .progress import bar
@@ -76,9 +76,7 @@ def selections(study, cache, shipped: dict) -> dict[str, dict]:
         sid, idx = choice[:2]
         got = merged.get(name, ())
         centre = centre_of(got) if len(got) >= 4 and got[0] == sid else None
-        levels = per_level(choice)
-        merged[name] = (with_levels(sid, idx, centre, *levels) if levels
-                        else (sid, idx, *centre) if centre else (sid, idx))
+        merged[name] = make_choice(sid, idx, centre, per_level(choice))
     return {"shipped": shipped, "true": merged, "vols": vols}
 
 

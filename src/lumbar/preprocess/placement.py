@@ -66,6 +66,16 @@ def with_levels(sid: int, idx: int, centre, slices, rows) -> tuple:
     return (int(sid), int(idx), *map(float, c), *map(int, slices), *map(float, rows))
 
 
+def make_choice(sid: int, idx: int, centre=None, levels: tuple | None = None) -> tuple:
+    """The shortest choice tuple that holds what is given: (series, slice), a finite centre, each
+    level's (slices, rows)."""
+    if levels is not None:
+        return with_levels(sid, idx, centre, *levels)
+    if centre is not None and np.isfinite(centre).all():
+        return (int(sid), int(idx), *map(float, centre))
+    return int(sid), int(idx)
+
+
 def canal_points(v: Volume, idx: int, thumbs: np.ndarray, localiser: LevelLocaliser,
                  proba: np.ndarray | None = None, pixels: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """(five patient points [5, 3] or None when implausible, peak masses [5]) from the canal slice
@@ -151,7 +161,7 @@ def side_choice(vols: list[tuple[int, Volume]], points: np.ndarray, probas, cls:
         if scorer is not None and pixels_of is not None:
             got = local_choice(series, p, probas, cls, scorer, geo, pixels_of)
         else:
-            got = plane_choice(series, p, probas, cls, "fused" if method == "fused" else "geometry", geo)
+            got = plane_choice(series, p, probas, cls, mode, geo)
         slices.append(first[1] if got is None else got[1])
     return sid, int(sorted(slices)[len(slices) // 2]), slices
 

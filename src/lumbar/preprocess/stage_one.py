@@ -18,7 +18,7 @@ from ..layout import Run
 from ..data.volumes import DECODE_VERSION, normalised, study_volumes
 from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points
 from .levels import thumbnails
-from .placement import N_LEVELS, canal_points, centre_of, per_level, place, with_levels
+from .placement import N_LEVELS, canal_points, centre_of, make_choice, per_level, place, with_levels
 from .slice_select import FEATURE_VERSION, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
 
 PREPROCESS_VERSION = 2  # 2: labelled points through each slice's geometry, neighbours within a block
@@ -362,10 +362,7 @@ def arrays_to_selection(a: dict[str, np.ndarray]) -> Selection:
         if s < 0:
             continue
         c = centre[k] if np.isfinite(centre[k]).all() else None
-        if (levels[k] >= 0).all():
-            out[name] = with_levels(s, i, c, levels[k], rows[k])
-        else:
-            out[name] = (int(s), int(i), *map(float, c)) if c is not None else (int(s), int(i))
+        out[name] = make_choice(s, i, c, (levels[k], rows[k]) if (levels[k] >= 0).all() else None)
     return out
 
 

@@ -19,7 +19,7 @@ from ..data.volumes import arrays_to_volume, normalise, normalised, study_volume
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
 from ..preprocess.levels import FINE_JITTER_MM, FINE_MM, LevelConfig, LevelLocaliser, stack_at, to_thumb
 from ..preprocess.evidence import Scorer, candidates, features
-from ..preprocess.placement import METHODS, N_LEVELS, Geometry, fit_offsets, labelled_points, place, slice_for, with_levels
+from ..preprocess.placement import METHODS, N_LEVELS, Geometry, fit_offsets, labelled_points, make_choice, place, slice_for
 from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_items, series_probas,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
                                    true_selection)
@@ -228,29 +228,28 @@ def local_scorers(studies, feats: dict, held: dict, oof: dict, cache: StudyCache
     points, a scorer per series type fitted on the other folds' studies for each fold's selections, and
     one on all of them for the shipped selector. (study -> held-out "local" selection, series type ->
     scorer dict)."""
-    groups, pixels = {}, {}
+    groups = {}
     for st in bar([s for s in studies if s.study_id in held and held[s.study_id][2] is not None], desc="local evidence"):
         k, probas, P, geo = held[st.study_id]
         groups[st.study_id] = evidence_groups(st, feats[st.study_id], P, probas, geo, pixels_reader(st, cache))
+    def fit(studies_ids) -> dict:  # series type -> scorer dict, from these studies' examples
+        fitted = {}
+        for stype in (schema.AXIAL, schema.SAG_T1):
+            sc = Scorer.fit([g for s in studies_ids for g in groups[s][stype]])
+            if sc is not None:
+                fitted[stype] = sc.to_dict()
+        return fitted
+
     local = {}
     methods = {schema.AXIAL: "local", schema.SAG_T1: "local"}
     for k in range(n_folds):
-        fitted = {}
-        for stype in (schema.AXIAL, schema.SAG_T1):
-            sc = Scorer.fit([g for s, gs in groups.items() if held[s][0] != k for g in gs[stype]])
-            if sc is not None:
-                fitted[stype] = sc.to_dict()
+        fitted = fit([s for s in groups if held[s][0] != k])
         for st in (s for s in studies if s.fold == k and s.study_id in held):
             _, probas, P, geo = held[st.study_id]
             local[st.study_id] = geometric(feats[st.study_id], None, oof[st.study_id]["classifiers"], probas,
                                            methods=methods, points=P, geometry=replace(geo, scorers=fitted),
                                            pixels_of=pixels_reader(st, cache))
-    full = {}
-    for stype in (schema.AXIAL, schema.SAG_T1):
-        sc = Scorer.fit([g for gs in groups.values() for g in gs[stype]])
-        if sc is not None:
-            full[stype] = sc.to_dict()
-    return local, full
+    return local, fit(list(groups))
 
 
 def level_samples(study, f, thumbs: dict[int, np.ndarray]):
@@ -431,9 +430,9 @@ def read_oof_selection(run) -> dict[int, Selection]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no slice selection in this run; run `train --model slice_select` first")
     raw = json.loads(path.read_text())
-    return {int(s): {n: (int(v[0]), int(v[1]), *map(float, v[2:])) if len(v) < 4 + 2 * N_LEVELS
-                     else with_levels(v[0], v[1], v[2:4], v[4:4 + N_LEVELS], v[4 + N_LEVELS:]) for n, v in sel.items()}
-            for s, sel in raw.items()}
+    return {int(s): {n: make_choice(v[0], v[1], v[2:4] if len(v) >= 4 else None,
+                                    (v[4:4 + N_LEVELS], v[4 + N_LEVELS:]) if len(v) >= 4 + 2 * N_LEVELS else None)
+                     for n, v in sel.items()} for s, sel in raw.items()}
 
 
 def region_samples(study, cache) -> list:
