@@ -181,3 +181,45 @@ def test_a_level_is_compared_with_the_slice_its_own_choice_shows_it_on():
     truth = [("sag_t1_left", 3, 5, 0), ("sag_t1_left", 3, 6, 4), ("sag_t1_left", 9, 7, 3), ("axial_l1_l2", 8, 4, 0)]
     got = _compare(truth, choice)
     assert [(e, w) for _, e, w in got] == [(True, True), (False, True), (False, False), (True, True)]
+
+
+def _blocks(sizes: list[int], step: float = 4.0, gap: float = 30.0) -> Volume:
+    """Axial-like blocks of the given slice counts along one normal, `gap` mm between blocks."""
+    depths, blocks, at = [], [], 0.0
+    for b, n in enumerate(sizes):
+        depths += [at + k * step for k in range(n)]
+        blocks += [b] * n
+        at += (n - 1) * step + gap
+    v = _sagittal(len(depths), step)
+    shift = (np.array(depths) - v.depth)[:, None] * v.normal[None, :]
+    return Volume(v.pixels, v.positions + shift, v.normal, v.pixel_spacing, v.instance_numbers, v.orientation,
+                  orientations=v.orientations, blocks=np.array(blocks))
+
+
+def test_block_offsets_measure_from_the_middle_of_short_blocks_only():
+    v = _blocks([3, 4, 12])
+    off = evidence.block_offsets(v)
+    np.testing.assert_allclose(off[:3], [4, 0, 4], atol=1e-6)  # odd: the middle slice is the block's middle
+    np.testing.assert_allclose(off[3:7], [6, 2, 2, 6], atol=1e-6)  # even: two slices share it
+    assert (off[7:] == 0).all()  # a long stack has no middle that means anything
+
+
+def test_the_scorer_learns_that_blocks_are_centred_on_their_disc():
+    """Where the labelled slice is each short block's middle and the target is up to a slice off, the
+    scorer learns the block feature and beats the nearest plane."""
+    rng = np.random.default_rng(1)
+
+    def groups(count):
+        out, nearest = [], []
+        for _ in range(count):
+            v = _blocks([5])
+            target = v.to_patient(2, [[24.0, 24.0]])[0] + rng.uniform(-5, 5) * v.normal
+            cands = candidates([(1, v)], target, 12.0)
+            X = features(cands, lambda sid: v.pixels, lambda sid: v.pixel_spacing, None, 1)
+            out.append((X, np.array([c.slice == 2 for c in cands])))
+            nearest.append(cands[0].slice == 2)
+        return out, nearest
+
+    scorer = Scorer.fit(groups(60)[0])
+    test, nearest = groups(40)
+    assert np.mean(nearest) < 0.7 and np.mean([y[scorer.best(X)] for X, y in test]) >= 0.95

@@ -257,3 +257,28 @@ def test_the_svm_sample_keeps_the_labelled_slices_and_its_cap():
     assert np.array_equal(svm_sample(y, 0, 0), np.arange(10000)) and len(svm_sample(y[:100], 3000, 0)) == 100
     assert len(svm_sample(np.ones(5000, int), 3000, 0)) == 3000  # no others: the cap filled with labelled slices
     assert cpu_jobs(0) >= 1 and cpu_jobs(3) == 3
+
+
+def test_points_labelled_in_another_series_of_the_type_are_carried_through_patient_space(synth_dir):
+    """A study with two sagittal T1 series has its foramina labelled in one: the other's crop gets the
+    same patient points, on its own pixel grid, where its planes reach them; none where they do not."""
+    from dataclasses import replace
+
+    from lumbar.data.volumes import study_volumes
+
+    study = next(s for s in load_studies(synth_dir, "train") if len(s.coords))
+    (sid, v), = study_volumes(study).get(schema.SAG_T1)[:1]
+    own, inst = pipeline.labels_for(study, "sag_t1_left", sid, v)
+    assert np.isfinite(own).all() and (inst > 0).all()
+    r, c = v.orientations[0, :3], v.orientations[0, 3:]
+    shift = (5 * r * v.pixel_spacing[1] + 3 * c * v.pixel_spacing[0])  # the other grid starts 5 columns right, 3 rows down
+    half_slice = 0.4 * float(np.median(np.abs(np.diff(v.depth)))) * np.cross(r, c)
+    other = replace(v, positions=v.positions + shift + half_slice, source_geometry=None, orientations=None)
+    # the same rows as the labels of `sid`, asked of a series that holds none of them
+    carried, inst2 = pipeline.labels_for(study, "sag_t1_left", -1, other, {sid: v})
+    assert np.allclose(carried, own - [5, 3], atol=1e-6) and (inst2 == -1).all()
+    nothing, _ = pipeline.labels_for(study, "sag_t1_left", -1, other)  # without the other series: no points
+    assert np.isnan(nothing).all()
+    beyond = (len(v) + 2) / 0.4 * half_slice  # every plane past the series' last one
+    far = replace(v, positions=v.positions + beyond, source_geometry=None, orientations=None)
+    assert np.isnan(pipeline.labels_for(study, "sag_t1_left", -1, far, {sid: v})[0]).all()

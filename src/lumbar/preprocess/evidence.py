@@ -7,7 +7,8 @@ also the one where the structure is largest: the foramen's fat is widest through
 fills the axial slice through its mid-plane. So every candidate plane (those within reach of the
 target, in the field of view) is described by its distance and by the mean intensity of square
 windows (3-16 mm) at the target's foot, relative to the other candidates, plus the slice classifier's
-probability; a logistic regression fitted on the held-out level points of training studies weighs
+probability and, in a short block (an axial block prescribed through one disc), how far the plane is from
+the block's middle: radiographers centre each block on its disc; a logistic regression fitted on the held-out level points of training studies weighs
 them. Windows in mm, not pixels: one scorer serves every resolution.
 
 The scorer is a handful of numbers kept in levels.json (no pickle to carry between library versions).
@@ -22,8 +23,9 @@ from ..data.dicom import Volume
 
 WINDOWS_MM = (3.0, 6.0, 10.0, 16.0)  # half-widths of the square windows at the target's foot
 FEATURES = ("distance", "distance^2", "log p - best", *[f"w{w:g} - best" for w in WINDOWS_MM],
-            *[f"w{w:g} - mean" for w in WINDOWS_MM])
+            *[f"w{w:g} - mean" for w in WINDOWS_MM], "block offset", "block offset - least")
 MAX_CANDIDATES = 7  # the nearest planes compared per level (a labelled slice is within 3 of the nearest)
+SHORT_BLOCK = 7  # a block of at most this many slices was prescribed through one disc (real: 3-6)
 
 
 @dataclass
@@ -32,6 +34,19 @@ class Candidate:
     slice: int
     distance: float  # mm from the target to the slice's plane
     xy: tuple[float, float]  # the target's foot on the slice (stored pixels)
+    block_offset: float = 0.0  # mm from the middle of its short block (0 in a longer stack)
+
+
+def block_offsets(v: Volume) -> np.ndarray:
+    """[n] each slice's distance (mm, along the slices' order) from the middle of its block where the
+    block is short (SHORT_BLOCK), else 0: a long stack has no middle that means anything."""
+    out = np.zeros(len(v))
+    depth = v.depth
+    for b in np.unique(v.blocks):
+        m = v.blocks == b
+        if m.sum() <= SHORT_BLOCK:
+            out[m] = np.abs(depth[m] - (depth[m].min() + depth[m].max()) / 2)
+    return out
 
 
 def candidates(vols: list[tuple[int, Volume]], target: np.ndarray, max_gap_mm: float) -> list[Candidate]:
@@ -42,8 +57,9 @@ def candidates(vols: list[tuple[int, Volume]], target: np.ndarray, max_gap_mm: f
         if not v.has_positions:
             continue
         dist, xy, inside = v.project(target)
+        offsets = block_offsets(v)
         for j in np.flatnonzero(inside & (dist <= max_gap_mm)):
-            out.append(Candidate(sid, int(j), float(dist[j]), (float(xy[j, 0]), float(xy[j, 1]))))
+            out.append(Candidate(sid, int(j), float(dist[j]), (float(xy[j, 0]), float(xy[j, 1])), float(offsets[j])))
     out.sort(key=lambda c: c.distance)
     return out[:MAX_CANDIDATES]
 
@@ -66,7 +82,8 @@ def features(cands: list[Candidate], pixels_of, spacing_of, probas: dict | None,
     W = np.array([window_means(pixels_of(c.series_id)[c.slice], c.xy, spacing_of(c.series_id)) for c in cands])
     lp = np.array([np.log(probas[c.series_id][c.slice, cls] + 1e-4) if probas and probas.get(c.series_id) is not None
                    else 0.0 for c in cands])
-    return np.column_stack([d, d ** 2, lp - lp.max(), W - W.max(0), W - W.mean(0)])
+    b = np.array([c.block_offset for c in cands])
+    return np.column_stack([d, d ** 2, lp - lp.max(), W - W.max(0), W - W.mean(0), b, b - b.min()])
 
 
 @dataclass

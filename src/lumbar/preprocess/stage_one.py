@@ -239,19 +239,28 @@ def true_selection(study: Study, feats: dict[str, list[SeriesFeatures]], per_lev
     return out
 
 
-def labels_for(study: Study, name: str, series_id: int, v: Volume) -> tuple[np.ndarray, np.ndarray]:
+def labels_for(study: Study, name: str, series_id: int, v: Volume,
+               others: dict[int, Volume] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The crop's labelled points [K, 2] in the series' stored pixels (each mapped from its file's pixel
-    grid through its slice's geometry; NaN where unlabelled, in another series or on a slice the
-    series lacks) and their instance numbers [K] (-1 where unlabelled)."""
+    grid through its slice's geometry; NaN where unlabelled or on a slice the series lacks) and their
+    instance numbers [K] (-1 where unlabelled or labelled in another series).
+
+    With `others` (the study's other series of the same type), a point labelled in one of them is
+    carried through patient space onto this series' nearest plane when that plane passes within a
+    slice's spacing of it: a study with two sagittal T1 series has its foramina labelled in one, and a
+    crop from the other shows the same structure."""
     cols = CROPS[name][2]
     pts = np.full((len(cols), 2), np.nan)
     inst = np.full(len(cols), -1, np.int64)
     if not len(study.coords):
         return pts, inst
-    rows = study.coords[study.coords["series_id"] == series_id]
-    for r in rows.itertuples(index=False):
+    elsewhere = []
+    for r in study.coords.itertuples(index=False):
         j = schema.label_index(schema.condition_slug(r.condition), schema.level_slug(r.level))
         if j not in cols:
+            continue
+        if int(r.series_id) != series_id:
+            elsewhere.append(r)
             continue
         try:
             idx = v.index_of_instance(int(r.instance_number))
@@ -259,6 +268,22 @@ def labels_for(study: Study, name: str, series_id: int, v: Volume) -> tuple[np.n
             continue
         pts[cols.index(j)] = v.from_source(idx, [float(r.x), float(r.y)])[0]
         inst[cols.index(j)] = int(r.instance_number)
+    if others and v.has_positions:
+        reach = float(np.median(np.abs(np.diff(v.depth)))) if len(v) > 1 else max(v.thickness, 1.0)
+        for r in elsewhere:
+            k = cols.index(schema.label_index(schema.condition_slug(r.condition), schema.level_slug(r.level)))
+            o = others.get(int(r.series_id))
+            if np.isfinite(pts[k]).all() or o is None or not o.has_positions:
+                continue
+            try:
+                idx = o.index_of_instance(int(r.instance_number))
+            except KeyError:
+                continue
+            p = o.to_patient(idx, o.from_source(idx, [float(r.x), float(r.y)]))[0]
+            dist, xy, _ = v.project(p)
+            near = int(np.argmin(dist))
+            if dist[near] <= reach:
+                pts[k] = xy[near]
     return pts, inst
 
 
@@ -292,7 +317,8 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
         size = cfg.sag_size if i < 3 else cfg.axial_size
         box, from_image[i] = regions.box(name, px[idx], centre_of(selection[name]))  # centre: from the level points
         img = banded(px, v, idx, per_level(selection[name]), box, size)
-        raw_pts, labelled = labels_for(study, name, sid, v)
+        same_type = {s: o for s, o in vols.get(CROPS[name][0], []) if s != sid}
+        raw_pts, labelled = labels_for(study, name, sid, v, same_type)
         pts = map_points(raw_pts, box, size).astype(np.float32)
         if i < 3:
             sag[i], sag_pts[i] = img, pts
@@ -329,8 +355,11 @@ def banded(px: np.ndarray, v: Volume, idx: int, levels: tuple[list[int], list[fl
     return out
 
 
+CROPS_VERSION = 2  # 2: points labelled in another series of the crop's type carried through patient space
+
+
 def crops_key(cfg: PreprocessConfig, selection: Selection, regions: CropRegions) -> str:
-    return "crops_" + config_hash(asdict(cfg), sorted((k, list(v)) for k, v in selection.items()), asdict(regions))
+    return f"crops{CROPS_VERSION}_" + config_hash(asdict(cfg), sorted((k, list(v)) for k, v in selection.items()), asdict(regions))
 
 
 def study_crops(study: Study, selection: Selection, regions: CropRegions, cfg: PreprocessConfig,

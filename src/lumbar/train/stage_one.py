@@ -478,7 +478,8 @@ def train_crops(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     CropRegions.fit([s for st in studies for s in samples[st.study_id]], cfg.margin).save(Run(run).regions())
     cfgmod.save(cfg, Run(run).config("crops"))
     rec = pd.DataFrame(records)
-    rep = rec.groupby("crop")["inside"].agg(["mean", "size"]) if len(rec) else pd.DataFrame()
+    rep = (rec.groupby("crop").agg(mean=("inside", "mean"), size=("inside", "size"), same_series=("same_series", "mean"))
+           if len(rec) else pd.DataFrame())
     rep.to_csv(out / "containment.csv")
     overall = float(rec["inside"].mean()) if len(rec) else float("nan")
     print(f"crops: held-out labelled points inside their crop: {overall:.4f} ({int(rec['inside'].sum()) if len(rec) else 0}/{len(rec)})")
@@ -487,8 +488,9 @@ def train_crops(data, run, rc: RunConfig, overrides: list[str]) -> dict:
 
 
 def containment(study, entry: dict, cfg: PreprocessConfig) -> list[dict]:
-    """Per labelled (condition, level): is its point inside the crop of the chosen series? A point in
-    a series the selector did not choose counts as outside."""
+    """Per labelled (condition, level): is its point inside the crop? A point labelled in another series
+    of the crop's type counts where it was carried onto the chosen series (see labels_for); `same_series`
+    says whether the chosen series is the labelled one."""
     out = []
     if not study.has_coords:
         return out
@@ -503,9 +505,9 @@ def containment(study, entry: dict, cfg: PreprocessConfig) -> list[dict]:
             pts = entry["sag_points"][i] if i < 3 else entry["axial_points"][i - 3]
             size = cfg.sag_size if i < 3 else cfg.axial_size
             p = pts[j]
-            ok = bool(entry["present"][i] and int(entry["series_id"][i]) in set(rows["series_id"].astype(int))
-                      and np.isfinite(p).all() and (0 <= p).all() and (p < size).all())
-            out.append({"crop": name, "study_id": study.study_id, "inside": ok})
+            same = bool(entry["present"][i] and int(entry["series_id"][i]) in set(rows["series_id"].astype(int)))
+            ok = bool(entry["present"][i] and np.isfinite(p).all() and (0 <= p).all() and (p < size).all())
+            out.append({"crop": name, "study_id": study.study_id, "inside": ok, "same_series": same})
     return out
 
 
