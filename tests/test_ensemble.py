@@ -56,7 +56,8 @@ def test_cv_selection_keeps_a_real_blend_and_drops_a_noise_member(members):
     y, m = members
     folds = np.arange(len(y)) % 4
     ens, report = fit_ensemble(m, y, folds=folds)
-    assert all(report[g]["chosen"].startswith("fitted") for g in schema.GROUPS)  # complementary: blend wins in CV
+    # complementary members: combining wins in CV (the stack may win too: log(sharp) = 3 log(oracle) + c)
+    assert all(not report[g]["chosen"].startswith("only") for g in schema.GROUPS), report
     rng = np.random.default_rng(1)
     noise = rng.dirichlet(np.ones(3), size=y.shape).astype(np.float32)
     best = min(m, key=lambda k: score(solution_frame(np.arange(len(y)) + 1, y),
@@ -82,3 +83,27 @@ def test_apply_available_renormalises_over_the_members_that_predicted(members):
     rest = {k: m[k] for k in names[1:]}
     expected = np.mean([rest[k] for k in names[1:]], axis=0)
     np.testing.assert_allclose(lone.apply_available(rest), expected / expected.sum(-1, keepdims=True), atol=1e-5)
+
+
+def test_a_stack_is_chosen_where_it_undoes_what_a_blend_cannot_and_not_otherwise(members, tmp_path):
+    """Two members whose errors are a class-wise distortion (one says Moderate where it means Severe):
+    no convex blend with a temperature can swap classes back, a stack over log-probabilities can.
+    Nested CV picks the stack there, and keeps the blend for members a blend already serves."""
+    y, m = members
+    folds = np.arange(len(y)) % 4
+    swapped = m["noisy"][..., [0, 2, 1]]  # Moderate and Severe exchanged
+    skewed = m["sharp"] * np.array([1.0, 0.2, 3.0])
+    skewed = skewed / skewed.sum(-1, keepdims=True)
+    bent = {"swapped": swapped, "skewed": skewed}
+    ens, report = fit_ensemble(bent, y, folds=folds)
+    assert all(report[g]["chosen"] == "stack" for g in schema.GROUPS), report
+    assert all(report[g]["cv_stack"] < report[g]["cv_blend"] - 0.01 for g in schema.GROUPS)
+    out = ens.apply(bent)
+    assert np.allclose(out.sum(-1), 1, atol=1e-5)
+    ens.save(tmp_path / "e.json")
+    np.testing.assert_allclose(Ensemble.load(tmp_path / "e.json").apply(bent), out, atol=1e-5)
+    # a member missing: its stacked groups fall back to the blend over what predicted
+    lone = ens.apply_available({"swapped": swapped})
+    assert np.allclose(lone.sum(-1), 1, atol=1e-5)
+    plain, plain_report = fit_ensemble(m, y, folds=folds, stack=False)
+    assert all("cv_stack" not in r and not plain.stack for r in plain_report.values())

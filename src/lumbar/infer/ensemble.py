@@ -1,6 +1,7 @@
 """The ensemble as inference applies it: per condition group, a convex combination of the models'
-probabilities (a linear pool), sharpened or softened by a temperature (p ** (1 / T), renormalised).
-The weights are fitted in `train/ensemble.py`."""
+probabilities (a linear pool), sharpened or softened by a temperature (p ** (1 / T), renormalised);
+or, where nested CV chose it for the group, a stack: a multinomial logistic regression over the
+members' log-probabilities (its numbers in the JSON, no pickle). Fitted in `train/ensemble.py`."""
 from __future__ import annotations
 
 import json
@@ -21,11 +22,25 @@ def blend(stack: np.ndarray, w: np.ndarray, t: float) -> np.ndarray:
     return p / p.sum(-1, keepdims=True)
 
 
+def stack_features(stack: np.ndarray) -> np.ndarray:
+    """[M, n, k, 3] members' probabilities -> [n, k, 3M] their log-probabilities side by side."""
+    logs = np.log(np.clip(np.asarray(stack, np.float64), EPS, 1.0))
+    return np.concatenate(list(logs), axis=-1)
+
+
+def stacked(stack: np.ndarray, params: dict) -> np.ndarray:
+    """A group's stacked probabilities [n, k, 3] from its members' [M, n, k, 3]."""
+    z = stack_features(stack) @ np.asarray(params["coef"]).T + np.asarray(params["intercept"])
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
 @dataclass
 class Ensemble:
     models: list[str]
     weights: dict[str, list[float]] = field(default_factory=dict)  # group -> one weight per model
     temperature: dict[str, float] = field(default_factory=dict)
+    stack: dict[str, dict] = field(default_factory=dict)  # group -> {"coef": [3][3M], "intercept": [3]}
 
     def apply(self, probs: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities [n, 25, 3] from each member's [n, 25, 3]."""
@@ -35,12 +50,16 @@ class Ensemble:
         stack = np.stack([np.asarray(probs[m], np.float64) for m in self.models])
         out = np.zeros(stack.shape[1:], np.float64)
         for g, cols in GROUP_COLUMNS.items():
-            out[:, cols] = blend(stack[:, :, cols], np.asarray(self.weights[g]), self.temperature.get(g, 1.0))
+            if g in self.stack:
+                out[:, cols] = stacked(stack[:, :, cols], self.stack[g])
+            else:
+                out[:, cols] = blend(stack[:, :, cols], np.asarray(self.weights[g]), self.temperature.get(g, 1.0))
         return out.astype(np.float32)
 
     def apply_available(self, probs: dict[str, np.ndarray]) -> np.ndarray:
         """Like apply, for the members that predicted (a failed study, a model dropped for time): each
-        group's weights renormalised over them; equal weights if all their weight was on the absent."""
+        group's blend weights renormalised over them (a stack needs every member; its group falls back
+        to the blend); equal weights if all their weight was on the absent."""
         present = [m for m in self.models if m in probs]
         if not present:
             raise KeyError(f"ensemble needs predictions of at least one of {self.models}")

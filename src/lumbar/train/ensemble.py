@@ -4,7 +4,9 @@ minimise the competition metric (applied by `infer/ensemble.py`).
 The groups' columns are disjoint and the metric is a sum over groups (the any-severe-spinal term
 belongs to the spinal group), so each group is fitted on its own terms (`metric.group_loss`). Every
 single model (weight 1, T = 1) is a candidate too, so on the OOF predictions the ensemble never scores
-worse than the best single model.
+worse than the best single model. A stack (a multinomial logistic regression per group over the
+members' log-probabilities, rows weighted 1/2/4 as the metric weighs them) is a third candidate, taken
+only where nested CV says it beats both: it has 9M + 3 numbers to fit per group where the blend has M + 1.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from scipy.optimize import minimize
 from .. import config as cfgmod
 from .. import schema
 from ..files import write_json
-from ..infer.ensemble import Ensemble, blend
+from ..infer.ensemble import Ensemble, blend, stack_features, stacked
 from ..layout import Run
 from ..metric import group_loss, probs_to_submission, score, solution_frame
 from .oof import list_oof, read_oof, write_oof
@@ -27,6 +29,25 @@ from .runner import RunConfig, register, run_folds
 @dataclass
 class EnsembleConfig:
     temperature: bool = True  # fit a temperature per group besides the weights
+    stack: bool = True  # consider a logistic-regression stack per group (kept only where nested CV prefers it)
+    stack_c: float = 0.1  # its inverse L2 strength: a few hundred studies fit 9M + 3 numbers
+
+
+STACK_WEIGHTS = np.array([1.0, 2.0, 4.0])  # the metric's row weights by true severity
+
+
+def fit_stack(s: np.ndarray, yy: np.ndarray, c: float = 0.1) -> dict | None:
+    """A group's stack from its members' probabilities s [M, n, k, 3] and labels yy [n, k] (-1 missing);
+    None where the rows lack a severity (a logistic regression of fewer classes has other shapes)."""
+    from sklearn.linear_model import LogisticRegression
+
+    X = stack_features(s).reshape(-1, 3 * s.shape[0])
+    y = yy.reshape(-1)
+    keep = y >= 0
+    if len(np.unique(y[keep])) < 3:
+        return None
+    m = LogisticRegression(C=c, max_iter=2000).fit(X[keep], y[keep], sample_weight=STACK_WEIGHTS[y[keep]])
+    return {"coef": m.coef_.round(6).tolist(), "intercept": m.intercept_.round(6).tolist()}
 
 
 def _fit_group(s: np.ndarray, yy: np.ndarray, g: str, temperature: bool,
@@ -57,33 +78,47 @@ def _fit_group(s: np.ndarray, yy: np.ndarray, g: str, temperature: bool,
 
 
 def fit_ensemble(oof: dict[str, np.ndarray], y: np.ndarray, temperature: bool = True,
-                 folds: np.ndarray | None = None) -> tuple[Ensemble, dict]:
+                 folds: np.ndarray | None = None, stack: bool = True, stack_c: float = 0.1) -> tuple[Ensemble, dict]:
     """Weights (and temperatures) per group minimising the metric's terms on OOF predictions.
 
-    With `folds` (a fold id per study), each group first chooses by cross-validation between the best
-    single model and a fitted blend: the blend's loss is measured on each fold with weights fitted on
-    the others, so a blend that only fits noise (a weak member, a few hundred studies) loses to the
-    single model it would have perturbed. Returns the ensemble and, per group, the losses considered."""
+    With `folds` (a fold id per study), each group chooses by cross-validation among the best single
+    model, a fitted blend and (with `stack`) a logistic-regression stack: each is measured on every fold
+    with what was fitted on the others, so a blend or stack that only fits noise (a weak member, a few
+    hundred studies) loses to the single model it would have perturbed. Returns the ensemble and, per
+    group, the losses considered."""
     models = sorted(oof)
-    stack = np.stack([np.asarray(oof[m], np.float64) for m in models])
+    stack_all = np.stack([np.asarray(oof[m], np.float64) for m in models])
     ens = Ensemble(models=models)
     report = {}
     for g, cols in schema.GROUP_COLUMNS.items():
-        s, yy = stack[:, :, cols], y[:, cols]
+        s, yy = stack_all[:, :, cols], y[:, cols]
         loss, w, t, name = _fit_group(s, yy, g, temperature, models)
         rep = {"fitted": round(loss, 5)}
         if folds is not None and len(np.unique(folds)) > 1:
             singles = [group_loss(g, s[i], yy) for i in range(len(models))]
             best = int(np.argmin(singles))
-            blended = np.zeros(s.shape[1:])
+            blended, stacked_cv = np.zeros(s.shape[1:]), np.zeros(s.shape[1:]) if stack else None
             for k in np.unique(folds):
                 tr, va = folds != k, folds == k
                 _, wk, tk, _ = _fit_group(s[:, tr], yy[tr], g, temperature, models)
                 blended[va] = blend(s[:, va], wk, tk)
-            cv_blend = group_loss(g, blended, yy)
-            rep.update({"cv_blend": round(cv_blend, 5), f"only {models[best]}": round(singles[best], 5)})
-            if singles[best] <= cv_blend:
-                w, t, name = np.eye(len(models))[best], 1.0, f"only {models[best]}"
+                if stacked_cv is not None:
+                    params = fit_stack(s[:, tr], yy[tr], stack_c)
+                    if params is None:
+                        stacked_cv = None
+                    else:
+                        stacked_cv[va] = stacked(s[:, va], params)
+            options = {f"only {models[best]}": singles[best], "cv_blend": group_loss(g, blended, yy)}
+            if stacked_cv is not None:
+                options["cv_stack"] = group_loss(g, stacked_cv, yy)
+            rep.update({k: round(v, 5) for k, v in options.items()})
+            choice = min(options, key=options.get)
+            if choice.startswith("only"):
+                w, t, name = np.eye(len(models))[best], 1.0, choice
+            elif choice == "cv_stack":
+                params = fit_stack(s, yy, stack_c)
+                if params is not None:
+                    ens.stack[g], name = params, "stack"
         ens.weights[g] = [float(v) for v in w]
         ens.temperature[g] = float(t)
         rep["chosen"] = name
@@ -94,7 +129,8 @@ def fit_ensemble(oof: dict[str, np.ndarray], y: np.ndarray, temperature: bool = 
 
 @register("ensemble", order=90, config=EnsembleConfig)
 def train_ensemble(data, run, rc: RunConfig, overrides: list[str]) -> dict:
-    temperature = cfgmod.override(EnsembleConfig(), overrides).temperature
+    cfg = cfgmod.override(EnsembleConfig(), overrides)
+    fit_args = dict(temperature=cfg.temperature, stack=cfg.stack, stack_c=cfg.stack_c)
     ids, y, fold = run_folds(data, run, rc)
     members = [m for m in list_oof(run) if m != "ensemble"]
     if not members:
@@ -107,9 +143,9 @@ def train_ensemble(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     nested = np.zeros((len(ids), 25, 3), np.float32)
     for k in range(rc.n_folds):
         tr, va = fold != k, fold == k
-        ens_k, _ = fit_ensemble({m: p[tr] for m, p in oof.items()}, y[tr], temperature, folds=fold[tr])
+        ens_k, _ = fit_ensemble({m: p[tr] for m, p in oof.items()}, y[tr], folds=fold[tr], **fit_args)
         nested[va] = ens_k.apply({m: p[va] for m, p in oof.items()})
-    ens, report = fit_ensemble(oof, y, temperature, folds=fold)
+    ens, report = fit_ensemble(oof, y, folds=fold, **fit_args)
     in_sample = score(sol, probs_to_submission(ids, ens.apply(oof)))
     nested_score = score(sol, probs_to_submission(ids, nested))
     ens.save(Run(run).ensemble)
