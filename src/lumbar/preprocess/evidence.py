@@ -7,7 +7,7 @@ also the one where the structure is largest: the foramen's fat is widest through
 fills the axial slice through its mid-plane. So every candidate plane (those within reach of the
 target, in the field of view) is described by its distance and by the mean intensity of square
 windows (3-16 mm) at the target's foot, relative to the other candidates, plus the slice classifier's
-probability and, in a short block (an axial block prescribed through one disc), how far the plane is from
+probability, the same windows ANTERIOR_MM in front of the target (in the disc on an axial slice) and, in a short block (an axial block prescribed through one disc), how far the plane is from
 the block's middle: radiographers centre each block on its disc; a logistic regression fitted on the held-out level points of training studies weighs
 them. Windows in mm, not pixels: one scorer serves every resolution.
 
@@ -23,7 +23,10 @@ from ..data.dicom import Volume
 
 WINDOWS_MM = (3.0, 6.0, 10.0, 16.0)  # half-widths of the square windows at the target's foot
 FEATURES = ("distance", "distance^2", "log p - best", *[f"w{w:g} - best" for w in WINDOWS_MM],
-            *[f"w{w:g} - mean" for w in WINDOWS_MM], "block offset", "block offset - least")
+            *[f"w{w:g} - mean" for w in WINDOWS_MM], "block offset", "block offset - least",
+            *[f"front w{w:g} - best" for w in WINDOWS_MM], *[f"front w{w:g} - mean" for w in WINDOWS_MM])
+ANTERIOR_MM = 20.0  # the second set of windows sits this far in front of the target: inside the disc
+# for an axial level (the canal's centre is ~20-25 mm behind the disc's), the body/disc beside a foramen
 MAX_CANDIDATES = 7  # the nearest planes compared per level (a labelled slice is within 3 of the nearest)
 SHORT_BLOCK = 7  # a block of at most this many slices was prescribed through one disc (real: 3-6)
 
@@ -35,6 +38,7 @@ class Candidate:
     distance: float  # mm from the target to the slice's plane
     xy: tuple[float, float]  # the target's foot on the slice (stored pixels)
     block_offset: float = 0.0  # mm from the middle of its short block (0 in a longer stack)
+    front_xy: tuple[float, float] = (np.nan, np.nan)  # the foot of the point ANTERIOR_MM in front of the target
 
 
 def block_offsets(v: Volume) -> np.ndarray:
@@ -57,9 +61,11 @@ def candidates(vols: list[tuple[int, Volume]], target: np.ndarray, max_gap_mm: f
         if not v.has_positions:
             continue
         dist, xy, inside = v.project(target)
+        _, front, _ = v.project(np.asarray(target, np.float64) + ANTERIOR_MM * np.array([0.0, -1.0, 0.0]))  # LPS: -y is anterior
         offsets = block_offsets(v)
         for j in np.flatnonzero(inside & (dist <= max_gap_mm)):
-            out.append(Candidate(sid, int(j), float(dist[j]), (float(xy[j, 0]), float(xy[j, 1])), float(offsets[j])))
+            out.append(Candidate(sid, int(j), float(dist[j]), (float(xy[j, 0]), float(xy[j, 1])), float(offsets[j]),
+                                 (float(front[j, 0]), float(front[j, 1]))))
     out.sort(key=lambda c: c.distance)
     return out[:MAX_CANDIDATES]
 
@@ -83,7 +89,8 @@ def features(cands: list[Candidate], pixels_of, spacing_of, probas: dict | None,
     lp = np.array([np.log(probas[c.series_id][c.slice, cls] + 1e-4) if probas and probas.get(c.series_id) is not None
                    else 0.0 for c in cands])
     b = np.array([c.block_offset for c in cands])
-    return np.column_stack([d, d ** 2, lp - lp.max(), W - W.max(0), W - W.mean(0), b, b - b.min()])
+    F = np.array([window_means(pixels_of(c.series_id)[c.slice], c.front_xy, spacing_of(c.series_id)) for c in cands])
+    return np.column_stack([d, d ** 2, lp - lp.max(), W - W.max(0), W - W.mean(0), b, b - b.min(), F - F.max(0), F - F.mean(0)])
 
 
 @dataclass
