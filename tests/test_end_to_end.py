@@ -36,13 +36,13 @@ def test_prior_and_oracle_scores(default_data, tmp_path):
 
 
 def test_stage_one_beats_naive_and_crops_contain_points(default_data, tmp_path):
-    """Slice selector and crops on the default folder, the whole stage as it ships, in 3 folds with two of
+    """Slice selector and crops on the default folder, the whole stage as it ships, in 2 folds with two of
     the four members and a short level network (the suite's time; `make demo` gives the README's numbers)."""
     out, _ = default_data
     run, cache = tmp_path / "run", tmp_path / "cache"
     for model, extra in (("slice_select", ["levels_steps=60", "members=rf,xgb"]), ("crops", [])):
         subprocess.run([sys.executable, "-m", "lumbar", "train", "--model", model, "--data", str(out), "--run", str(run),
-                        "--folds", "3", f"cache_dir={cache}", *extra], check=True, capture_output=True)
+                        "--folds", "2", f"cache_dir={cache}", *extra], check=True, capture_output=True)
     report = pd.read_csv(run / "slice_select" / "report.csv").set_index(["series_type", "method"])
     for stype in report.index.get_level_values(0).unique():
         ens, naive = report.loc[(stype, "ensemble")], report.loc[(stype, "naive")]

@@ -179,8 +179,14 @@ def test_a_level_is_compared_with_the_slice_its_own_choice_shows_it_on():
 
     choice = {"sag_t1_left": with_levels(3, 6, None, [5, 6, 6, 7, 7], [np.nan] * 5), "axial_l1_l2": (8, 4)}
     truth = [("sag_t1_left", 3, 5, 0), ("sag_t1_left", 3, 6, 4), ("sag_t1_left", 9, 7, 3), ("axial_l1_l2", 8, 4, 0)]
-    got = _compare(truth, choice)
-    assert [(e, w) for _, e, w in got] == [(True, True), (False, True), (False, False), (True, True)]
+    from types import SimpleNamespace as NS
+
+    f = {schema.SAG_T1: [NS(series_id=3, volume=_sagittal(12, 4.0)), NS(series_id=9, volume=_sagittal(12, 4.0))],
+         schema.AXIAL: [NS(series_id=8, volume=_blocks([5, 4]))]}
+    got = _compare(truth, choice, f)
+    assert [(r["exact"], r["within1"]) for r in got] == [(True, True), (False, True), (False, False), (True, True)]
+    assert [r["kind"] for r in got] == ["stack"] * 3 + ["block, odd"]
+    assert [r["series_type"] for r in got] == [schema.SAG_T1] * 3 + [schema.AXIAL]
 
 
 def _blocks(sizes: list[int], step: float = 4.0, gap: float = 30.0) -> Volume:
@@ -198,6 +204,8 @@ def _blocks(sizes: list[int], step: float = 4.0, gap: float = 30.0) -> Volume:
 
 def test_block_offsets_measure_from_the_middle_of_short_blocks_only():
     v = _blocks([3, 4, 12])
+    assert [evidence.acquisition_kind(v, i) for i in (0, 4, 9)] == ["block, odd", "block, even", "stack"]
+    assert evidence.acquisition_kind(_sagittal(30, 1.5), 3) == "thin"
     off = evidence.block_offsets(v)
     np.testing.assert_allclose(off[:3], [4, 0, 4], atol=1e-6)  # odd: the middle slice is the block's middle
     np.testing.assert_allclose(off[3:7], [6, 2, 2, 6], atol=1e-6)  # even: two slices share it

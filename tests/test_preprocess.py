@@ -113,6 +113,11 @@ def test_slice_select_report_and_artefacts(stage_one):
         best = max(by.loc[(stype, m)].exact for m in ("ensemble", "geometry", "fused", "local"))
         assert by.loc[(stype, "shipped")].exact == best
     assert (run / "slice_select" / "levels.csv").exists()
+    kinds = pd.read_csv(run / "slice_select" / "report_kinds.csv")  # the shipped rows split by acquisition
+    for stype, rows in kinds.groupby("series_type"):
+        assert rows.n.sum() == by.loc[(stype, "shipped")].n
+        assert np.isclose((rows.exact * rows.n).sum() / rows.n.sum(), by.loc[(stype, "shipped")].exact)
+    assert set(kinds.kind) <= {"block, odd", "block, even", "stack", "thin"}
     assert ((report.exact >= 0) & (report.exact <= report.within1) & (report.within1 <= 1)).all()
     manifest = json.loads((run / "slice_select" / "model" / "selector.json").read_text())
     assert "sklearn" in manifest and "xgboost" in manifest

@@ -53,6 +53,17 @@ def block_offsets(v: Volume) -> np.ndarray:
     return out
 
 
+def acquisition_kind(v: Volume, idx: int) -> str:
+    """The kind of acquisition slice idx belongs to, for reports: "block, odd" / "block, even" (a short
+    block through one disc: odd counts have a slice through the block's middle), "stack" (a longer run
+    of slices 3 mm or more apart) or "thin" (closer: a level spans several slices)."""
+    m = v.blocks == v.blocks[idx]
+    if m.sum() <= SHORT_BLOCK:
+        return "block, odd" if m.sum() % 2 else "block, even"
+    step = float(np.median(np.abs(np.diff(v.depth[m]))))
+    return "stack" if step >= 3.0 else "thin"
+
+
 def candidates(vols: list[tuple[int, Volume]], target: np.ndarray, max_gap_mm: float) -> list[Candidate]:
     """The MAX_CANDIDATES planes nearest `target` among those within max_gap_mm whose image holds its
     foot, over the given series (all blocks)."""

@@ -18,7 +18,7 @@ from ..data.catalog import load_studies
 from ..data.volumes import arrays_to_volume, normalise, normalised, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
 from ..preprocess.levels import FINE_JITTER_MM, FINE_MM, LevelConfig, LevelLocaliser, stack_at, to_thumb
-from ..preprocess.evidence import Scorer, candidates, features
+from ..preprocess.evidence import Scorer, acquisition_kind, candidates, features
 from ..preprocess.placement import METHODS, N_LEVELS, Geometry, fit_offsets, labelled_points, make_choice, place, slice_for
 from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_items, series_probas,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
@@ -52,16 +52,19 @@ def stack_rows(rows: list) -> tuple[dict, dict]:
     return {k: np.concatenate(v) for k, v in X.items()}, {k: np.concatenate(v) for k, v in Y.items()}
 
 
-def _compare(truth: list[tuple[str, int, int, int]], chosen: Selection) -> list[tuple[str, bool, bool]]:
-    """(series type, exact, within one slice) per labelled (condition, level): the slice the choice shows
-    that level on (its own where it has one); another series is a miss."""
+def _compare(truth: list[tuple[str, int, int, int]], chosen: Selection, f: dict) -> list[dict]:
+    """Per labelled (condition, level) of a study with slice features f: its series type, the kind of
+    acquisition its labelled slice is in (evidence.acquisition_kind), and whether the choice shows that
+    level (on its own slice where it has one) on the labelled slice (exact) or within one; another
+    series is a miss."""
+    volumes = {sf.series_id: sf.volume for items in f.values() for sf in items}
     out = []
     for name, sid, idx, level in truth:
-        stype = CROPS[name][0]
         got = chosen.get(name)
         same = got is not None and got[0] == sid
         at = slice_for(got, level) if same else -10
-        out.append((stype, same and at == idx, same and abs(at - idx) <= 1))
+        out.append({"series_type": CROPS[name][0], "kind": acquisition_kind(volumes[sid], idx),
+                    "exact": same and at == idx, "within1": same and abs(at - idx) <= 1})
     return out
 
 
@@ -154,16 +157,15 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
             oof[st.study_id] = {"classifiers": chosen["ensemble"], **placed}
             truth = labelled_slices(st, f)
             for m in chosen:
-                for stype, exact, near in _compare(truth, chosen[m]):
-                    records.append({"fold": k, "series_type": stype, "method": m, "exact": exact, "within1": near})
+                records += [{"fold": k, "method": m, **r} for r in _compare(truth, chosen[m], f)]
     scorers: dict = {}
     if cfg.levels and held:
         local, scorers = local_scorers(studies, feats, held, oof, cache, rc.n_folds)
         for st in studies:
             if st.study_id in local:
                 oof[st.study_id]["local"] = local[st.study_id]
-                for stype, exact, near in _compare(labelled_slices(st, feats[st.study_id]), local[st.study_id]):
-                    records.append({"fold": st.fold, "series_type": stype, "method": "local", "exact": exact, "within1": near})
+                f = feats[st.study_id]
+                records += [{"fold": st.fold, "method": "local", **r} for r in _compare(labelled_slices(st, f), local[st.study_id], f)]
     rec = pd.DataFrame(records)
     sigma = Geometry.sigma_mm
     if cfg.levels and len(rec) and rec["method"].str.startswith("fused@").any():
@@ -188,6 +190,9 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     report = selection_report(rec)
     report.to_csv(out / "report.csv")
     print(format_report(report))
+    kinds = selection_report(rec[rec["method"] == "shipped"], by="kind")
+    kinds.to_csv(out / "report_kinds.csv")
+    print(format_report(kinds, "kind of acquisition (shipped)"))
     result = {"report": str(out / "report.csv"), "selector": str(Run(run).selector),
               "choice": {t: choice.get(t, SHIPPED_METHOD) for t in sorted(rec["series_type"].unique())}}
     if cfg.levels:
@@ -411,15 +416,15 @@ def shipped(variants: dict, choice: dict[str, str]) -> Selection:
 SHIPPED_METHOD = "ensemble"  # the selection inference makes (select() with every loaded member)
 
 
-def selection_report(records: pd.DataFrame) -> pd.DataFrame:
-    """Held-out accuracy (exact, within one slice) per series type and method."""
-    g = records.groupby(["series_type", "method"])[["exact", "within1"]].mean()
-    g["n"] = records.groupby(["series_type", "method"]).size()
+def selection_report(records: pd.DataFrame, by: str = "method") -> pd.DataFrame:
+    """Held-out accuracy (exact, within one slice) per series type and method (or kind of acquisition)."""
+    g = records.groupby(["series_type", by])[["exact", "within1"]].mean()
+    g["n"] = records.groupby(["series_type", by]).size()
     return g
 
 
-def format_report(report: pd.DataFrame) -> str:
-    lines = ["| series type | method | exact | within ±1 | n |", "|---|---|---|---|---|"]
+def format_report(report: pd.DataFrame, second: str = "method") -> str:
+    lines = [f"| series type | {second} | exact | within ±1 | n |", "|---|---|---|---|---|"]
     for (stype, method), r in report.iterrows():
         lines.append(f"| {stype} | {method} | {r.exact:.3f} | {r.within1:.3f} | {int(r.n)} |")
     return "\n".join(lines)
