@@ -78,6 +78,8 @@ def test_candidates_are_the_nearest_planes_within_reach_and_in_view():
     assert cands[0].distance == pytest.approx(0.5)
     np.testing.assert_allclose(cands[0].xy, (20.0, 20.0), atol=1e-9)
     assert candidates([(4, v)], target + np.array([0, 500.0, 0]), 7.0) == []  # outside every image
+    # the disc windows' point: ANTERIOR_MM in front (LPS -y), i.e. that many columns left on this sagittal grid
+    np.testing.assert_allclose(cands[0].front_xy, (20.0 - evidence.ANTERIOR_MM, 20.0), atol=1e-9)
     assert len(candidates([(4, v)], target, 100.0)) == evidence.MAX_CANDIDATES
 
 

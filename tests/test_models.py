@@ -141,7 +141,8 @@ def test_backbone_from_a_local_checkpoint(tmp_path):
         torch.testing.assert_close(model.cls_backbone.state_dict()[k], v)
 
 
-@pytest.mark.parametrize("tokens,readout", [("frame", "levels"), ("cells", "levels"), ("frame", "cls"), ("patches", "levels")])
+@pytest.mark.parametrize("tokens,readout", [("frame", "levels"), ("cells", "levels"), ("frame", "cls"), ("patches", "levels"),
+                                            ("patches", "columns")])
 def test_sequence_ignores_missing_series_frames(tokens, readout):
     import dataclasses
     model = create_model("sequence", dataclasses.replace(SEQ_TINY, tokens=tokens, readout=readout)).eval()
@@ -175,3 +176,20 @@ def test_sequence_patches_learn_points_and_mask_spare_axial_channels():
                                     torch.zeros(b, t * n, cfg.d_model), torch.zeros(b, t * n, dtype=torch.bool))
     pad = pad.view(b, t, n, 5)
     assert pad[:, 2, :, 2:].all() and not pad[:, 2, :, :2].any() and not pad[:, :2].any()
+
+
+@pytest.mark.parametrize("readout", ["levels", "columns", "cls"])
+def test_sequence_readouts_start_from_the_prior_in_label_column_order(readout):
+    """init_prior puts each label column's prior where that column's logits come out: with the head's
+    weights zeroed, every study predicts the prior exactly, column by column."""
+    import dataclasses
+    import numpy as np
+    model = create_model("sequence", dataclasses.replace(SEQ_TINY, tokens="patches", readout=readout, kp_size=32,
+                                                         patch_side=12, patch_input=16)).eval()
+    rng = np.random.default_rng(0)
+    prior = rng.dirichlet(np.ones(3), size=25).astype(np.float32)  # a different prior in every column
+    model.init_prior(prior)
+    with torch.no_grad():
+        model.head.weight.zero_()
+    probs = model(random_batch())["probs"]
+    torch.testing.assert_close(probs, torch.as_tensor(prior)[None].expand_as(probs), atol=1e-5, rtol=1e-5)

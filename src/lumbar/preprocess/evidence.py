@@ -5,11 +5,12 @@ The nearest plane alone is as good as the target is: a level point 1.5 mm off, o
 distance from the canal differs from the learned mean, moves the answer a slice. The labelled slice is
 also the one where the structure is largest: the foramen's fat is widest through its middle, the disc
 fills the axial slice through its mid-plane. So every candidate plane (those within reach of the
-target, in the field of view) is described by its distance and by the mean intensity of square
-windows (3-16 mm) at the target's foot, relative to the other candidates, plus the slice classifier's
-probability, the same windows ANTERIOR_MM in front of the target (in the disc on an axial slice) and, in a short block (an axial block prescribed through one disc), how far the plane is from
-the block's middle: radiographers centre each block on its disc; a logistic regression fitted on the held-out level points of training studies weighs
-them. Windows in mm, not pixels: one scorer serves every resolution.
+target, in the field of view) is described by its distance, the slice classifier's probability, the
+mean intensity of square windows (3-16 mm) at the target's foot and at the point ANTERIOR_MM in front of
+it (inside the disc on an axial slice), each relative to the other candidates, and, in a short block
+(an axial block prescribed through one disc), how far the plane is from the block's middle:
+radiographers centre each block on its disc. A logistic regression fitted on the held-out level points
+of training studies weighs them. Windows in mm, not pixels: one scorer serves every resolution.
 
 The scorer is a handful of numbers kept in levels.json (no pickle to carry between library versions).
 """
