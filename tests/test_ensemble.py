@@ -85,6 +85,7 @@ def test_apply_available_renormalises_over_the_members_that_predicted(members):
     np.testing.assert_allclose(lone.apply_available(rest), expected / expected.sum(-1, keepdims=True), atol=1e-5)
 
 
+@pytest.mark.slow  # nested CV over 600 studies, ~40 s: the suite's, not test-fast's
 def test_a_stack_is_chosen_where_it_undoes_what_a_blend_cannot_and_not_otherwise(members, tmp_path):
     """Two members whose errors are a class-wise distortion (one says Moderate where it means Severe):
     no convex blend with a temperature can swap classes back, a stack over log-probabilities can.

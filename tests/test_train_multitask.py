@@ -57,7 +57,8 @@ def test_superres_report(trained):
     assert (run / "superres" / "net.pt").exists()
     # A residual over bicubic that starts as bicubic: after two tiny epochs of a fixed schedule (no epoch
     # picked on held-out PSNR any more) it stays close to it, either side.
-    assert sr["gain_db"] == round(sr["psnr_network"] - sr["psnr_bicubic"], 3)
+    # each of the three is rounded to 3 decimals on its own: the gain may differ by one in the last place
+    assert abs(sr["gain_db"] - (sr["psnr_network"] - sr["psnr_bicubic"])) <= 0.0015
     # the saved net is the trained one: its residual over bicubic is not the zero it starts from
     import torch
     from lumbar.models.superres import ESPCN
