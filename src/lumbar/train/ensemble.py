@@ -33,9 +33,6 @@ class EnsembleConfig:
     stack_c: float = 0.1  # its inverse L2 strength: a few hundred studies fit 9M + 3 numbers
 
 
-STACK_WEIGHTS = np.array([1.0, 2.0, 4.0])  # the metric's row weights by true severity
-
-
 def fit_stack(s: np.ndarray, yy: np.ndarray, c: float = 0.1) -> dict | None:
     """A group's stack from its members' probabilities s [M, n, k, 3] and labels yy [n, k] (-1 missing);
     None where the rows lack a severity (a logistic regression of fewer classes has other shapes)."""
@@ -46,7 +43,8 @@ def fit_stack(s: np.ndarray, yy: np.ndarray, c: float = 0.1) -> dict | None:
     keep = y >= 0
     if len(np.unique(y[keep])) < 3:
         return None
-    m = LogisticRegression(C=c, max_iter=2000).fit(X[keep], y[keep], sample_weight=STACK_WEIGHTS[y[keep]])
+    weights = np.asarray(schema.SEVERITY_WEIGHTS, np.float64)[y[keep]]  # rows weighed as the metric weighs them
+    m = LogisticRegression(C=c, max_iter=2000).fit(X[keep], y[keep], sample_weight=weights)
     return {"coef": m.coef_.round(6).tolist(), "intercept": m.intercept_.round(6).tolist()}
 
 
