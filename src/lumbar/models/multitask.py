@@ -67,7 +67,7 @@ class MultitaskConfig:
     patch_axial: int = 32  # axial crop pixels
     patch_input: int = 48  # classifier input side after super-resolution
     sr_scale: int = 2
-    sr_channels: int = 48
+    sr_channels: int = 16
     teacher_forcing: float = 0.5
     kp_weight: float = 2.0
     dropout: float = 0.2

@@ -43,7 +43,7 @@ class SequenceConfig:
     backbone: str = "test_efficientnet"
     pretrained: bool = False  # True downloads timm's weights (needs internet)
     backbone_checkpoint: str = ""  # or a local file / folder of them (models/backbones.py), offline
-    n_frames: int = 10
+    n_frames: int = 6
     frame_size: int = 128
     pick: str = "most_levels"
     axial_frames: str = "levels"  # n_frames/5 per level at the stage-one axial slices; "even": one series

@@ -16,7 +16,7 @@ from .registry import register_model
 class SuperResConfig:
     """The network (its training settings: train/superres.py's SuperResTraining)."""
     scale: int = 2
-    channels: int = 48
+    channels: int = 16
 
 
 class ESPCN(nn.Module):

@@ -108,7 +108,7 @@ def keypoint_errors(model, dataset, entries, device) -> tuple[np.ndarray, np.nda
 @dataclass
 class MultitaskTraining(MultitaskConfig, TrainConfig):
     """`train --model multitask`'s settings: the network's config composed with the training loop's."""
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 8
     augment: bool = True
     mirror: float = 0.0  # with augment: the share of examples seen mirrored left-right, labels swapped

@@ -67,7 +67,7 @@ class FramesDataset(EpochSeeded, Dataset):
 @dataclass
 class SequenceTraining(SequenceConfig, TrainConfig):
     """`train --model sequence`'s settings: the network's config composed with the training loop's."""
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 8
     lr: float = 1e-3
     augment: bool = True

@@ -38,7 +38,7 @@ class SliceSelectConfig:
     svm_rows: int = 6000  # the SVM member's training rows at most (its fit grows faster than n^2); 0 = all
     n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core
     levels: bool = True  # train the level network and place slices and crops through patient space
-    levels_steps: int = 300  # the level network's optimiser steps (batches of 16), whatever the number of studies
+    levels_steps: int = 150  # the level network's optimiser steps (batches of 16), whatever the number of studies
     device: str = "auto"  # where the level network trains (auto: a working GPU, else the CPU; the members: CPU)
     levels_fine: bool = True  # a second look at a finer patch around each level point
 

@@ -51,7 +51,7 @@ class _PatchSet(torch.utils.data.Dataset):
 class SuperResTraining(SuperResConfig):
     """`train --model superres`'s settings: the network's config and how it is trained."""
     patch: int = 32  # high-resolution training patch side
-    epochs: int = 20
+    epochs: int = 8
     batch_size: int = 64
     lr: float = 3e-3
     patches_per_image: int = 16
