@@ -208,6 +208,10 @@ def test_block_offsets_measure_from_the_middle_of_short_blocks_only():
     v = _blocks([3, 4, 12])
     assert [evidence.acquisition_kind(v, i) for i in (0, 4, 9)] == ["block, odd", "block, even", "stack"]
     assert evidence.acquisition_kind(_sagittal(30, 1.5), 3) == "thin"
+    assert v.slice_step() == pytest.approx(4.0) and v.slice_step(v.blocks == 2) == pytest.approx(4.0) and _sagittal(30, 1.5).slice_step() == pytest.approx(1.5)
+    one = _sagittal(1, 4.0)
+    one.thickness = 3.0
+    assert one.slice_step() == 3.0  # one slice: its thickness stands in
     off = evidence.block_offsets(v)
     np.testing.assert_allclose(off[:3], [4, 0, 4], atol=1e-6)  # odd: the middle slice is the block's middle
     np.testing.assert_allclose(off[3:7], [6, 2, 2, 6], atol=1e-6)  # even: two slices share it

@@ -81,6 +81,12 @@ class Volume:
         """Position of each slice's centre along the normal (mm)."""
         return self.centres @ self.normal
 
+    def slice_step(self, where: np.ndarray | None = None) -> float:
+        """The median spacing (mm) between neighbouring slices (of the slices `where` selects, e.g. one
+        block); a single slice: its thickness, at least 1 mm."""
+        d = self.depth if where is None else self.depth[where]
+        return float(np.median(np.abs(np.diff(d)))) if len(d) > 1 else max(float(self.thickness), 1.0)
+
     @property
     def n_blocks(self) -> int:
         return int(self.blocks.max()) + 1 if len(self.blocks) else 0

@@ -61,8 +61,7 @@ def acquisition_kind(v: Volume, idx: int) -> str:
     m = v.blocks == v.blocks[idx]
     if m.sum() <= SHORT_BLOCK:
         return "block, odd" if m.sum() % 2 else "block, even"
-    step = float(np.median(np.abs(np.diff(v.depth[m]))))
-    return "stack" if step >= 3.0 else "thin"
+    return "stack" if v.slice_step(m) >= 3.0 else "thin"
 
 
 def candidates(vols: list[tuple[int, Volume]], target: np.ndarray, max_gap_mm: float) -> list[Candidate]:

@@ -83,7 +83,7 @@ def frame_points(coords, stype: str, sid: int, v: Volume, idx: np.ndarray, box: 
     if coords is None or not len(coords):
         return out
     depth = v.depth
-    tol = 1.01 * (float(np.median(np.abs(np.diff(depth)))) if len(depth) > 1 else 1.0)
+    tol = 1.01 * v.slice_step()
     for r in coords[coords["series_id"] == sid].itertuples(index=False):
         t, ch = _channel(schema.condition_slug(r.condition), schema.level_slug(r.level))
         if t != stype:

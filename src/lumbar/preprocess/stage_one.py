@@ -269,7 +269,7 @@ def labels_for(study: Study, name: str, series_id: int, v: Volume,
         pts[cols.index(j)] = v.from_source(idx, [float(r.x), float(r.y)])[0]
         inst[cols.index(j)] = int(r.instance_number)
     if others and v.has_positions:
-        reach = float(np.median(np.abs(np.diff(v.depth)))) if len(v) > 1 else max(v.thickness, 1.0)
+        reach = v.slice_step()
         for r in elsewhere:
             k = cols.index(schema.label_index(schema.condition_slug(r.condition), schema.level_slug(r.level)))
             o = others.get(int(r.series_id))
