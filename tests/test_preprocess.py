@@ -287,3 +287,26 @@ def test_points_labelled_in_another_series_of_the_type_are_carried_through_patie
     beyond = (len(v) + 2) / 0.4 * half_slice  # every plane past the series' last one
     far = replace(v, positions=v.positions + beyond, source_geometry=None, orientations=None)
     assert np.isnan(pipeline.labels_for(study, "sag_t1_left", -1, far, {sid: v})[0]).all()
+
+
+@pytest.mark.slow
+def test_folds_fitted_in_worker_processes_give_the_serial_result(synth_dir, tmp_path):
+    """fold_workers=2 forks two one-thread processes for the selector's folds: the same report, the same
+    held-out selection (in fold order) and the same figure's studies as fitting the folds one by one."""
+    import warnings
+
+    from lumbar.train.runner import RunConfig, train
+    from lumbar.train.stage_one import SliceSelectConfig, fold_workers
+
+    assert fold_workers(SliceSelectConfig(device="cpu")) >= 1 and fold_workers(SliceSelectConfig(fold_workers=3)) == 3
+    got = {}
+    for w in (1, 2):
+        run = tmp_path / f"run{w}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train("slice_select", synth_dir, run, RunConfig(n_folds=2, seed=0),
+                  [f"cache_dir={tmp_path / 'cache'}", "workers=1", "levels_steps=10", f"fold_workers={w}"])
+        out = run / "slice_select"
+        got[w] = [(out / name).read_text() for name in ("report.csv", "report_kinds.csv", "levels.csv", "oof_selection.json")]
+    assert got[1] == got[2]
+    assert len(json.loads(got[2][3])) == 10  # every study held out once

@@ -41,6 +41,8 @@ class SliceSelectConfig:
     levels_steps: int = 150  # the level network's optimiser steps (batches of 16), whatever the number of studies
     device: str = "auto"  # where the level network trains (auto: a working GPU, else the CPU; the members: CPU)
     levels_fine: bool = True  # a second look at a finer patch around each level point
+    fold_workers: int = 0  # folds fitted at once, in forked processes of one thread each; 0: one per core when
+    # the level network trains on the CPU, none (in this process) when it has a GPU
 
 
 def stack_rows(rows: list) -> tuple[dict, dict]:
@@ -119,45 +121,16 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     fine = ({st.study_id: fine_sample(st, feats[st.study_id], cache) for st in bar(studies, desc="level patches")}
             if cfg.levels and cfg.levels_fine else {})
     methods = [*cfg.members, "ensemble", "naive"]
+    ctx = dict(studies=studies, rows=rows, feats=feats, thumbs=thumbs, points=points, samples=samples, fine=fine,
+               cfg=cfg, methods=methods, cache=cache)
     records, errors, oof, examples = [], [], {}, []
     held: dict[int, tuple] = {}  # study -> (fold, probas, level points, fold's geometry): the local scorer's inputs
-    for k in bar(range(rc.n_folds), desc="slice selector folds"):
-        train = [st for st in studies if st.fold != k]
-        X, Y = stack_rows([r for st in train for r in rows[st.study_id]])
-        sel = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
-        if cfg.levels:
-            fit_levels(sel, cfg, [samples[st.study_id] for st in train], [points[st.study_id] for st in train],
-                       [fine.get(st.study_id) for st in train], f"levels fold {k}")
-        for st in (s for s in studies if s.fold == k):
-            f = feats[st.study_id]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                # each member's probabilities once; the ensemble's are their mean (SliceSelector.predict_proba)
-                member = {m: series_probas(f, sel, m) for m in cfg.members}
-                probas = {sid: None if member[cfg.members[0]][sid] is None else
-                          np.mean([member[m][sid] for m in cfg.members], axis=0) for sid in member[cfg.members[0]]}
-                chosen = {m: select(f, sel, naive=m == "naive", probas=probas if m == "ensemble" else member.get(m))
-                          for m in methods}
-                placed = {}
-                if sel.levels is not None:
-                    P = level_points(f, sel, chosen["ensemble"], probas, thumbs[st.study_id],
-                                     lambda sid, st=st: series_pixels(st, sid, cache))
-                    errors += level_errors(st.study_id, k, P, points[st.study_id]["sag_t2"])
-                    if P is not None and len(examples) < 6 and np.isfinite(points[st.study_id]["sag_t2"]).all():
-                        examples.append(level_example(st.study_id, f, chosen["ensemble"]["sag_t2"], thumbs[st.study_id],
-                                                      P, points[st.study_id]["sag_t2"]))
-                    placed = {m: geometric(f, sel, chosen["ensemble"], probas, methods={schema.AXIAL: m, schema.SAG_T1: m},
-                                           points=P) for m in METHODS}
-                    fused = {schema.AXIAL: "fused", schema.SAG_T1: "fused"}
-                    for sigma in SIGMAS:  # the fused choice at each weight of the distance (no points: the vote's)
-                        placed[f"fused@{sigma}"] = place(chosen["ensemble"], series_items(f), probas, P,
-                                                         replace(sel.geometry, sigma_mm=sigma), fused)
-                    chosen.update({m: placed[m] for m in placed if m.startswith("fused@")}, geometry=placed["geometry"])
-                    held[st.study_id] = (k, probas, P, sel.geometry)
-            oof[st.study_id] = {"classifiers": chosen["ensemble"], **placed}
-            truth = labelled_slices(st, f)
-            for m in chosen:
-                records += [{"fold": k, "method": m, **r} for r in _compare(truth, chosen[m], f)]
+    for res in _run_folds(ctx, rc.n_folds, fold_workers(cfg)):
+        records += res["records"]
+        errors += res["errors"]
+        oof.update(res["oof"])
+        held.update(res["held"])
+        examples += res["examples"][:max(0, 6 - len(examples))]
     scorers: dict = {}
     if cfg.levels and held:
         local, scorers = local_scorers(studies, feats, held, oof, cache, rc.n_folds)
@@ -206,6 +179,97 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         level_points_figure(examples, out / "levels.png")
     return result
 
+
+
+# The folds' shared inputs, set before the fold workers fork (they read it, copy-on-write; nothing is pickled in).
+_FOLD_INPUTS: dict = {}
+
+
+def _held_out_fold(k: int, n_jobs: int | None = None) -> dict:
+    """One fold of the selector's cross-validation: members and level network fitted on the other folds,
+    every held-out study's selection by each method, its level errors and the local scorer's inputs."""
+    c = _FOLD_INPUTS
+    studies, rows, feats, thumbs, points, samples, fine, cfg, methods, cache = (
+        c[key] for key in ("studies", "rows", "feats", "thumbs", "points", "samples", "fine", "cfg", "methods", "cache"))
+    records, errors, oof, examples, held = [], [], {}, [], {}
+    train = [st for st in studies if st.fold != k]
+    X, Y = stack_rows([r for st in train for r in rows[st.study_id]])
+    sel = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=n_jobs or cfg.n_jobs).fit(X, Y, cfg.members)
+    if cfg.levels:
+        fit_levels(sel, cfg, [samples[st.study_id] for st in train], [points[st.study_id] for st in train],
+                   [fine.get(st.study_id) for st in train], f"levels fold {k}")
+    for st in (s for s in studies if s.fold == k):
+        f = feats[st.study_id]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            # each member's probabilities once; the ensemble's are their mean (SliceSelector.predict_proba)
+            member = {m: series_probas(f, sel, m) for m in cfg.members}
+            probas = {sid: None if member[cfg.members[0]][sid] is None else
+                      np.mean([member[m][sid] for m in cfg.members], axis=0) for sid in member[cfg.members[0]]}
+            chosen = {m: select(f, sel, naive=m == "naive", probas=probas if m == "ensemble" else member.get(m))
+                      for m in methods}
+            placed = {}
+            if sel.levels is not None:
+                P = level_points(f, sel, chosen["ensemble"], probas, thumbs[st.study_id],
+                                 lambda sid, st=st: series_pixels(st, sid, cache))
+                errors += level_errors(st.study_id, k, P, points[st.study_id]["sag_t2"])
+                if P is not None and len(examples) < 6 and np.isfinite(points[st.study_id]["sag_t2"]).all():
+                    examples.append(level_example(st.study_id, f, chosen["ensemble"]["sag_t2"], thumbs[st.study_id],
+                                                  P, points[st.study_id]["sag_t2"]))
+                placed = {m: geometric(f, sel, chosen["ensemble"], probas, methods={schema.AXIAL: m, schema.SAG_T1: m},
+                                       points=P) for m in METHODS}
+                fused = {schema.AXIAL: "fused", schema.SAG_T1: "fused"}
+                for sigma in SIGMAS:  # the fused choice at each weight of the distance (no points: the vote's)
+                    placed[f"fused@{sigma}"] = place(chosen["ensemble"], series_items(f), probas, P,
+                                                     replace(sel.geometry, sigma_mm=sigma), fused)
+                chosen.update({m: placed[m] for m in placed if m.startswith("fused@")}, geometry=placed["geometry"])
+                held[st.study_id] = (k, probas, P, sel.geometry)
+        oof[st.study_id] = {"classifiers": chosen["ensemble"], **placed}
+        truth = labelled_slices(st, f)
+        for m in chosen:
+            records += [{"fold": k, "method": m, **r} for r in _compare(truth, chosen[m], f)]
+    return {"records": records, "errors": errors, "oof": oof, "examples": examples, "held": held}
+
+
+def fold_workers(cfg: SliceSelectConfig) -> int:
+    """How many folds fit at once (SliceSelectConfig.fold_workers; 0 decides by the device)."""
+    if cfg.fold_workers > 0:
+        return cfg.fold_workers
+    from ..devices import _cuda_count
+
+    if cfg.device != "cpu" and _cuda_count():
+        return 1  # the GPU trains the level network; a forked process must not touch CUDA
+    from ..preprocess.slice_select import cpu_jobs
+
+    return cpu_jobs(0)
+
+
+def _fold_worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the folds are the parallelism
+
+
+def _run_folds(inputs: dict, n_folds: int, workers: int):
+    """Each fold's results in fold order: in this process, or (workers > 1) in that many forked
+    processes, one thread each, so the single-threaded parts of a fold (the SVM, the MLP, placing the
+    held-out studies) use every core."""
+    _FOLD_INPUTS.clear()
+    _FOLD_INPUTS.update(inputs)
+    try:
+        workers = min(workers, n_folds)
+        if workers <= 1:
+            yield from bar((_held_out_fold(k) for k in range(n_folds)), total=n_folds, desc="slice selector folds")
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_fold_worker_init) as pool:
+            yield from bar(pool.map(_held_out_fold, range(n_folds), [1] * n_folds), total=n_folds,
+                           desc=f"slice selector folds ({workers} processes)")
+    finally:
+        _FOLD_INPUTS.clear()
 
 def evidence_groups(study, f, P: np.ndarray, probas: dict, geo: Geometry, pixels_of) -> dict[str, list]:
     """The local scorer's examples from a study with level points: per labelled axial and sagittal T1
