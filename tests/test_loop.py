@@ -1,5 +1,6 @@
 """The one training loop's switches, each doing what it says: EMA, gradient accumulation, DataLoader
 workers (on a model small enough that the arithmetic can be checked)."""
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -96,3 +97,22 @@ def test_dataloader_workers_train_the_same_model(tmp_path):
     inline = _fit(tmp_path, "inline", num_workers=0)
     workers = _fit(tmp_path, "workers", num_workers=2)
     torch.testing.assert_close(workers.lin.weight, inline.lin.weight)
+
+
+def test_eval_every_scores_every_kth_epoch_and_the_last_and_trains_the_same(tmp_path):
+    calls = []
+
+    def evaluate(model, device):
+        calls.append(float(model.lin.weight.detach().sum()))
+        return float(len(calls))
+
+    models = {}
+    for k in (1, 2):
+        cfg = TrainConfig(epochs=5, batch_size=4, lr=0.05, weight_decay=0.0, clip_grad=1e6, device="cpu", eval_every=k)
+        models[k] = Linear()
+        fit(models[k], Points(), cfg, tmp_path / f"every{k}", collate, evaluate=evaluate, name=f"every{k}")
+    log = pd.read_csv(tmp_path / "every2" / "log.csv")
+    assert log["val_score"].notna().tolist() == [False, True, False, True, True]  # epochs 2, 4 and the last
+    assert pd.read_csv(tmp_path / "every1" / "log.csv")["val_score"].notna().all()
+    assert len(calls) == 5 + 3
+    torch.testing.assert_close(models[2].lin.weight, models[1].lin.weight)  # scoring changes nothing it trains

@@ -291,8 +291,8 @@ def test_points_labelled_in_another_series_of_the_type_are_carried_through_patie
 
 @pytest.mark.slow
 def test_folds_fitted_in_worker_processes_give_the_serial_result(synth_dir, tmp_path):
-    """fold_workers=2 forks two one-thread processes for the selector's folds: the same report, the same
-    held-out selection (in fold order) and the same figure's studies as fitting the folds one by one."""
+    """fold_workers=2 forks two one-thread processes for the selector's folds and its final fit: the same
+    report, held-out selection (in fold order) and shipped selector as fitting them one by one."""
     import warnings
 
     from lumbar.train.runner import RunConfig, train
@@ -307,6 +307,8 @@ def test_folds_fitted_in_worker_processes_give_the_serial_result(synth_dir, tmp_
             train("slice_select", synth_dir, run, RunConfig(n_folds=2, seed=0),
                   [f"cache_dir={tmp_path / 'cache'}", "workers=1", "levels_steps=10", f"fold_workers={w}"])
         out = run / "slice_select"
-        got[w] = [(out / name).read_text() for name in ("report.csv", "report_kinds.csv", "levels.csv", "oof_selection.json")]
+        got[w] = [(out / name).read_text() for name in ("report.csv", "report_kinds.csv", "levels.csv", "oof_selection.json",
+                                                         "model/selector.json")]
+        got[w].append(sorted(p.name for p in (out / "model").iterdir()))
     assert got[1] == got[2]
     assert len(json.loads(got[2][3])) == 10  # every study held out once

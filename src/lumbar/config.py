@@ -27,6 +27,7 @@ class TrainConfig:
     amp: bool = True  # fp16 autocast on CUDA; CPU always trains in fp32
     ema: float = 0.0  # decay of the weights' average (bias-corrected, from the end of the warm-up); 0 = off
     warmup_epochs: int = 0  # epochs of linear learning-rate warm-up before the cosine
+    eval_every: int = 1  # score the held-out fold after every k-th epoch (and the last) for the curves
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"  # "cuda" (the GPU presets) fails clearly without a working GPU; "cpu" on purpose

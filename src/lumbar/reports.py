@@ -148,7 +148,8 @@ def curves_axes(run: Path):
             log = pd.read_csv(f)
             tag = f.parent.name if f.parent.name.startswith("fold") else "all"
             axes[0, j].plot(log["epoch"], log["train_loss"], lw=1, marker=".", label=tag)
-            axes[1, j].plot(log["epoch"], log["val_score"], lw=1, marker=".", label=tag)
+            scored = log[log["val_score"].notna()]  # eval_every > 1 scores only some epochs
+            axes[1, j].plot(scored["epoch"], scored["val_score"], lw=1, marker=".", label=tag)
             if "val_name" in log.columns and isinstance(log["val_name"].iloc[0], str):
                 val_name = log["val_name"].iloc[0]
         axes[0, j].set_title(name)

@@ -232,8 +232,8 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
             print(f"{name}: rank {rank}: epoch {epoch}: {steps} optimiser steps", flush=True)
 
         if is_main():  # bookkeeping on the main process; the others go on to the next epoch
-            score = float("nan")
-            if evaluate is not None:
+            score = float("nan")  # not scored this epoch (eval_every): a gap in the curve
+            if evaluate is not None and ((epoch + 1) % max(cfg.eval_every, 1) == 0 or epoch + 1 == cfg.epochs):
                 eval_model = final_model()
                 eval_model.eval()
                 score = float(evaluate(eval_model, device))
@@ -248,8 +248,9 @@ def fit(model: torch.nn.Module, train_set, cfg: TrainConfig, out_dir: str | Path
                                "history": history, "run_key": run_key, "run_parts": parts,
                                "rng": torch.get_rng_state()}, last)
             h = history[-1]  # one line per epoch: what a log file gets instead of the bar's redraws
-            print(f"{name} epoch {epoch + 1}/{cfg.epochs}: train loss {h['train_loss']:.4f}, val score "
-                  f"{h['val_score']:.4f}, {h['seconds']:.0f}s", flush=True)
+            val = f"val score {h['val_score']:.4f}, " if np.isfinite(h["val_score"]) else ""
+            print(f"{name} epoch {epoch + 1}/{cfg.epochs}: train loss {h['train_loss']:.4f}, {val}{h['seconds']:.0f}s",
+                  flush=True)
 
     if distributed:
         import torch.distributed as dist

@@ -68,6 +68,7 @@ class FramesDataset(EpochSeeded, Dataset):
 class SequenceTraining(SequenceConfig, TrainConfig):
     """`train --model sequence`'s settings: the network's config composed with the training loop's."""
     epochs: int = 6
+    eval_every: int = 2  # the curves' held-out score every other epoch (and the last): ~10% of a CPU epoch
     batch_size: int = 8
     lr: float = 1e-3
     augment: bool = True

@@ -125,7 +125,8 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                cfg=cfg, methods=methods, cache=cache)
     records, errors, oof, examples = [], [], {}, []
     held: dict[int, tuple] = {}  # study -> (fold, probas, level points, fold's geometry): the local scorer's inputs
-    for res in _run_folds(ctx, rc.n_folds, fold_workers(cfg)):
+    folds, full = _cross_fit(ctx, rc.n_folds, fold_workers(cfg))
+    for res in folds:
         records += res["records"]
         errors += res["errors"]
         oof.update(res["oof"])
@@ -145,12 +146,8 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         sigma, rec = pick_sigma(rec)
         oof = {s: {**v, "fused": v.get(f"fused@{sigma}", v.get("fused"))} for s, v in oof.items()}
     choice = choose_methods(rec) if cfg.levels else {}
-    X, Y = stack_rows([r for st in studies for r in rows[st.study_id]])
-    full = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=cfg.n_jobs).fit(X, Y, cfg.members)
-    if cfg.levels:
-        fit_levels(full, cfg, list(samples.values()), list(points.values()), list(fine.values()), "levels (all studies)")
-        if full.geometry is not None:
-            full.geometry.choice, full.geometry.sigma_mm, full.geometry.scorers = choice, sigma, scorers
+    if cfg.levels and full.geometry is not None:
+        full.geometry.choice, full.geometry.sigma_mm, full.geometry.scorers = choice, sigma, scorers
     out = Run(run).stage("slice_select")
     full.save(Run(run).selector)
     cfgmod.save(cfg, Run(run).config("slice_select"))
@@ -250,24 +247,40 @@ def _fold_worker_init() -> None:
     torch.set_num_threads(1)  # the folds are the parallelism
 
 
-def _run_folds(inputs: dict, n_folds: int, workers: int):
-    """Each fold's results in fold order: in this process, or (workers > 1) in that many forked
-    processes, one thread each, so the single-threaded parts of a fold (the SVM, the MLP, placing the
-    held-out studies) use every core."""
+def _fit_all(n_jobs: int | None = None) -> SliceSelector:
+    """The selector inference ships: members and level network fitted on every study."""
+    c = _FOLD_INPUTS
+    cfg, studies, rows = c["cfg"], c["studies"], c["rows"]
+    X, Y = stack_rows([r for st in studies for r in rows[st.study_id]])
+    full = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=n_jobs or cfg.n_jobs).fit(X, Y, cfg.members)
+    if cfg.levels:
+        fit_levels(full, cfg, list(c["samples"].values()), list(c["points"].values()), list(c["fine"].values()),
+                   "levels (all studies)")
+    full.n_jobs = cfg.n_jobs
+    return full
+
+
+def _cross_fit(inputs: dict, n_folds: int, workers: int) -> tuple[list[dict], SliceSelector]:
+    """(each fold's held-out results in fold order, the selector fitted on every study): in this process,
+    or (workers > 1) in that many forked processes of one thread each, so the single-threaded parts of a
+    fold (the SVM, the MLP, placing the held-out studies) use every core; the final fit is one more task
+    among the folds (five folds and it fill three rounds of two)."""
     _FOLD_INPUTS.clear()
     _FOLD_INPUTS.update(inputs)
     try:
-        workers = min(workers, n_folds)
+        workers = min(workers, n_folds + 1)
         if workers <= 1:
-            yield from bar((_held_out_fold(k) for k in range(n_folds)), total=n_folds, desc="slice selector folds")
-            return
+            folds = list(bar((_held_out_fold(k) for k in range(n_folds)), total=n_folds, desc="slice selector folds"))
+            return folds, _fit_all()
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_fold_worker_init) as pool:
-            yield from bar(pool.map(_held_out_fold, range(n_folds), [1] * n_folds), total=n_folds,
-                           desc=f"slice selector folds ({workers} processes)")
+            full = pool.submit(_fit_all, 1)
+            futures = [pool.submit(_held_out_fold, k, 1) for k in range(n_folds)]
+            folds = [f.result() for f in bar(futures, total=n_folds, desc=f"slice selector folds ({workers} processes)")]
+            return folds, full.result()
     finally:
         _FOLD_INPUTS.clear()
 
