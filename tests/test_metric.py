@@ -192,3 +192,20 @@ def test_every_column_of_the_score_table_has_its_interval():
     table = pd.DataFrame({c: [0.5] for c in COLUMNS}, index=["m"]).join(t)
     row = next(line for line in format_table(table).splitlines() if line.startswith("| m |"))
     assert row.count("[") == len(COLUMNS) + 1  # four columns with their interval, overall's, the paired difference
+
+
+def test_the_share_of_the_gap_closed_and_its_interval_over_studies():
+    from lumbar.scoring import gap_closed
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, size=(40, 25))
+    onehot = np.eye(3)[y]
+    prior = np.broadcast_to(np.array([0.7, 0.2, 0.1]), onehot.shape)
+    oracle = 0.8 * onehot + 0.2 / 3
+    assert gap_closed(y, prior, prior, oracle, n_boot=200)[0] == pytest.approx(0.0)
+    assert gap_closed(y, oracle, prior, oracle, n_boot=200)[0] == pytest.approx(1.0)
+    mixed = np.where(rng.random((40, 1, 1)) < 0.5, oracle, prior)  # the oracle on half the studies
+    share, low, high = gap_closed(y, mixed, prior, oracle, n_boot=500)
+    assert 0.2 < share < 0.8 and low < share < high
+    wider = gap_closed(y[:10], mixed[:10], prior[:10], oracle[:10], n_boot=500)
+    assert wider[2] - wider[1] > high - low  # fewer studies, a wider interval
