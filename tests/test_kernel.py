@@ -82,6 +82,12 @@ def test_kernel_offline_matches_predict_with_every_member_loaded(kernel, trained
     assert list(a.index) == list(b.index)
     np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), atol=1e-5)
 
+    from lumbar.demo import test_scores as demo_scores  # what `make demo` prints of this submission
+
+    got = demo_scores(synth_dir, sub, trained_weights)
+    assert got["test_studies"] == 3 and got["gap_closed_low"] <= got["gap_closed"] <= got["gap_closed_high"]
+    assert got["gap_closed"] == pytest.approx((got["prior"] - got["submission"]) / (got["prior"] - got["oracle"]), abs=1e-6)
+
 
 def _garbage(weights: Path, rel: str, refresh_sha: bool) -> None:
     """Overwrite an artefact with garbage; with refresh_sha the manifest agrees with it (a file that was
