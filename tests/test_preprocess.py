@@ -305,7 +305,8 @@ def test_folds_fitted_in_worker_processes_give_the_serial_result(synth_dir, tmp_
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             train("slice_select", synth_dir, run, RunConfig(n_folds=2, seed=0),
-                  [f"cache_dir={tmp_path / 'cache'}", "workers=1", "levels_steps=10", f"fold_workers={w}"])
+                  [f"cache_dir={tmp_path / 'cache'}", "workers=1", "levels_steps=10", "members=rf,xgb",
+                   f"fold_workers={w}"])
         out = run / "slice_select"
         got[w] = [(out / name).read_text() for name in ("report.csv", "report_kinds.csv", "levels.csv", "oof_selection.json",
                                                          "model/selector.json")]
