@@ -72,8 +72,9 @@ def gap_closed(y: np.ndarray, probs: np.ndarray, prior: np.ndarray, oracle: np.n
     bootstrap interval over studies (all three scored on each resample): a few dozen test studies
     move it by tens of points."""
     counts = resamples(len(y), n_boot, seed)
-    a, p, o = (score_from_terms(study_terms(y, q), counts) for q in (probs, prior, oracle))
-    a0, p0, o0 = (float(score_from_terms(study_terms(y, q))) for q in (probs, prior, oracle))
+    terms = [study_terms(y, q) for q in (probs, prior, oracle)]
+    a, p, o = (score_from_terms(t, counts) for t in terms)
+    a0, p0, o0 = (float(score_from_terms(t)) for t in terms)
     share = (p - a) / np.where(np.abs(p - o) > 1e-12, p - o, np.nan)
     low, high = interval(share[np.isfinite(share)], level)
     return (p0 - a0) / (p0 - o0), low, high
