@@ -186,15 +186,10 @@ def _held_out_fold(k: int, n_jobs: int | None = None) -> dict:
     """One fold of the selector's cross-validation: members and level network fitted on the other folds,
     every held-out study's selection by each method, its level errors and the local scorer's inputs."""
     c = _FOLD_INPUTS
-    studies, rows, feats, thumbs, points, samples, fine, cfg, methods, cache = (
-        c[key] for key in ("studies", "rows", "feats", "thumbs", "points", "samples", "fine", "cfg", "methods", "cache"))
+    studies, feats, thumbs, points, cfg, methods, cache = (
+        c[key] for key in ("studies", "feats", "thumbs", "points", "cfg", "methods", "cache"))
     records, errors, oof, examples, held = [], [], {}, [], {}
-    train = [st for st in studies if st.fold != k]
-    X, Y = stack_rows([r for st in train for r in rows[st.study_id]])
-    sel = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=n_jobs or cfg.n_jobs).fit(X, Y, cfg.members)
-    if cfg.levels:
-        fit_levels(sel, cfg, [samples[st.study_id] for st in train], [points[st.study_id] for st in train],
-                   [fine.get(st.study_id) for st in train], f"levels fold {k}")
+    sel = _fit_selector([st for st in studies if st.fold != k], n_jobs, f"levels fold {k}")
     for st in (s for s in studies if s.fold == k):
         f = feats[st.study_id]
         with warnings.catch_warnings():
@@ -247,16 +242,22 @@ def _fold_worker_init() -> None:
     torch.set_num_threads(1)  # the folds are the parallelism
 
 
-def _fit_all(n_jobs: int | None = None) -> SliceSelector:
-    """The selector inference ships: members and level network fitted on every study."""
+def _fit_selector(train: list, n_jobs: int | None, desc: str) -> SliceSelector:
+    """Members and (with cfg.levels) the level network fitted on these studies (of _FOLD_INPUTS)."""
     c = _FOLD_INPUTS
-    cfg, studies, rows = c["cfg"], c["studies"], c["rows"]
-    X, Y = stack_rows([r for st in studies for r in rows[st.study_id]])
-    full = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=n_jobs or cfg.n_jobs).fit(X, Y, cfg.members)
+    cfg = c["cfg"]
+    X, Y = stack_rows([r for st in train for r in c["rows"][st.study_id]])
+    sel = SliceSelector(seed=cfg.seed, svm_rows=cfg.svm_rows, n_jobs=n_jobs or cfg.n_jobs).fit(X, Y, cfg.members)
     if cfg.levels:
-        fit_levels(full, cfg, list(c["samples"].values()), list(c["points"].values()), list(c["fine"].values()),
-                   "levels (all studies)")
-    full.n_jobs = cfg.n_jobs
+        fit_levels(sel, cfg, [c["samples"][st.study_id] for st in train], [c["points"][st.study_id] for st in train],
+                   [c["fine"].get(st.study_id) for st in train], desc)
+    return sel
+
+
+def _fit_all(n_jobs: int | None = None) -> SliceSelector:
+    """The selector inference ships: fitted on every study."""
+    full = _fit_selector(_FOLD_INPUTS["studies"], n_jobs, "levels (all studies)")
+    full.n_jobs = _FOLD_INPUTS["cfg"].n_jobs
     return full
 
 
