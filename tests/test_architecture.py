@@ -174,7 +174,7 @@ def _register_mean_frames():
 
         def make_sets(tr, va):
             return (FramesDataset([entries[i] for i in tr], y[tr]), FramesDataset([entries[i] for i in va], y[va]))
-        oof, scores = cross_validate("meanframes", cfg, ids, y, fold, rc.n_folds, run, make_sets,
+        oof, scores, _ = cross_validate("meanframes", cfg, ids, y, fold, rc.n_folds, run, make_sets,
                                      lambda: MeanFrames(cfg), lambda probs, va, prior: probs)
         cfgmod.save(cfg, Run(run).config("meanframes"))
         write_oof(run, "meanframes", ids, oof)

@@ -1,6 +1,10 @@
 """The one training loop's switches, each doing what it says: EMA, gradient accumulation, DataLoader
 workers (on a model small enough that the arithmetic can be checked)."""
+import os
+
+import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -116,3 +120,32 @@ def test_eval_every_scores_every_kth_epoch_and_the_last_and_trains_the_same(tmp_
     assert pd.read_csv(tmp_path / "every1" / "log.csv")["val_score"].notna().all()
     assert len(calls) == 5 + 3
     torch.testing.assert_close(models[2].lin.weight, models[1].lin.weight)  # scoring changes nothing it trains
+
+
+def _fold_that_fails(k):
+    if k == 1:
+        raise ValueError("bad crop in study 7")
+    return k * 10
+
+
+def _fold_that_dies(k):
+    if k == 2:
+        os._exit(3)
+    return k
+
+
+def test_folds_in_processes_return_results_and_name_a_failing_or_dead_fold(capsys):
+    from lumbar.train.folds import FoldError, in_processes
+
+    def talk(k):
+        print(f"fold {k} says hello")
+        return {"k": k, "sq": np.arange(3) * k}
+
+    res = in_processes(talk, [0, 1, 2], 2, "demo")
+    assert sorted(res) == [0, 1, 2] and res[2]["sq"].tolist() == [0, 2, 4]
+    out = capsys.readouterr().out
+    assert all(f"fold {k} says hello\n" in out for k in range(3))
+    with pytest.raises(FoldError, match=r"demo fold 1 failed:(.|\n)*ValueError: bad crop in study 7"):
+        in_processes(_fold_that_fails, [0, 1], 2, "demo")
+    with pytest.raises(FoldError, match="demo fold 2: its process ended with exit code 3"):
+        in_processes(_fold_that_dies, [0, 1, 2], 3, "demo")

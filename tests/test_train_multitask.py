@@ -181,3 +181,32 @@ def test_a_run_notices_changed_labels_and_reuses_unchanged_data(trained, synth_c
     out = capsys.readouterr().out
     assert "was trained on another labels; training afresh" in out
     assert np.abs(read_oof(fresh, "multitask", ids) - first).max() > 1e-4
+
+
+def test_folds_at_once_train_what_one_at_a_time_trains(trained, synth_dir, tmp_path, capsys):
+    import torch
+
+    run, cache, _, _ = trained
+    args = [f"cache_dir={cache}", *TINY, "epochs=1"]
+    ids = pd.read_csv(synth_dir / "train.csv").study_id.tolist()
+    runs = {}
+    for workers in (1, 2):
+        (tmp_path / str(workers)).mkdir()
+        runs[workers] = _fresh_run(run, tmp_path / str(workers))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each forked fold trains with: the same arithmetic, bit for bit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            one = train("multitask", synth_dir, runs[1], RunConfig(n_folds=2), [*args, "fold_workers=1"])
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        two = train("multitask", synth_dir, runs[2], RunConfig(n_folds=2), [*args, "fold_workers=2"])
+    out = capsys.readouterr().out
+    assert "multitask: 2 folds in 2 processes at once" in out
+    assert "multitask fold 0 epoch 1/1: train loss" in out and "multitask fold 1 epoch 1/1: train loss" in out
+    np.testing.assert_array_equal(read_oof(runs[1], "multitask", ids), read_oof(runs[2], "multitask", ids))
+    assert one["median_keypoint_error_px"] == two["median_keypoint_error_px"]

@@ -47,7 +47,15 @@ def gpu_hardware() -> bool:
     return bool(shutil.which("nvidia-smi")) or os.path.exists("/dev/nvidia0")
 
 
-def _cuda_count() -> int:
+def cpu_cores() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cuda_count() -> int:
     try:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:
@@ -57,7 +65,7 @@ def _cuda_count() -> int:
 def working_cuda(fault: bool = False) -> tuple[list[torch.device], list[str]]:
     """(the CUDA devices that pass the smoke test, why each other one does not). With `fault`, a
     machine without CUDA reports one failing device, so the fallback can be tested anywhere."""
-    n = _cuda_count()
+    n = cuda_count()
     if fault:
         return [], [smoke_test(torch.device("cuda", i), fault=True) for i in range(max(n, 1))]
     good, bad = [], []
@@ -86,7 +94,7 @@ def pick_device(name: str = "auto", fault: bool = False) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name == "auto":
-        if _cuda_count() and not fault:
+        if cuda_count() and not fault:
             d = torch.device("cuda", dist_info()[2])
             why = smoke_test(d)
             if why is None:
@@ -102,7 +110,7 @@ def pick_device(name: str = "auto", fault: bool = False) -> torch.device:
     if d.type == "cuda":
         if d.index is None:
             d = torch.device("cuda", dist_info()[2])
-        why = smoke_test(d, fault) if _cuda_count() > (d.index or 0) or fault else _cpu_reason([])
+        why = smoke_test(d, fault) if cuda_count() > (d.index or 0) or fault else _cpu_reason([])
         if why:
             raise DeviceError(f"device={name} cannot be used: {why}. Fix CUDA, or pass device=cpu to train on the "
                               "CPU on purpose (days with the GPU presets).")

@@ -138,14 +138,9 @@ class Emphasise:
 
 def cpu_jobs(n_jobs: int = 0) -> int:
     """Threads for a member's fit: n_jobs, or every core this process may use when it is 0."""
-    import os
+    from ..devices import cpu_cores
 
-    if n_jobs > 0:
-        return n_jobs
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return n_jobs if n_jobs > 0 else cpu_cores()
 
 
 def svm_sample(y: np.ndarray, cap: int, seed: int) -> np.ndarray:

@@ -2,6 +2,12 @@
 predictions from the final weights (the held-out fold is scored, never used to choose)."""
 from __future__ import annotations
 
+import io
+import multiprocessing
+import os
+import queue
+import sys
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,18 +51,30 @@ def fold_identity(cfg, train_ids: np.ndarray, train_y: np.ndarray, train_set, in
             "inputs": config_hash([inputs[i] for i in tr] if inputs is not None else None, keys)}
 
 
+def fold_processes(cfg, n_run: int) -> int:
+    """How many folds train at once (TrainConfig.fold_workers; 0 decides by the machine)."""
+    from ..devices import cpu_cores, cuda_count, dist_info
+
+    if n_run <= 1 or dist_info()[1] > 1:
+        return 1  # torchrun already spreads one fold over the processes
+    if cfg.fold_workers > 0:
+        return min(cfg.fold_workers, n_run)
+    if cfg.device != "cpu" and cuda_count():
+        return 1  # a forked process must not touch CUDA, and one fold fills a GPU
+    return n_run if cpu_cores() > 1 else 1
+
+
 def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndarray, n_folds: int, run: Path,
                    make_sets, make_model, postprocess, on_fold=None,
-                   inputs: list[str] | None = None) -> tuple[np.ndarray, list[float]]:
+                   inputs: list[str] | None = None) -> tuple[np.ndarray, list[float], list]:
     """Every fold through the one loop: OOF probabilities [n, 25, 3] (post-processed with the fold's
-    prior, e.g. for missing series) and each fold's score, both from the final weights of a fixed
-    schedule: the held-out fold is scored, never used to choose. Folds other than cfg.only_fold are
-    skipped when it is set."""
-    oof = np.zeros((len(ids), 25, 3), np.float32)
-    tcfg, scores = train_config(cfg), []
-    for k in range(n_folds):
-        if getattr(cfg, "only_fold", -1) >= 0 and k != cfg.only_fold:
-            continue
+    prior, e.g. for missing series), each fold's score, both from the final weights of a fixed schedule
+    (the held-out fold is scored, never used to choose), and what on_fold(model, val_set, va, device)
+    returned per fold. Folds other than cfg.only_fold are skipped when it is set. On a CPU the folds
+    train at once in forked processes (fold_processes); the result is the same as one at a time."""
+    tcfg = train_config(cfg)
+
+    def run_fold(k: int) -> dict | None:
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         prior = fit_prior(y[tr])
         sol = solution_frame(ids[va], y[va])
@@ -66,21 +84,114 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
         if hasattr(model, "init_prior"):
             model.init_prior(prior)
 
-        def evaluate(m, device, va=va, val_set=val_set, prior=prior, sol=sol) -> float:
+        def evaluate(m, device) -> float:
             probs = predict(m, val_set, collate, cfg.batch_size, device, cfg.amp, desc="val")
             return score(sol, probs_to_submission(ids[va], postprocess(probs, va, prior)))
 
         res = fit(model, train_set, tcfg, Run(run).fold(name, k), collate, evaluate, name=f"{name} fold {k}",
                   run_key=fold_identity(cfg, ids[tr], y[tr], train_set, inputs, tr))
         if not is_main():
-            continue
+            return None
         device = pick_device(cfg.device)
-        oof[va] = postprocess(predict(model, val_set, collate, cfg.batch_size, device, cfg.amp, desc="oof"), va, prior)
-        write_oof(Run(run).fold(name, k), "oof", ids[va], oof[va])
-        if on_fold is not None:
-            on_fold(model, val_set, va, device)
-        scores.append(score(sol, probs_to_submission(ids[va], oof[va])))
-        print(f"{name} fold {k}: val score {scores[-1]:.4f} after {res.epochs_run} epochs (final weights)")
-    return oof, scores
+        probs = postprocess(predict(model, val_set, collate, cfg.batch_size, device, cfg.amp, desc="oof"), va, prior)
+        write_oof(Run(run).fold(name, k), "oof", ids[va], probs)
+        extra = on_fold(model, val_set, va, device) if on_fold is not None else None
+        return {"probs": probs, "score": score(sol, probs_to_submission(ids[va], probs)), "epochs": res.epochs_run,
+                "extra": extra}
+
+    only = getattr(cfg, "only_fold", -1)
+    ks = [k for k in range(n_folds) if only < 0 or k == only]
+    workers = fold_processes(cfg, len(ks))
+    if workers > 1:
+        print(f"{name}: {len(ks)} folds in {workers} processes at once (fold_workers={cfg.fold_workers})", flush=True)
+        done = in_processes(run_fold, ks, workers, name)
+    else:
+        done = {k: run_fold(k) for k in ks}
+    oof = np.zeros((len(ids), 25, 3), np.float32)
+    scores, extras = [], []
+    for k in ks:
+        if done[k] is None:  # a rank other than the main one of torchrun
+            continue
+        oof[fold == k] = done[k]["probs"]
+        scores.append(done[k]["score"])
+        extras.append(done[k]["extra"])
+        print(f"{name} fold {k}: val score {scores[-1]:.4f} after {done[k]['epochs']} epochs (final weights)")
+    return oof, scores, extras
 
 
+class FoldError(RuntimeError):
+    pass
+
+
+class _Lines(io.TextIOBase):
+    """A forked fold's stdout or stderr: whole lines sent to the parent, which prints them where its own
+    output goes (a terminal, a log file, pytest's capture)."""
+
+    def __init__(self, queue, stream: int):
+        self.queue, self.stream, self.buf = queue, stream, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        if "\n" in self.buf:
+            head, self.buf = self.buf.rsplit("\n", 1)
+            self.queue.put(("out", self.stream, head + "\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buf:
+            self.queue.put(("out", self.stream, self.buf))
+            self.buf = ""
+
+
+def _fold_child(run_fold, k: int, queue) -> None:
+    os.environ["LUMBAR_PROGRESS"] = "0"  # lines, not bar redraws, from a process without a terminal
+    # One thread: the folds are the parallelism, and the OpenMP that torch links (libgomp) hangs in a
+    # forked child that starts threads of its own once the parent has used its pool.
+    torch.set_num_threads(1)
+    sys.stdout, sys.stderr = _Lines(queue, 1), _Lines(queue, 2)
+    try:
+        result = run_fold(k)
+        sys.stdout.flush(), sys.stderr.flush()
+        queue.put(("done", k, result))
+    except BaseException:
+        sys.stdout.flush(), sys.stderr.flush()
+        queue.put(("error", k, traceback.format_exc()))
+
+
+def in_processes(run_fold, ks: list[int], workers: int, name: str) -> dict[int, object]:
+    """run_fold(k) for every k, at most `workers` at once, each in a forked process: {k: its result}.
+    Their output arrives here line by line; a fold that fails or dies raises FoldError naming it (the
+    folds that finished keep their checkpoints, so running again resumes)."""
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    pending, running, results = list(ks), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                k = pending.pop(0)
+                running[k] = ctx.Process(target=_fold_child, args=(run_fold, k, q), name=f"{name} fold {k}")
+                running[k].start()
+            try:
+                msg = q.get(timeout=2.0)
+            except queue.Empty:
+                dead = {k: p.exitcode for k, p in running.items() if not p.is_alive()}
+                if dead and q.empty():  # gone without a result (killed: out of memory, a signal)
+                    k, code = next(iter(dead.items()))
+                    raise FoldError(f"{name} fold {k}: its process ended with exit code {code} before finishing; "
+                                    "the other folds' checkpoints are kept: run again to resume")
+                continue
+            if msg[0] == "out":
+                print(msg[2], end="", file=sys.stdout if msg[1] == 1 else sys.stderr, flush=True)
+            elif msg[0] == "done":
+                results[msg[1]] = msg[2]
+                running.pop(msg[1]).join()
+            else:
+                raise FoldError(f"{name} fold {msg[1]} failed:\n{msg[2]}")
+    finally:
+        for p in running.values():
+            p.terminate()
+            p.join()
+    return results

@@ -133,7 +133,6 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     y = np.stack([s.labels for s in studies])
     fold = np.array([s.fold for s in studies])
     present = np.stack([e["present"] for e in entries])
-    kp_errs, kp_px = [], []
 
     def make_model():
         model = create_model("multitask", cfg)
@@ -147,15 +146,14 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                 CropDataset(take(entries, va), y[va]))
 
     def on_fold(model, val_set, va, device):
-        mm, px = keypoint_errors(model, val_set, take(entries, va), device)
-        kp_errs.append(mm)
-        kp_px.append(px)
+        return keypoint_errors(model, val_set, take(entries, va), device)
 
-    oof, fold_scores = cross_validate("multitask", cfg, ids, y, fold, rc.n_folds, run, make_sets, make_model,
+    oof, fold_scores, kp = cross_validate("multitask", cfg, ids, y, fold, rc.n_folds, run, make_sets, make_model,
                                       lambda probs, va, prior: fill_missing(probs, present[va], prior), on_fold,
                                       inputs=study_inputs(studies))
     if not is_main():
         return {}
+    kp_errs, kp_px = [mm for mm, _ in kp], [px for _, px in kp]
     if cfg.only_fold >= 0:
         return {"fold": cfg.only_fold, "val_score": round(fold_scores[0], 4),
                 "median_keypoint_error_px": round(float(np.median(np.concatenate(kp_px))), 2)}

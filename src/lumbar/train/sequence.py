@@ -107,7 +107,7 @@ def train_sequence(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                               rotate=cfg.rotate, scale=cfg.scale, cutout=cfg.cutout),
                 FramesDataset(take(entries, va), y[va]))
 
-    oof, fold_scores = cross_validate("sequence", cfg, ids, y, fold, rc.n_folds, run, make_sets,
+    oof, fold_scores, _ = cross_validate("sequence", cfg, ids, y, fold, rc.n_folds, run, make_sets,
                                       lambda: create_model("sequence", cfg), lambda probs, va, prior: probs,
                                       inputs=study_inputs(studies))
     if not is_main():

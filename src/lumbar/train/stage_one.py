@@ -227,13 +227,11 @@ def fold_workers(cfg: SliceSelectConfig) -> int:
     """How many folds fit at once (SliceSelectConfig.fold_workers; 0 decides by the device)."""
     if cfg.fold_workers > 0:
         return cfg.fold_workers
-    from ..devices import _cuda_count
+    from ..devices import cpu_cores, cuda_count
 
-    if cfg.device != "cpu" and _cuda_count():
+    if cfg.device != "cpu" and cuda_count():
         return 1  # the GPU trains the level network; a forked process must not touch CUDA
-    from ..preprocess.slice_select import cpu_jobs
-
-    return cpu_jobs(0)
+    return cpu_cores()
 
 
 def _fold_worker_init() -> None:
