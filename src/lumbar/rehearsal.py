@@ -76,6 +76,8 @@ def rehearse(out: str | Path, studies: int = 40, test_studies: int | None = None
         extra = [] if stage in ("prior", "ensemble") else [f"cache_dir={cache}"]
         if stage in REHEARSAL_EPOCHS:
             extra.append(f"epochs={REHEARSAL_EPOCHS[stage]}")
+        if stage in ("multitask", "sequence"):  # one fold at a time, as on a GPU: the peak RSS is the one process's
+            extra.append("fold_workers=1")
         if stage == "slice_select":
             extra.append(f"workers={workers}")
         wall, peak = measured([*py, "train", "--model", stage, "--data", str(data), "--run", str(run), *extra], log)
