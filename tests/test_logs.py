@@ -68,3 +68,20 @@ def test_every_option_of_every_command_says_what_it_does():
     assert not bare, bare
     predict = sub.choices["predict"].format_help()
     assert "processes preparing inputs" in predict  # from PredictConfig's comment on `workers`
+
+
+def test_train_options_list_every_stage_override_with_what_it_does():
+    import dataclasses
+
+    from lumbar.cli import stage_options
+    from lumbar.train.runner import CONFIGS
+
+    text = stage_options()
+    for name, cls in CONFIGS.items():
+        assert f"--model {name} ({cls.__name__}):" in text
+        for f in dataclasses.fields(cls):
+            assert f"  {f.name}=" in text, (name, f.name)
+    bare = [line for line in text.splitlines() if line.startswith("  ") and "  " not in line.strip()]
+    assert not bare, bare  # a key with its default and nothing said of it
+    assert "fold_workers=0  folds trained at once" in text  # TrainConfig's comment, under both CNNs
+    assert "epochs=12  the curves" in text  # SequenceTraining's own comment on a field it redefines

@@ -38,6 +38,40 @@ def dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[st
                             help=f"{what} (default: {default})".strip().replace("%", "%%"))
 
 
+def stage_options() -> str:
+    """Every trainable stage's `key=value` overrides: name, default and what it does (the comment written
+    with the field, as `--help` says it for the other commands)."""
+    from importlib import import_module
+
+    from .config import field_docs
+
+    import_module(".train", __package__)  # the trainers register their configs
+    from .train.runner import CONFIGS, stages
+
+    lines = []
+    for name in stages():
+        cls = CONFIGS.get(name)
+        if cls is None:
+            continue
+        docs = field_docs(cls)
+        lines.append(f"--model {name} ({cls.__name__}):")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name}={default}  {docs.get(f.name, '')}".rstrip())
+    return "\n".join(lines)
+
+
+class _StageOptions(argparse.Action):
+    """`train --options`: print stage_options() and exit, like --help (before --model is asked for)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(stage_options())
+        parser.exit()
+
+
 def dataclass_from(cls: type, a: argparse.Namespace):
     """The config dataclass from the options `dataclass_options` added."""
     return cls(**{f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if hasattr(a, f.name)})
@@ -277,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "ignored by stages without one")
     t.add_argument("--backbones", default="", help="a pretrained backbone file or folder (models/backbones.py) for "
                                                    "the models that take backbone_checkpoint; ignored by the others")
-    t.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    t.add_argument("--options", action=_StageOptions, help="list every stage's key=value overrides, their defaults "
+                                                           "and what each does, and exit")
+    t.add_argument("overrides", nargs="*", help="config overrides, key=value (`train --options` lists them)")
     t.set_defaults(fn=_cmd_train)
 
     ps = sub.add_parser("preset", help="say which preset `make train` uses and check this machine can run it")

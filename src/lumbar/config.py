@@ -20,15 +20,15 @@ class TrainConfig:
     """The training settings every torch model's config carries (the one training loop reads them)."""
     epochs: int = 8
     batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    accum_steps: int = 1
-    clip_grad: float = 2.0
+    lr: float = 2e-3  # AdamW's peak learning rate
+    weight_decay: float = 1e-4  # AdamW's weight decay
+    accum_steps: int = 1  # batches whose gradients add up to one optimiser step
+    clip_grad: float = 2.0  # gradient norm clipped to this
     amp: bool = True  # fp16 autocast on CUDA; CPU always trains in fp32
     ema: float = 0.0  # decay of the weights' average (bias-corrected, from the end of the warm-up); 0 = off
     warmup_epochs: int = 0  # epochs of linear learning-rate warm-up before the cosine
     eval_every: int = 1  # score the held-out fold after every k-th epoch (and the last) for the curves
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes (0: in the training process)
     fold_workers: int = 0  # folds trained at once in forked one-thread processes; 0: every fold at once on a
     # CPU of two or more cores (two tiny CPU steps at once run 1.4-2x the throughput of one on two threads),
     # one at a time on CUDA or under torchrun

@@ -58,19 +58,19 @@ def fill_missing(probs: np.ndarray, present: np.ndarray, prior: np.ndarray) -> n
 class MultitaskConfig:
     """The network (its training settings: train/multitask.py's MultitaskTraining). Defaults are the
     tiny CPU model of the tests and the demo; configs/gpu/multitask.json is the real-data one."""
-    backbone: str = "test_efficientnet"
+    backbone: str = "test_efficientnet"  # timm model name of the keypoint and classifier CNNs
     pretrained: bool = False  # True downloads timm's weights (needs internet)
     backbone_checkpoint: str = ""  # or a local file / folder of them (models/backbones.py), offline
-    kp_input: int = 96
+    kp_input: int = 96  # side the crops are resized to for the keypoint CNN
     kp_level: int = 2  # features_only level of the heatmaps (stride 8 for most timm CNNs)
     patch_sag: int = 24  # patch side around a point, sagittal crop pixels
     patch_axial: int = 32  # axial crop pixels
     patch_input: int = 48  # classifier input side after super-resolution
-    sr_scale: int = 2
-    sr_channels: int = 16
-    teacher_forcing: float = 0.5
-    kp_weight: float = 2.0
-    dropout: float = 0.2
+    sr_scale: int = 2  # the frozen super-resolution net's factor (set from the run's superres)
+    sr_channels: int = 16  # its channels (set from the run's superres)
+    teacher_forcing: float = 0.5  # share of training studies whose patches are cut at the labelled points
+    kp_weight: float = 2.0  # weight of the keypoints' loss against the labels'
+    dropout: float = 0.2  # before the classifier head
 
 
 def soft_argmax(heat: torch.Tensor) -> torch.Tensor:

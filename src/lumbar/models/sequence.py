@@ -40,17 +40,17 @@ from .registry import register_model
 class SequenceConfig:
     """The network and the frames it reads (its training settings: train/sequence.py's
     SequenceTraining). Defaults are the tiny CPU model; configs/gpu/sequence.json is the real-data one."""
-    backbone: str = "test_efficientnet"
+    backbone: str = "test_efficientnet"  # timm model name of the frame and patch CNNs
     pretrained: bool = False  # True downloads timm's weights (needs internet)
     backbone_checkpoint: str = ""  # or a local file / folder of them (models/backbones.py), offline
-    n_frames: int = 6
-    frame_size: int = 128
-    pick: str = "most_levels"
+    n_frames: int = 6  # frames per series type (axial: n_frames/5 per level)
+    frame_size: int = 128  # a frame's side in pixels
+    pick: str = "most_levels"  # which series of a type when a study has several: most_levels, or merge
     axial_frames: str = "levels"  # n_frames/5 per level at the stage-one axial slices; "even": one series
-    d_model: int = 128
-    layers: int = 2
-    heads: int = 4
-    position_bins: int = 16
+    d_model: int = 128  # the transformer's width
+    layers: int = 2  # transformer encoder layers
+    heads: int = 4  # attention heads
+    position_bins: int = 16  # bins of a frame's place along its series' normal (its embedding)
     grid: int = 4  # each frame's feature map pooled to grid x grid before the projection
     tokens: str = "patches"  # per frame, 5 points from heatmaps, a patch around each through a second CNN;
     # "frame": one flattened token per frame; "cells": one token per grid cell

@@ -15,8 +15,8 @@ from .registry import register_model
 @dataclass
 class SuperResConfig:
     """The network (its training settings: train/superres.py's SuperResTraining)."""
-    scale: int = 2
-    channels: int = 16
+    scale: int = 2  # upscaling factor (the multitask model's sr_scale)
+    channels: int = 16  # feature channels of the ESPCN's convolutions
 
 
 class ESPCN(nn.Module):

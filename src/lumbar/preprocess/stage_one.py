@@ -26,9 +26,9 @@ PREPROCESS_VERSION = 2  # 2: labelled points through each slice's geometry, neig
 
 @dataclass
 class PreprocessConfig:
-    sag_size: int = 128
-    axial_size: int = 96
-    margin: float = 0.04
+    sag_size: int = 128  # a sagittal crop's side in pixels
+    axial_size: int = 96  # an axial crop's side in pixels
+    margin: float = 0.04  # room added on each side of a crop's box around its points (a share of the image side)
 
 
 def cache_version() -> str:

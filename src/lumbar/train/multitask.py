@@ -108,15 +108,15 @@ def keypoint_errors(model, dataset, entries, device) -> tuple[np.ndarray, np.nda
 @dataclass
 class MultitaskTraining(MultitaskConfig, TrainConfig):
     """`train --model multitask`'s settings: the network's config composed with the training loop's."""
-    epochs: int = 10
+    epochs: int = 10  # the fixed schedule's length (chosen from the curves; the last epoch's weights predict)
     eval_every: int = 2  # the curves' held-out score every other epoch (and the last): ~10% of a CPU epoch
-    batch_size: int = 8
-    augment: bool = True
+    batch_size: int = 8  # studies per step
+    augment: bool = True  # shift, gain and gamma on every crop (and the switches below)
     mirror: float = 0.0  # with augment: the share of examples seen mirrored left-right, labels swapped
     rotate: float = 0.0  # with augment: each crop turned by up to this many degrees (its points with it)
     scale: float = 0.0  # with augment: each crop scaled by up to this fraction either way
     cutout: int = 0  # with augment: squares (a fifth of the side) zeroed per crop
-    cache_dir: str = "cache"
+    cache_dir: str = "cache"  # the per-study cache of crops
     only_fold: int = -1  # >= 0: train that fold alone (a quick look; no OOF file is written)
 
 

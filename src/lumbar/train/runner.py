@@ -48,7 +48,7 @@ def stages() -> list[str]:
 
 @dataclass
 class PriorConfig:
-    smoothing: float = 0.5
+    smoothing: float = 0.5  # pseudo-count added to every class of a column before its frequencies are taken
 
 
 def run_folds(data: str | Path, run: str | Path, rc: RunConfig):

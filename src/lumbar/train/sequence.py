@@ -69,15 +69,15 @@ class SequenceTraining(SequenceConfig, TrainConfig):
     """`train --model sequence`'s settings: the network's config composed with the training loop's."""
     epochs: int = 12  # the curves: the held-out score falls until epoch 10 (6: OOF 0.656, 12: 0.563, default folder)
     eval_every: int = 2  # the curves' held-out score every other epoch (and the last): ~10% of a CPU epoch
-    batch_size: int = 8
-    lr: float = 1e-3
-    augment: bool = True
+    batch_size: int = 8  # studies per step
+    lr: float = 1e-3  # AdamW's peak learning rate
+    augment: bool = True  # shift, gain and gamma on every series' frames (and the switches below)
     mirror: float = 0.0  # with augment: the share of examples seen mirrored left-right, labels swapped
     rotate: float = 0.0  # with augment: each series' frames turned by up to this many degrees
     scale: float = 0.0  # with augment: each series' frames scaled by up to this fraction either way
     cutout: int = 0  # with augment: squares (a fifth of the side) zeroed per series
-    cache_dir: str = "cache"
-    only_fold: int = -1
+    cache_dir: str = "cache"  # the per-study cache of frames
+    only_fold: int = -1  # >= 0: train that fold alone (a quick look; no OOF file is written)
 
 
 @register("sequence", order=50, config=SequenceTraining)

@@ -31,9 +31,9 @@ from .runner import RunConfig, register, run_folds
 
 @dataclass
 class SliceSelectConfig:
-    members: tuple[str, ...] = MEMBERS
-    cache_dir: str = "cache"
-    seed: int = 0
+    members: tuple[str, ...] = MEMBERS  # the slice classifiers averaged (rf, svm, mlp, xgb)
+    cache_dir: str = "cache"  # the per-study cache (decoded volumes, features); "" keeps nothing on disk
+    seed: int = 0  # the members' and the level network's seed
     workers: int = 2  # processes decoding and featurising the studies
     svm_rows: int = 6000  # the SVM member's training rows at most (its fit grows faster than n^2); 0 = all
     n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core
@@ -533,7 +533,7 @@ def region_samples(study, cache) -> list:
 
 @dataclass
 class CropsConfig(PreprocessConfig):
-    cache_dir: str = "cache"
+    cache_dir: str = "cache"  # the per-study cache the crops are written to
 
 
 def _preprocess_config(cfg: CropsConfig) -> PreprocessConfig:

@@ -51,14 +51,14 @@ class _PatchSet(torch.utils.data.Dataset):
 class SuperResTraining(SuperResConfig):
     """`train --model superres`'s settings: the network's config and how it is trained."""
     patch: int = 32  # high-resolution training patch side
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 3e-3
-    patches_per_image: int = 16
+    epochs: int = 8  # passes over the training patches
+    batch_size: int = 64  # patches per optimiser step
+    lr: float = 3e-3  # Adam's learning rate
+    patches_per_image: int = 16  # random high-resolution patches cut from each training image
     max_patches: int = 20000  # patches in memory at most: studies are sampled beyond it (bounded memory)
-    seed: int = 0
+    seed: int = 0  # patch sampling and initialisation seed
     device: str = "auto"  # the GPU presets say "cuda": a broken CUDA stops training instead of using the CPU
-    cache_dir: str = "cache"
+    cache_dir: str = "cache"  # the per-study cache the images are read from
 
 
 @register("superres", order=30, config=SuperResTraining)
