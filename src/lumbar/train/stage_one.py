@@ -32,7 +32,7 @@ from .runner import RunConfig, register, run_folds
 @dataclass
 class SliceSelectConfig:
     members: tuple[str, ...] = MEMBERS  # the slice classifiers averaged (rf, svm, mlp, xgb)
-    cache_dir: str = "cache"  # the per-study cache (decoded volumes, features); "" keeps nothing on disk
+    cache_dir: str = "cache"  # the per-study cache (decoded volumes, features)
     seed: int = 0  # the members' and the level network's seed
     workers: int = 2  # processes decoding and featurising the studies
     svm_rows: int = 6000  # the SVM member's training rows at most (its fit grows faster than n^2); 0 = all

@@ -53,7 +53,7 @@ class SuperResTraining(SuperResConfig):
     patch: int = 32  # high-resolution training patch side
     epochs: int = 8  # passes over the training patches
     batch_size: int = 64  # patches per optimiser step
-    lr: float = 3e-3  # Adam's learning rate
+    lr: float = 3e-3  # the training loop's (AdamW) learning rate
     patches_per_image: int = 16  # random high-resolution patches cut from each training image
     max_patches: int = 20000  # patches in memory at most: studies are sampled beyond it (bounded memory)
     seed: int = 0  # patch sampling and initialisation seed
