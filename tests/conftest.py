@@ -39,7 +39,7 @@ def stage_one(synth_dir, tmp_path_factory):
     rc = RunConfig(n_folds=2, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train("slice_select", synth_dir, run, rc, [f"cache_dir={cache}", "workers=1", "levels_steps=20"])
+        train("slice_select", synth_dir, run, rc, [f"cache_dir={cache}", "workers=1", "levels_steps=20", "rank_epochs=5"])
         result = train("crops", synth_dir, run, rc, [f"cache_dir={cache}", "sag_size=64", "axial_size=48"])
     return run, cache, result
 

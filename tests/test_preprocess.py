@@ -102,7 +102,8 @@ def test_cache_atomic_and_truncated_entry_rebuilt(tmp_path):
 def test_slice_select_report_and_artefacts(stage_one):
     run, cache, _ = stage_one
     report = pd.read_csv(run / "slice_select" / "report.csv")
-    assert set(report.method) == {"rf", "svm", "mlp", "xgb", "ensemble", "naive", "geometry", "fused", "local", "shipped"}
+    assert set(report.method) == {"rf", "svm", "mlp", "xgb", "ensemble", "naive", "geometry", "fused", "local", "ranked", "shipped"}
+    assert set(report[report.method == "ranked"].series_type) == {schema.AXIAL}  # the ranker serves axial levels
     assert set(report.series_type) == set(schema.SERIES_TYPES)
     by = report.set_index(["series_type", "method"])
     levels = json.loads((run / "slice_select" / "model" / "levels.json").read_text())
@@ -110,7 +111,7 @@ def test_slice_select_report_and_artefacts(stage_one):
     for stype in schema.SERIES_TYPES:  # "shipped" is what inference uses: the method chosen held out
         chosen = levels["choice"].get(stype, "ensemble")
         assert by.loc[(stype, "shipped")].tolist() == by.loc[(stype, chosen)].tolist()
-        best = max(by.loc[(stype, m)].exact for m in ("ensemble", "geometry", "fused", "local"))
+        best = max(by.loc[(stype, m)].exact for m in ("ensemble", "geometry", "fused", "local", "ranked") if (stype, m) in by.index)
         assert by.loc[(stype, "shipped")].exact == best
     assert (run / "slice_select" / "levels.csv").exists()
     kinds = pd.read_csv(run / "slice_select" / "report_kinds.csv")  # the shipped rows split by acquisition

@@ -19,10 +19,11 @@ import numpy as np
 
 from .. import schema
 from ..data.dicom import Volume
-from .evidence import Scorer, candidates, features
+from .evidence import FEATURES, Scorer, candidates, features
+from .ranker import Ranker, patch_stack, ranker_from
 from .levels import N_LEVELS, LevelLocaliser, from_thumb, stack_at
 
-METHODS = ("ensemble", "geometry", "fused", "local")  # how a series type's slice is chosen
+METHODS = ("ensemble", "geometry", "fused", "local", "ranked")  # how a series type's slice is chosen
 MIN_PITCH_MM = 12.0  # consecutive level points closer than this (or out of order) are not a spine
 
 
@@ -34,10 +35,15 @@ class Geometry:
     sigma_mm: float = 3.0  # fused: a plane this far off costs what a classifier probability e^-0.5 times lower does
     max_gap_mm: float = 10.0  # no geometric choice for a level farther than this from every plane
     scorers: dict = field(default_factory=dict)  # series type -> evidence.Scorer as a dict ("local")
+    rankers: dict = field(default_factory=dict)  # series type -> ranker.Ranker as a dict ("ranked")
 
     def scorer(self, stype: str) -> Scorer | None:
         d = self.scorers.get(stype)
         return Scorer.from_dict(d) if d else None
+
+    def ranker(self, stype: str) -> Ranker | None:
+        d = self.rankers.get(stype)
+        return ranker_from(d, len(FEATURES)) if d else None
 
 
 def centre_of(choice: tuple) -> tuple[float, float] | None:
@@ -131,14 +137,23 @@ def plane_choice(vols: list[tuple[int, Volume]], point: np.ndarray, probas: dict
     return None if best is None else best[1:]
 
 
-def local_choice(vols: list[tuple[int, Volume]], target: np.ndarray, probas, cls: int, scorer: Scorer,
+def local_choice(vols: list[tuple[int, Volume]], target: np.ndarray, probas, cls: int, scorer: Scorer | Ranker,
                  geo: Geometry, pixels_of) -> tuple[int, int] | None:
-    """(series id, slice) of the candidate plane near `target` the scorer ranks first; None without one."""
+    """(series id, slice) of the candidate plane near `target` the scorer (or ranker) ranks first;
+    None without one."""
     cands = candidates(vols, target, geo.max_gap_mm)
     if not cands:
         return None
+    if len(cands) == 1:
+        return cands[0].series_id, cands[0].slice
     spacing = {sid: v.pixel_spacing for sid, v in vols}
-    best = cands[scorer.best(features(cands, pixels_of, spacing.__getitem__, probas, cls))] if len(cands) > 1 else cands[0]
+    X = features(cands, pixels_of, spacing.__getitem__, probas, cls)
+    if isinstance(scorer, Ranker):
+        by_id = dict(vols)
+        best = cands[scorer.best(X, np.stack([patch_stack(by_id[c.series_id], pixels_of(c.series_id), c.slice, c.xy)
+                                               for c in cands]))]
+    else:
+        best = cands[scorer.best(X)]
     return best.series_id, best.slice
 
 
@@ -204,12 +219,12 @@ def place(selection: dict, items: dict[str, list[tuple[int, Volume]]], probas: d
         levels = None
         if method != "ensemble" and stype != schema.SAG_T2:
             if stype == schema.AXIAL:
-                scorer = geo.scorer(stype) if method == "local" else None
+                scorer = {"local": geo.scorer, "ranked": geo.ranker}.get(method, lambda _: None)(stype)
                 if scorer is not None:
                     got = local_choice(items.get(stype, []), targets[cls - 1], probas, cls, scorer, geo, pixels_of)
                 else:
                     got = plane_choice(items.get(stype, []), targets[cls - 1], probas, cls,
-                                       "geometry" if method == "local" else method, geo)
+                                       "geometry" if method in ("local", "ranked") else method, geo)
             else:
                 got = side_choice(items.get(stype, []), targets, probas, cls, method, geo, pixels_of,
                                   prefer=out[name][0] if name in out else None)

@@ -306,9 +306,11 @@ class SliceSelector:
                 try:
                     sel.levels, meta = LevelLocaliser.load(folder)
                     sel.geometry = Geometry(**{k: meta[k] for k in ("offsets", "choice", "sigma_mm", "max_gap_mm")},
-                                            scorers=meta.get("scorers", {}))
+                                            scorers=meta.get("scorers", {}), rankers=meta.get("rankers", {}))
                     for stype in sel.geometry.scorers:  # a scorer of other features fails here, not per study
                         sel.geometry.scorer(stype)
+                    for stype in sel.geometry.rankers:
+                        sel.geometry.ranker(stype)
                 except Exception as e:
                     msg = f"{folder / 'levels.pt'}: level localiser does not load ({type(e).__name__}: {str(e)[:200]})"
                     if strict:

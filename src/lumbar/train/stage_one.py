@@ -19,6 +19,7 @@ from ..data.volumes import arrays_to_volume, normalise, normalised, study_volume
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
 from ..preprocess.levels import FINE_JITTER_MM, FINE_MM, LevelConfig, LevelLocaliser, stack_at, to_thumb
 from ..preprocess.evidence import Scorer, acquisition_kind, candidates, features
+from ..preprocess.ranker import Ranker, patch_stack
 from ..preprocess.placement import METHODS, N_LEVELS, Geometry, fit_offsets, labelled_points, make_choice, place, slice_for
 from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_items, series_probas,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
@@ -41,6 +42,7 @@ class SliceSelectConfig:
     levels_steps: int = 150  # the level network's optimiser steps (batches of 16), whatever the number of studies
     device: str = "auto"  # where the level network trains (auto: a working GPU, else the CPU; the members: CPU)
     levels_fine: bool = True  # a second look at a finer patch around each level point
+    rank_epochs: int = 20  # the axial slice ranker's epochs (a CNN over each candidate plane's patch); 0 = none
     fold_workers: int = 0  # folds fitted at once, in forked processes of one thread each; 0: one per core when
     # the level network trains on the CPU, none (in this process) when it has a GPU
 
@@ -133,13 +135,17 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         held.update(res["held"])
         examples += res["examples"][:max(0, 6 - len(examples))]
     scorers: dict = {}
+    rankers: dict = {}
     if cfg.levels and held:
-        local, scorers = local_scorers(studies, feats, held, oof, cache, rc.n_folds)
-        for st in studies:
-            if st.study_id in local:
-                oof[st.study_id]["local"] = local[st.study_id]
-                f = feats[st.study_id]
-                records += [{"fold": st.fold, "method": "local", **r} for r in _compare(labelled_slices(st, f), local[st.study_id], f)]
+        by_method, scorers, rankers = local_scorers(studies, feats, held, oof, cache, rc.n_folds, cfg)
+        for method, local in by_method.items():
+            for st in studies:
+                if st.study_id in local:
+                    oof[st.study_id][method] = local[st.study_id]
+                    f = feats[st.study_id]
+                    records += [{"fold": st.fold, "method": method, **r}
+                                for r in _compare(labelled_slices(st, f), local[st.study_id], f)
+                                if method == "local" or r["series_type"] == schema.AXIAL]
     rec = pd.DataFrame(records)
     sigma = Geometry.sigma_mm
     if cfg.levels and len(rec) and rec["method"].str.startswith("fused@").any():
@@ -148,6 +154,7 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     choice = choose_methods(rec) if cfg.levels else {}
     if cfg.levels and full.geometry is not None:
         full.geometry.choice, full.geometry.sigma_mm, full.geometry.scorers = choice, sigma, scorers
+        full.geometry.rankers = rankers
     out = Run(run).stage("slice_select")
     full.save(Run(run).selector)
     cfgmod.save(cfg, Run(run).config("slice_select"))
@@ -283,10 +290,11 @@ def _cross_fit(inputs: dict, n_folds: int, workers: int) -> tuple[list[dict], Sl
     finally:
         _FOLD_INPUTS.clear()
 
-def evidence_groups(study, f, P: np.ndarray, probas: dict, geo: Geometry, pixels_of) -> dict[str, list]:
+def evidence_groups(study, f, P: np.ndarray, probas: dict, geo: Geometry, pixels_of, patches: bool = False) -> dict[str, list]:
     """The local scorer's examples from a study with level points: per labelled axial and sagittal T1
-    (condition, level), its candidate planes' features and which is the labelled slice (a sagittal
-    level's candidates come from the labelled series, as a side's series is chosen before its levels)."""
+    (condition, level), its candidate planes' features, which is the labelled slice and (axial, with
+    `patches`) the ranker's patch of each candidate, else None (a sagittal level's candidates come
+    from the labelled series, as a side's series is chosen before its levels)."""
     items = series_items(f)
     out: dict[str, list] = {schema.AXIAL: [], schema.SAG_T1: []}
     for name, sid, idx, level in labelled_slices(study, f):
@@ -300,37 +308,50 @@ def evidence_groups(study, f, P: np.ndarray, probas: dict, geo: Geometry, pixels
             continue
         spacing = {s: v.pixel_spacing for s, v in vols}
         X = features(cands, pixels_of, spacing.__getitem__, probas, cls)
-        out[stype].append((X, np.array([c.series_id == sid and c.slice == idx for c in cands])))
+        by_id = dict(vols)
+        pats = (np.stack([patch_stack(by_id[c.series_id], pixels_of(c.series_id), c.slice, c.xy) for c in cands]).astype(np.float16)
+                if patches and stype == schema.AXIAL else None)
+        out[stype].append((X, np.array([c.series_id == sid and c.slice == idx for c in cands]), pats))
     return out
 
 
-def local_scorers(studies, feats: dict, held: dict, oof: dict, cache: StudyCache, n_folds: int) -> tuple[dict, dict]:
-    """The local method held out and for shipping: its examples from every study's held-out level
-    points, a scorer per series type fitted on the other folds' studies for each fold's selections, and
-    one on all of them for the shipped selector. (study -> held-out "local" selection, series type ->
-    scorer dict)."""
+def local_scorers(studies, feats: dict, held: dict, oof: dict, cache: StudyCache, n_folds: int,
+                  cfg: SliceSelectConfig) -> tuple[dict, dict, dict]:
+    """The local methods held out and for shipping: their examples from every study's held-out level
+    points; per fold, a scorer per series type ("local") and an axial ranker ("ranked", with
+    cfg.rank_epochs) fitted on the other folds' studies select that fold's studies; then both fitted
+    on every study for the shipped selector. ({method: {study: held-out selection}}, series type ->
+    scorer dict, series type -> ranker dict)."""
+    rank = cfg.rank_epochs > 0
     groups = {}
     for st in bar([s for s in studies if s.study_id in held and held[s.study_id][2] is not None], desc="local evidence"):
         k, probas, P, geo = held[st.study_id]
-        groups[st.study_id] = evidence_groups(st, feats[st.study_id], P, probas, geo, pixels_reader(st, cache))
-    def fit(studies_ids) -> dict:  # series type -> scorer dict, from these studies' examples
-        fitted = {}
-        for stype in (schema.AXIAL, schema.SAG_T1):
-            sc = Scorer.fit([g for s in studies_ids for g in groups[s][stype]])
-            if sc is not None:
-                fitted[stype] = sc.to_dict()
-        return fitted
+        groups[st.study_id] = evidence_groups(st, feats[st.study_id], P, probas, geo, pixels_reader(st, cache), rank)
 
-    local = {}
-    methods = {schema.AXIAL: "local", schema.SAG_T1: "local"}
+    def fit(studies_ids, desc: str) -> tuple[dict, dict]:  # (series type -> scorer dict, -> ranker dict)
+        scorers, rankers = {}, {}
+        for stype in (schema.AXIAL, schema.SAG_T1):
+            sc = Scorer.fit([(X, y) for s in studies_ids for X, y, _ in groups[s][stype]])
+            if sc is not None:
+                scorers[stype] = sc.to_dict()
+        if rank:
+            r = Ranker.fit([(X, P, y) for s in studies_ids for X, y, P in groups[s][schema.AXIAL]], cfg.rank_epochs,
+                           seed=cfg.seed, device=cfg.device, desc=desc)
+            if r is not None:
+                rankers[schema.AXIAL] = r.to_dict()
+        return scorers, rankers
+
+    out: dict[str, dict] = {"local": {}, **({"ranked": {}} if rank else {})}
     for k in range(n_folds):
-        fitted = fit([s for s in groups if held[s][0] != k])
+        scorers, rankers = fit([s for s in groups if held[s][0] != k], f"slice ranker, fold {k}")
         for st in (s for s in studies if s.fold == k and s.study_id in held):
             _, probas, P, geo = held[st.study_id]
-            local[st.study_id] = geometric(feats[st.study_id], None, oof[st.study_id]["classifiers"], probas,
-                                           methods=methods, points=P, geometry=replace(geo, scorers=fitted),
-                                           pixels_of=pixels_reader(st, cache))
-    return local, fit(list(groups))
+            for method in out:
+                out[method][st.study_id] = geometric(
+                    feats[st.study_id], None, oof[st.study_id]["classifiers"], probas,
+                    methods={schema.AXIAL: method, schema.SAG_T1: "local"}, points=P,
+                    geometry=replace(geo, scorers=scorers, rankers=rankers), pixels_of=pixels_reader(st, cache))
+    return (out, *fit(list(groups), "slice ranker, all studies"))
 
 
 def level_samples(study, f, thumbs: dict[int, np.ndarray]):
