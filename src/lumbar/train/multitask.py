@@ -108,7 +108,7 @@ def keypoint_errors(model, dataset, entries, device) -> tuple[np.ndarray, np.nda
 @dataclass
 class MultitaskTraining(MultitaskConfig, TrainConfig):
     """`train --model multitask`'s settings: the network's config composed with the training loop's."""
-    epochs: int = 10  # the fixed schedule's length (chosen from the curves; the last epoch's weights predict)
+    epochs: int = 14  # the fixed schedule's length (chosen from the curves; the last epoch's weights predict)
     eval_every: int = 2  # the curves' held-out score every other epoch (and the last): ~10% of a CPU epoch
     batch_size: int = 8  # studies per step
     augment: bool = True  # shift, gain and gamma on every crop (and the switches below)
