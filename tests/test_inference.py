@@ -233,3 +233,26 @@ def test_models_reading_the_same_input_share_one_preparation(synth_dir):
     got = item["inputs"]
     assert got["a"] is got["b"]
     assert got["c"] is not got["a"] and got["c"]["frames"].shape[-1] == 24 and got["a"]["frames"].shape[-1] == 16
+
+
+def test_predict_scores_a_synthetic_folders_test_split_when_asked(trained_weights, synth_dir, tmp_path):
+    """`predict --score`: the submission's score and share of the prior-oracle gap on the folder's test
+    labels, the same numbers the demo's kernel run prints (demo.test_scores); a folder without test labels
+    (a real one) says so and still writes its submission."""
+    from lumbar.demo import test_scores
+
+    out = tmp_path / "sub.csv"
+    r = subprocess.run([sys.executable, "-m", "lumbar", "predict", "--data", str(synth_dir), "--weights",
+                        str(trained_weights), "--out", str(out), "--score"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = test_scores(synth_dir, out, trained_weights)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("predict --score:"))
+    assert f"submission {s['submission']:.4f}" in line and f"closes {100 * s['gap_closed']:.0f}%" in line
+    assert f"over {s['test_studies']} test studies" in line and s["prior"] > s["oracle"]
+    real = tmp_path / "real"
+    shutil.copytree(synth_dir, real)
+    (real / "test_labels.csv").unlink()
+    r = subprocess.run([sys.executable, "-m", "lumbar", "predict", "--data", str(real), "--weights",
+                        str(trained_weights), "--out", str(tmp_path / "sub2.csv"), "--score"], capture_output=True, text=True)
+    assert r.returncode == 0 and "no test_labels.csv" in r.stdout, r.stderr[-2000:]
+    assert_complete(tmp_path / "sub2.csv", real)

@@ -161,6 +161,17 @@ def _cmd_predict(a) -> int:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in res["timings"].items())
     print(f"predict: {res['predicted']}/{res['studies']} studies in {res['seconds']:.1f}s on {res['device']} "
           f"({stages}); {res['failed']} with errors; wrote {a.out}")
+    if a.score:
+        from .data.catalog import find_root
+        from .demo import test_scores
+
+        if not (find_root(a.data) / "test_labels.csv").exists():
+            print(f"predict --score: {a.data} has no test_labels.csv (only a synthetic folder has): nothing to score against")
+            return 0
+        s = test_scores(a.data, Path(a.out), a.weights)
+        print(f"predict --score: submission {s['submission']:.4f} | prior {s['prior']:.4f} | oracle {s['oracle']:.4f} "
+              f"-> closes {100 * s['gap_closed']:.0f}% of the prior-oracle gap [{100 * s['gap_closed_low']:.0f}%, "
+              f"{100 * s['gap_closed_high']:.0f}%] over {s['test_studies']} test studies")
     return 0
 
 
@@ -337,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", default="data/synthetic", help="competition folder whose test studies to predict")
     pr.add_argument("--weights", default="weights", help="weights folder (make train / export)")
     pr.add_argument("--out", default="submission.csv", help="the submission to write (atomically, priors first)")
+    pr.add_argument("--score", action="store_true", help="then score it on the folder's test_labels.csv (synthetic "
+                    "folders): a larger test split than the demo's 20 studies, e.g. `synth --studies 8 --test-studies 100`")
     dataclass_options(pr, PredictConfig, skip=("fault",))
     pr.set_defaults(fn=_cmd_predict)
 
