@@ -11,7 +11,7 @@ from lumbar.data.dicom import Volume
 from lumbar.preprocess import placement
 from lumbar.preprocess.evidence import FEATURES, candidates, features
 from lumbar.preprocess.placement import Geometry
-from lumbar.preprocess.ranker import PATCH, PATCH_MM, Ranker, patch_stack, ranker_from
+from lumbar.preprocess.ranker import PATCH, PATCH_MM, Ranker, candidate_patches, patch_stack, ranker_from
 
 
 def _axial(n: int, step: float, size: int = 64, spacing: float = 1.0, blocks=None) -> Volume:
@@ -54,7 +54,7 @@ def _groups(rng, count):
         v, labelled, target = _disc_level(rng)
         cands = candidates([(1, v)], target, 12.0)
         X = features(cands, lambda sid: v.pixels, lambda sid: v.pixel_spacing, None, 1)
-        P = np.stack([patch_stack(v, v.pixels, c.slice, c.xy) for c in cands])
+        P = candidate_patches(cands, [(1, v)], lambda sid: v.pixels)
         out.append((X, P, np.array([c.slice == labelled for c in cands])))
         nearest.append(cands[0].slice == labelled)
     return out, nearest

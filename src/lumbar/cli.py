@@ -163,15 +163,12 @@ def _cmd_predict(a) -> int:
           f"({stages}); {res['failed']} with errors; wrote {a.out}")
     if a.score:
         from .data.catalog import find_root
-        from .demo import test_scores
+        from .demo import format_test_scores, test_scores
 
         if not (find_root(a.data) / "test_labels.csv").exists():
             print(f"predict --score: {a.data} has no test_labels.csv (only a synthetic folder has): nothing to score against")
             return 0
-        s = test_scores(a.data, Path(a.out), a.weights)
-        print(f"predict --score: submission {s['submission']:.4f} | prior {s['prior']:.4f} | oracle {s['oracle']:.4f} "
-              f"-> closes {100 * s['gap_closed']:.0f}% of the prior-oracle gap [{100 * s['gap_closed_low']:.0f}%, "
-              f"{100 * s['gap_closed_high']:.0f}%] over {s['test_studies']} test studies")
+        print(f"predict --score: {format_test_scores(test_scores(a.data, Path(a.out), a.weights))}")
     return 0
 
 

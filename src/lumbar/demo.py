@@ -46,6 +46,13 @@ def test_scores(data, submission: Path, weights) -> dict:
             "gap_closed": share, "gap_closed_low": low, "gap_closed_high": high, "test_studies": len(ids)}
 
 
+def format_test_scores(s: dict) -> str:
+    """test_scores' numbers as the demo and `predict --score` print them."""
+    return (f"submission {s['submission']:.4f} | prior {s['prior']:.4f} | oracle {s['oracle']:.4f} "
+            f"-> closes {100 * s['gap_closed']:.0f}% of the prior-oracle gap [{100 * s['gap_closed_low']:.0f}%, "
+            f"{100 * s['gap_closed_high']:.0f}%] over {s['test_studies']} test studies")
+
+
 def run_demo(data, run, weights, kernel, cache: str = "cache") -> dict:
     from .kaggle import kaggle_layout, offline_prefix, run_notebook
     from .scoring import format_table, local_score
@@ -79,8 +86,6 @@ def run_demo(data, run, weights, kernel, cache: str = "cache") -> dict:
         raise RuntimeError(f"the kernel failed; see {working / 'executed.ipynb'}:\n{res.stderr[-2000:]}")
     s = test_scores(data, working / "submission.csv", weights)
     print(f"demo: kernel ran {'offline' if offline else 'with network (no unshare here)'} in {time.time() - t:.0f}s; "
-          f"synthetic test studies: submission {s['submission']:.4f} | prior {s['prior']:.4f} | oracle {s['oracle']:.4f} "
-          f"-> closes {100 * s['gap_closed']:.0f}% of the prior-oracle gap [{100 * s['gap_closed_low']:.0f}%, "
-          f"{100 * s['gap_closed_high']:.0f}%] over {s['test_studies']} test studies")
+          f"synthetic test studies: {format_test_scores(s)}")
     print(f"demo: done in {(time.time() - t0) / 60:.1f} min")
     return s

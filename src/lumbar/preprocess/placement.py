@@ -20,7 +20,7 @@ import numpy as np
 from .. import schema
 from ..data.dicom import Volume
 from .evidence import FEATURES, Scorer, candidates, features
-from .ranker import Ranker, patch_stack, ranker_from
+from .ranker import Ranker, candidate_patches, ranker_from
 from .levels import N_LEVELS, LevelLocaliser, from_thumb, stack_at
 
 METHODS = ("ensemble", "geometry", "fused", "local", "ranked")  # how a series type's slice is chosen
@@ -149,9 +149,7 @@ def local_choice(vols: list[tuple[int, Volume]], target: np.ndarray, probas, cls
     spacing = {sid: v.pixel_spacing for sid, v in vols}
     X = features(cands, pixels_of, spacing.__getitem__, probas, cls)
     if isinstance(scorer, Ranker):
-        by_id = dict(vols)
-        best = cands[scorer.best(X, np.stack([patch_stack(by_id[c.series_id], pixels_of(c.series_id), c.slice, c.xy)
-                                               for c in cands]))]
+        best = cands[scorer.best(X, candidate_patches(cands, vols, pixels_of))]
     else:
         best = cands[scorer.best(X)]
     return best.series_id, best.slice

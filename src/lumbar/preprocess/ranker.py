@@ -41,6 +41,13 @@ def patch_stack(v: Volume, pixels: np.ndarray, idx: int, xy) -> np.ndarray:
     return crop_resize(pixels[near], np.concatenate([c - half, c + half]), PATCH)
 
 
+def candidate_patches(cands, vols: list[tuple[int, Volume]], pixels_of) -> np.ndarray:
+    """[len(cands), 3, PATCH, PATCH]: each evidence.Candidate's patch_stack, its series' normalised
+    pixels from pixels_of(series id)."""
+    by_id = dict(vols)
+    return np.stack([patch_stack(by_id[c.series_id], pixels_of(c.series_id), c.slice, c.xy) for c in cands])
+
+
 def _net(n_features: int, width: int):
     from torch import nn
 

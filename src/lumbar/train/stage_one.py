@@ -19,7 +19,7 @@ from ..data.volumes import arrays_to_volume, normalise, normalised, study_volume
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
 from ..preprocess.levels import FINE_JITTER_MM, FINE_MM, LevelConfig, LevelLocaliser, stack_at, to_thumb
 from ..preprocess.evidence import Scorer, acquisition_kind, candidates, features
-from ..preprocess.ranker import Ranker, patch_stack
+from ..preprocess.ranker import Ranker, candidate_patches
 from ..preprocess.placement import METHODS, N_LEVELS, Geometry, fit_offsets, labelled_points, make_choice, place, slice_for
 from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_items, series_probas,
                                    read_preprocess_config, select, study_crops, study_features, training_rows,
@@ -308,9 +308,7 @@ def evidence_groups(study, f, P: np.ndarray, probas: dict, geo: Geometry, pixels
             continue
         spacing = {s: v.pixel_spacing for s, v in vols}
         X = features(cands, pixels_of, spacing.__getitem__, probas, cls)
-        by_id = dict(vols)
-        pats = (np.stack([patch_stack(by_id[c.series_id], pixels_of(c.series_id), c.slice, c.xy) for c in cands]).astype(np.float16)
-                if patches and stype == schema.AXIAL else None)
+        pats = candidate_patches(cands, vols, pixels_of).astype(np.float16) if patches and stype == schema.AXIAL else None
         out[stype].append((X, np.array([c.series_id == sid and c.slice == idx for c in cands]), pats))
     return out
 
@@ -346,11 +344,12 @@ def local_scorers(studies, feats: dict, held: dict, oof: dict, cache: StudyCache
         scorers, rankers = fit([s for s in groups if held[s][0] != k], f"slice ranker, fold {k}")
         for st in (s for s in studies if s.fold == k and s.study_id in held):
             _, probas, P, geo = held[st.study_id]
+            pixels_of = pixels_reader(st, cache)  # each series read and normalised once for both methods
             for method in out:
                 out[method][st.study_id] = geometric(
                     feats[st.study_id], None, oof[st.study_id]["classifiers"], probas,
                     methods={schema.AXIAL: method, schema.SAG_T1: "local"}, points=P,
-                    geometry=replace(geo, scorers=scorers, rankers=rankers), pixels_of=pixels_reader(st, cache))
+                    geometry=replace(geo, scorers=scorers, rankers=rankers), pixels_of=pixels_of)
     return (out, *fit(list(groups), "slice ranker, all studies"))
 
 
