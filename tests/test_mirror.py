@@ -203,6 +203,18 @@ def test_the_test_time_mirror_makes_a_prediction_mirror_equivariant():
     assert np.abs(qm - mirror_labels(q, axis=0)).max() > 1e-4  # one pass alone is not symmetric
     np.testing.assert_allclose(p, (q + mirror_labels(qm, axis=0)) / 2, atol=1e-5)
 
+    # the held-out (OOF) predictions the ensemble is fitted on are the engine's, mirror included
+    from lumbar.train.datasets import mirrored
+    from lumbar.train.folds import held_out_probs
+    from lumbar.train.multitask import CropDataset
+
+    labels = rng.integers(0, 3, (1, 25))
+    ds = CropDataset([e], labels)
+    cpu = torch.device("cpu")
+    np.testing.assert_allclose(held_out_probs(net, ds, 4, cpu, False, tta=True)[0], p, atol=1e-5)
+    np.testing.assert_allclose(held_out_probs(net, ds, 4, cpu, False, tta=False)[0], q, atol=1e-5)
+    assert mirrored(ds)[0]["labels"].tolist() == mirror_labels(labels[0]).tolist() and not ds.flipped
+
 
 def test_the_budget_drops_the_test_time_mirror_before_any_fold_and_restores_it_last():
     from lumbar.infer.budget import Plan

@@ -1,8 +1,20 @@
 """What every dataset shares: augmentations seeded per (seed, epoch, rank, worker), and the collate."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
+
+
+def mirrored(dataset):
+    """The same held-out studies, every one as the patient mirrored left-right (labels swapped): the
+    test-time mirror of a fold's predictions. The dataset reads its `flipped` flag item by item."""
+    if not hasattr(dataset, "flipped"):
+        raise TypeError(f"{type(dataset).__name__} has no mirrored view (no `flipped` flag)")
+    view = copy.copy(dataset)
+    view.flipped = True
+    return view
 
 
 class EpochSeeded:

@@ -18,9 +18,31 @@ from ..data.cache import config_hash
 from ..metric import probs_to_submission, score, solution_frame
 from ..models.prior import fit_prior
 from ..layout import Run
-from .datasets import collate
+from ..preprocess.mirror import mirror_labels
+from .datasets import collate, mirrored
 from .loop import TrainConfig, fit, is_main, pick_device, predict
 from .oof import write_oof
+
+
+def declares_mirror(name: str) -> bool:
+    """Whether the registered model `name` has a test-time mirror (a model not registered has none)."""
+    from ..models.registry import get_spec
+
+    try:
+        return get_spec(name).mirror is not None
+    except ValueError:
+        return False
+
+
+def held_out_probs(model, val_set, batch_size: int, device, amp: bool, tta: bool, desc: str = "oof") -> np.ndarray:
+    """A fold's probabilities [n, 25, 3] for its held-out studies, as the engine predicts test studies:
+    with `tta`, the mean of the studies' and their mirrored patients' (the mirror's left is the study's
+    right), so the OOF predictions the ensemble is fitted on are what it is applied to."""
+    probs = predict(model, val_set, collate, batch_size, device, amp, desc=desc)
+    if tta:
+        flipped = predict(model, mirrored(val_set), collate, batch_size, device, amp, desc=f"{desc} mirrored")
+        probs = (probs + mirror_labels(flipped, axis=1)) / 2
+    return probs
 
 
 def train_config(cfg) -> TrainConfig:
@@ -69,10 +91,15 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
                    inputs: list[str] | None = None) -> tuple[np.ndarray, list[float], list]:
     """Every fold through the one loop: OOF probabilities [n, 25, 3] (post-processed with the fold's
     prior, e.g. for missing series), each fold's score, both from the final weights of a fixed schedule
-    (the held-out fold is scored, never used to choose), and what on_fold(model, val_set, va, device)
+    (the held-out fold is scored, never used to choose; with cfg.tta and a model that declares a mirror,
+    the held-out studies are predicted as they are and mirrored, as the kernel does), and what on_fold(model, val_set, va, device)
     returned per fold. Folds other than cfg.only_fold are skipped when it is set. On a CPU the folds
     train at once in forked processes (fold_processes); the result is the same as one at a time."""
     tcfg = train_config(cfg)
+    tta = tcfg.tta and declares_mirror(name)
+
+    def held_out(m, val_set, device, desc: str) -> np.ndarray:
+        return held_out_probs(m, val_set, cfg.batch_size, device, cfg.amp, tta, desc)
 
     def run_fold(k: int) -> dict | None:
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
@@ -85,7 +112,7 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
             model.init_prior(prior)
 
         def evaluate(m, device) -> float:
-            probs = predict(m, val_set, collate, cfg.batch_size, device, cfg.amp, desc="val")
+            probs = held_out(m, val_set, device, "val")
             return score(sol, probs_to_submission(ids[va], postprocess(probs, va, prior)))
 
         res = fit(model, train_set, tcfg, Run(run).fold(name, k), collate, evaluate, name=f"{name} fold {k}",
@@ -93,7 +120,7 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
         if not is_main():
             return None
         device = pick_device(cfg.device)
-        probs = postprocess(predict(model, val_set, collate, cfg.batch_size, device, cfg.amp, desc="oof"), va, prior)
+        probs = postprocess(held_out(model, val_set, device, "oof"), va, prior)
         write_oof(Run(run).fold(name, k), "oof", ids[va], probs)
         extra = on_fold(model, val_set, va, device) if on_fold is not None else None
         return {"probs": probs, "score": score(sol, probs_to_submission(ids[va], probs)), "epochs": res.epochs_run,

@@ -45,6 +45,8 @@ class CropDataset(EpochSeeded, Dataset):
         self.max_shift = max_shift
         self.seed = seed
 
+    flipped = False  # every item mirrored (datasets.mirrored: the held-out test-time mirror)
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -55,7 +57,7 @@ class CropDataset(EpochSeeded, Dataset):
 
     def __getitem__(self, i: int) -> dict:
         e, labels = self.entries[i], self.labels[i]
-        if self.augment and self.mirror > 0 and self.rng.random() < self.mirror:
+        if self.flipped or (self.augment and self.mirror > 0 and self.rng.random() < self.mirror):
             e, labels = mirror_crops(e), mirror_labels(labels)
         sag = e["sag_image"].astype(np.float32)
         axial = e["axial_image"].astype(np.float32)
