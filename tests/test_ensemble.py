@@ -96,7 +96,7 @@ def test_a_stack_is_chosen_where_it_undoes_what_a_blend_cannot_and_not_otherwise
     skewed = m["sharp"] * np.array([1.0, 0.2, 3.0])
     skewed = skewed / skewed.sum(-1, keepdims=True)
     bent = {"swapped": swapped, "skewed": skewed}
-    ens, report = fit_ensemble(bent, y, folds=folds)
+    ens, report = fit_ensemble(bent, y, folds=folds, candidates=("only", "blend", "stack"))
     assert all(report[g]["chosen"] == "stack" for g in schema.GROUPS), report
     assert all(report[g]["cv_stack"] < report[g]["cv_blend"] - 0.01 for g in schema.GROUPS)
     out = ens.apply(bent)
@@ -107,4 +107,31 @@ def test_a_stack_is_chosen_where_it_undoes_what_a_blend_cannot_and_not_otherwise
     lone = ens.apply_available({"swapped": swapped})
     assert np.allclose(lone.sum(-1), 1, atol=1e-5)
     plain, plain_report = fit_ensemble(m, y, folds=folds, stack=False)
-    assert all("cv_stack" not in r and not plain.stack for r in plain_report.values())
+    assert all("cv_stack" not in r and "cv_mix" not in r and not plain.stack for r in plain_report.values())
+    assert all("cv_blend" in r for r in plain_report.values())  # the blend stands in for the mix
+
+
+def test_the_mix_is_the_mean_of_the_blend_and_the_stack_and_round_trips(members, tmp_path):
+    """The default: every group the mix, whose probabilities are the mean of what the group's blend and
+    its stack give; with "only" a candidate too, the single model where it wins in CV."""
+    from lumbar.infer.ensemble import blend, stacked
+
+    y, m = members
+    folds = np.arange(len(y)) % 4
+    ens, report = fit_ensemble(m, y, folds=folds)
+    assert all(r["chosen"] == "mix" and set(r) == {"fitted", "cv_mix", "chosen"} for r in report.values()), report
+    out = ens.apply(m)
+    stack_all = np.stack([m[k] for k in ens.models]).astype(np.float64)
+    for g, cols in GROUP_COLUMNS.items():
+        s = stack_all[:, :, cols]
+        want = 0.5 * blend(s, np.asarray(ens.weights[g]), ens.temperature[g]) + 0.5 * stacked(s, ens.stack[g])
+        np.testing.assert_allclose(out[:, cols], want, atol=1e-6)
+        assert ens.stack_share[g] == 0.5
+    ens.save(tmp_path / "e.json")
+    np.testing.assert_allclose(Ensemble.load(tmp_path / "e.json").apply(m), out, atol=1e-6)
+    # one member alone: the mix's CV loss is above the single model's, which is kept
+    lone, lone_report = fit_ensemble({"prior": m["prior"]}, y, folds=folds, candidates=("only", "mix"))
+    for g, r in lone_report.items():
+        assert r["chosen"].startswith("only") == (r["only prior"] <= r["cv_mix"]), r
+    with pytest.raises(ValueError, match="candidates"):
+        fit_ensemble(m, y, folds=folds, candidates=("only", "average"))

@@ -1,7 +1,9 @@
 """The ensemble as inference applies it: per condition group, a convex combination of the models'
 probabilities (a linear pool), sharpened or softened by a temperature (p ** (1 / T), renormalised);
-or, where nested CV chose it for the group, a stack: a multinomial logistic regression over the
-members' log-probabilities (its numbers in the JSON, no pickle). Fitted in `train/ensemble.py`."""
+where nested CV chose it for the group, a stack (a multinomial logistic regression over the members'
+log-probabilities; its numbers in the JSON, no pickle), or the mean of the blend's and the stack's
+probabilities (`stack_share` 0.5: the stack's per-level gains with the blend's tamer largest severe
+probability, which the any-severe-spinal term reads). Fitted in `train/ensemble.py`."""
 from __future__ import annotations
 
 import json
@@ -41,6 +43,7 @@ class Ensemble:
     weights: dict[str, list[float]] = field(default_factory=dict)  # group -> one weight per model
     temperature: dict[str, float] = field(default_factory=dict)
     stack: dict[str, dict] = field(default_factory=dict)  # group -> {"coef": [3][3M], "intercept": [3]}
+    stack_share: dict[str, float] = field(default_factory=dict)  # group -> the stack's share (1 if absent)
 
     def apply(self, probs: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities [n, 25, 3] from each member's [n, 25, 3]."""
@@ -50,10 +53,11 @@ class Ensemble:
         stack = np.stack([np.asarray(probs[m], np.float64) for m in self.models])
         out = np.zeros(stack.shape[1:], np.float64)
         for g, cols in GROUP_COLUMNS.items():
+            pooled = blend(stack[:, :, cols], np.asarray(self.weights[g]), self.temperature.get(g, 1.0))
             if g in self.stack:
-                out[:, cols] = stacked(stack[:, :, cols], self.stack[g])
-            else:
-                out[:, cols] = blend(stack[:, :, cols], np.asarray(self.weights[g]), self.temperature.get(g, 1.0))
+                a = self.stack_share.get(g, 1.0)
+                pooled = a * stacked(stack[:, :, cols], self.stack[g]) + (1 - a) * pooled
+            out[:, cols] = pooled
         return out.astype(np.float32)
 
     def apply_available(self, probs: dict[str, np.ndarray]) -> np.ndarray:
