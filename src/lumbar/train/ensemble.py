@@ -13,13 +13,13 @@ largest severe probability of a study's spinal levels where that term punishes i
 of the stack's per-level gain and the blend's term. Choosing per group among the candidates by inner CV
 (160 studies, four folds of 40; the any-severe term a single yes/no per study) was noisier than any
 fixed rule. Nested OOF on demo run 6's folder, paired difference to the multitask model (95%, 2,000
-study resamples):
+study resamples; `bench/ensemble_candidates.py`, bench/results/default-demo/ensemble_candidates_*.md):
 
 | members | choice among single/blend/stack | single or mix | mix |
 |---|---|---|---|
 | run 6 (held-out predictions without the mirror) | -0.024 [-0.054, +0.008] | -0.050 [-0.082, -0.022] | -0.050 [-0.082, -0.022] |
 | run 6's weights, held-out with the mirror | -0.003 [-0.029, +0.029] | -0.013 [-0.028, +0.002] | -0.030 [-0.056, -0.006] |
-| trained with mirror=0.5, held-out with the mirror | -0.009 [-0.024, +0.005] (mix a fourth choice) | -0.009 [-0.024, +0.005] | -0.017 [-0.037, +0.001] |
+| trained with mirror=0.5, held-out with the mirror | -0.000 [-0.022, +0.024] | -0.009 [-0.024, +0.005] | -0.017 [-0.037, +0.001] |
 
 So `candidates` is ["mix"]: no per-group choice; the blend inside it still fits its weights (a noise
 member gets none) and the stack is L2-regularised.
