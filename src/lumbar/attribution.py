@@ -89,22 +89,29 @@ def _load_fold(name: str, run: Run, cfg, k: int):
     return net.eval()
 
 
-def _predict(spec, net, entries: list[dict], force: bool, batch_size: int = 8) -> np.ndarray:
+def _predict(spec, net, entries: list[dict], force: bool, tta: bool = False, batch_size: int = 8) -> np.ndarray:
     """[n, 25, 3] from a fold's network on input entries, batched as the engine batches them (the
-    spec's batch keys, plus the labelled points where the entries hold them, for `force`)."""
+    spec's batch keys, plus the labelled points where the entries hold them, for `force`); with `tta`,
+    averaged with the mirrored patients' (swapped back), as the held-out predictions and the engine are."""
     from .infer.engine import stack_batch
+    from .preprocess.mirror import mirror_labels
 
     keys = [*spec.batch_keys, *[k for k in ("points",) if k not in spec.batch_keys and k in entries[0]]]
-    out = []
+    passes = [entries] + ([[spec.mirror(e) for e in entries]] if tta and spec.mirror is not None else [])
+    total = 0.0
     net.force_points = force
     try:
         with torch.no_grad():
-            for i in range(0, len(entries), batch_size):
-                batch = stack_batch(entries[i:i + batch_size], keys, torch.device("cpu"))
-                out.append(net(batch)["probs"].float().numpy())
+            for j, inputs in enumerate(passes):
+                out = []
+                for i in range(0, len(inputs), batch_size):
+                    batch = stack_batch(inputs[i:i + batch_size], keys, torch.device("cpu"))
+                    out.append(net(batch)["probs"].float().numpy())
+                p = np.concatenate(out)
+                total = total + (mirror_labels(p, axis=1) if j else p)
     finally:
         net.force_points = False
-    return np.concatenate(out)
+    return total / len(passes)
 
 
 def _inputs(kind: str, study, sel: dict, regions, pcfg, fcfg, cache) -> dict[str, dict]:
@@ -155,7 +162,7 @@ def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dic
             for v, e in _inputs(spec.inputs, studies[i], sel, regions, pcfg, fcfg, cache).items():
                 entries[v].append(e)
         for v in VARIANTS:
-            p = _predict(spec, net, entries[v], force=v == "true_patches")
+            p = _predict(spec, net, entries[v], force=v == "true_patches", tta=getattr(cfg, "tta", False))
             out[v][va] = spec.postprocess(p, entries[v], prior) if spec.postprocess is not None else p
     return [s.study_id for s in studies], out
 
