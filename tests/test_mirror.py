@@ -168,69 +168,126 @@ def test_a_mirrored_example_is_the_same_training_example():
         assert make([e], labels, augment=False, mirror=1.0)[0]["labels"].tolist() == labels[0].tolist()  # off unless augmenting
 
 
-def test_the_test_time_mirror_makes_a_prediction_mirror_equivariant():
-    """With the mirror on, the model's answer for a study's mirror is its answer with left and right
-    swapped (exactly: the average of both passes), and off it is not."""
+def _engine_probs(net, cfg, entry, tta: bool):
+    """The engine's (_models_on) fold-averaged probabilities [25, 3] for one study, views as `tta` says."""
+    from collections import defaultdict
     from types import SimpleNamespace
 
-    from collections import defaultdict
-    from conftest import TINY_MULTITASK
-    from lumbar import config
+    from lumbar.infer.budget import Plan
     from lumbar.infer.engine import _models_on
     from lumbar.infer.settings import PredictConfig
+    from lumbar.models.registry import get_spec
+    from lumbar.models.views import levels, model_views
+
+    views = model_views(get_spec("multitask"), mirror=True, shift=cfg.tta_shift)
+    bundle = SimpleNamespace(models={"multitask": {0: net}}, prior=np.full((25, 3), 1 / 3), views={"multitask": views})
+    plan = Plan({"multitask": [0]}, budget=1e9, n_studies=1, workers=0, views={"multitask": levels(views)} if tta else {})
+    out = _models_on([{"study_id": 1, "inputs": {"multitask": entry}}], bundle, plan, defaultdict(float), {},
+                     PredictConfig(), {})
+    return out["multitask"][0]
+
+
+def _tiny_multitask(**over):
+    from conftest import TINY_MULTITASK
+    from lumbar import config
     from lumbar.models.registry import create_model
     from lumbar.train.multitask import MultitaskTraining
 
     torch.manual_seed(0)
-    cfg = config.override(MultitaskTraining(), TINY_MULTITASK)
-    net = create_model("multitask", cfg).eval()
+    cfg = config.override(MultitaskTraining(), TINY_MULTITASK + [f"{k}={v}" for k, v in over.items()])
     rng = np.random.default_rng(3)
     e = _random_crops(rng, s=64, sa=48)  # the sizes the tiny network is tested at (test_models.random_batch)
     e["present"][:] = True
     e["sag_points"][:] = np.nan
     e["axial_points"][:] = np.nan
+    net = create_model("multitask", cfg).eval()
+    with torch.no_grad():  # an untrained head answers ~1/3 everywhere: views would differ by ~1e-5 only
+        net.head_w.mul_(100.0)
+    return net, cfg, e, rng
 
-    def run(entry, tta: bool):
-        bundle = SimpleNamespace(models={"multitask": {0: net}}, prior=np.full((25, 3), 1 / 3))
-        plan = SimpleNamespace(active={"multitask": [0]}, tta={"multitask"} if tta else set(), models=lambda: {"multitask"})
-        out = _models_on([{"study_id": 1, "inputs": {"multitask": entry}}], bundle, plan, defaultdict(float), {},
-                         PredictConfig(), {})
-        return out["multitask"][0]
 
-    p, pm = run(e, True), run(mirror_crops(e), True)
-    np.testing.assert_allclose(pm, mirror_labels(p, axis=0), atol=1e-5)
-    q, qm = run(e, False), run(mirror_crops(e), False)
-    assert np.abs(qm - mirror_labels(q, axis=0)).max() > 1e-4  # one pass alone is not symmetric
-    np.testing.assert_allclose(p, (q + mirror_labels(qm, axis=0)) / 2, atol=1e-5)
-
-    # the held-out (OOF) predictions the ensemble is fitted on are the engine's, mirror included
+def test_the_test_time_mirror_makes_a_prediction_mirror_equivariant():
+    """With the mirror on (no shifts), the model's answer for a study's mirror is its answer with left
+    and right swapped (exactly: the average of both passes), and off it is not; the held-out (OOF)
+    predictions the ensemble is fitted on are the engine's."""
     from lumbar.train.datasets import mirrored
-    from lumbar.train.folds import held_out_probs
+    from lumbar.train.folds import held_out_probs, held_out_views
     from lumbar.train.multitask import CropDataset
+
+    net, cfg, e, rng = _tiny_multitask(tta_shift=0)
+    p, pm = _engine_probs(net, cfg, e, True), _engine_probs(net, cfg, mirror_crops(e), True)
+    np.testing.assert_allclose(pm, mirror_labels(p, axis=0), atol=1e-5)
+    q, qm = _engine_probs(net, cfg, e, False), _engine_probs(net, cfg, mirror_crops(e), False)
+    assert np.abs(qm - mirror_labels(q, axis=0)).max() > 1e-3  # one pass alone is not symmetric
+    np.testing.assert_allclose(p, (q + mirror_labels(qm, axis=0)) / 2, atol=1e-5)
 
     labels = rng.integers(0, 3, (1, 25))
     ds = CropDataset([e], labels)
     cpu = torch.device("cpu")
-    np.testing.assert_allclose(held_out_probs(net, ds, 4, cpu, False, tta=True)[0], p, atol=1e-5)
-    np.testing.assert_allclose(held_out_probs(net, ds, 4, cpu, False, tta=False)[0], q, atol=1e-5)
-    assert mirrored(ds)[0]["labels"].tolist() == mirror_labels(labels[0]).tolist() and not ds.flipped
+    assert len(held_out_views("multitask", cfg)) == 2
+    np.testing.assert_allclose(held_out_probs(net, ds, 4, cpu, False, held_out_views("multitask", cfg))[0], p, atol=1e-5)
+    np.testing.assert_allclose(held_out_probs(net, ds, 4, cpu, False)[0], q, atol=1e-5)
+    assert mirrored(ds)[0]["labels"].tolist() == mirror_labels(labels[0]).tolist() and ds.view is None
 
 
-def test_the_budget_drops_the_test_time_mirror_before_any_fold_and_restores_it_last():
+def test_the_test_time_shifts_average_the_crops_moved_each_way_in_the_engine_and_the_oof():
+    """tta_shift=3: ten views (as is, mirrored, four shifts and their mirrors); the engine's answer is
+    the mean of the network on each view's entry (mirrored ones swapped back), the held-out prediction
+    is the same, and a shifted view is the crops' content moved the other way."""
+    from lumbar.models.registry import get_spec
+    from lumbar.models.views import levels, model_views
+    from lumbar.preprocess.shift import shift_crops
+    from lumbar.train.datasets import viewed
+    from lumbar.train.folds import held_out_probs, held_out_views
+    from lumbar.train.multitask import CropDataset
+
+    net, cfg, e, rng = _tiny_multitask(tta_shift=3)
+    views = model_views(get_spec("multitask"), mirror=True, shift=3)
+    assert len(views) == 10 and [n for n, _ in levels(views)] == ["as is", "mirror", "shifts"]
+    assert {v.offset for v in views} == {(0, 0), (3, 0), (-3, 0), (0, 3), (0, -3)}
+
+    moved = shift_crops(e, 3, -2)  # the centre 3 px right and 2 up: what sat at (x, y) is at (x - 3, y + 2)
+    np.testing.assert_array_equal(moved["sag_image"][..., 12, 10], e["sag_image"][..., 10, 13])
+    np.testing.assert_array_equal(moved["axial_image"][..., 12, 10], e["axial_image"][..., 10, 13])
+    pts = e["sag_points"].copy()
+    pts[0, 0] = [20.0, 30.0]
+    assert shift_crops({**e, "sag_points": pts}, 3, -2)["sag_points"][0, 0].tolist() == [17.0, 32.0]
+
+    ds = CropDataset([e], rng.integers(0, 3, (1, 25)))
+    cpu = torch.device("cpu")
+    one = {v: held_out_probs(net, viewed(ds, v), 4, cpu, False)[0] for v in views}
+    expected = np.mean([v.back(one[v][None])[0] for v in views], 0)
+    p = _engine_probs(net, cfg, e, True)
+    np.testing.assert_allclose(p, expected, atol=1e-5)
+    assert np.abs(p - _engine_probs(net, cfg, e, False)).max() > 1e-3  # the views change the answer
+    np.testing.assert_allclose(held_out_probs(net, ds, 4, cpu, False, held_out_views("multitask", cfg))[0], p, atol=1e-5)
+    # the shifted dataset view and the shifted entry are the same input
+    torch.testing.assert_close(viewed(ds, views[2])[0]["sag_image"],
+                               torch.from_numpy(np.ascontiguousarray(views[2].apply(e, mirror_crops, shift_crops)["sag_image"].astype(np.float32))))
+    # the sequence model declares no shift: its held-out views are as is and mirrored, whatever tta_shift says
+    assert len(held_out_views("sequence", cfg)) == 2
+
+
+def test_the_budget_drops_the_test_time_views_before_any_fold_and_restores_them_last():
     from lumbar.infer.budget import Plan
 
     clock = [0.0]
+    levels = [("as is", 1), ("mirror", 2), ("shifts", 10)]
     plan = Plan({"a": [0, 1], "b": [0, 1]}, budget=100.0, n_studies=100, workers=0, clock=lambda: clock[0], start=0.0,
-                warmup_batches=0, tta={"a", "b"})
-    # one study of 2 passes x 2 folds at 0.2 s a pass, per model: 1.6 s a study, 160 s projected
-    plan.observe(1, 1.6, {}, {("a", 0): 0.4, ("a", 1): 0.4, ("b", 0): 0.4, ("b", 1): 0.4})
+                warmup_batches=0, views={"a": levels, "b": levels[:2]})
+    assert plan.passes("a") == 10 and plan.passes("b") == 2
+    # a: 10 passes x 2 folds at 0.06 s a pass (1.2 s), b: 2 passes x 2 folds at 0.2 s (0.8 s): 200 s projected
+    plan.observe(1, 2.0, {}, {("a", 0): 0.6, ("a", 1): 0.6, ("b", 0): 0.4, ("b", 1): 0.4})
     said = plan.decide()
-    assert said and all("mirror" in s for s in said) and plan.tta == set()  # both mirrors go; no fold does
-    assert plan.active == {"a": [0, 1], "b": [0, 1]}
-    assert plan.per_study() == pytest.approx(0.8, rel=0.05)
-    plan.budget = 1000.0  # room again: the mirrors come back
+    assert plan.active == {"a": [0, 1], "b": [0, 1]}  # views go; no fold does
+    # the costliest model's last level first (a's shifts: 104 s left), then b's mirror (b now costs more)
+    assert ["shifts of a" in said[0], "mirror of b" in said[1], len(said)] == [True, True, 2]
+    assert plan.views_on() == {"a": "mirror", "b": "as is"} and plan.passes("a") == 2
+    assert plan.per_study() == pytest.approx(0.12 * 2 + 0.4, rel=0.05)
+    plan.budget = 1000.0  # room again: every level comes back, the last dropped first
     said = plan.decide()
-    assert plan.tta == {"a", "b"} and any("restored the test-time mirror" in s for s in said)
+    assert plan.views_on() == {"a": "shifts", "b": "mirror"}
+    assert ["mirror of b" in said[0], "shifts of a" in said[1]] == [True, True]
 
 
 def test_a_turned_and_scaled_crop_carries_its_points_and_cutout_zeroes_squares():

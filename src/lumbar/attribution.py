@@ -89,16 +89,18 @@ def _load_fold(name: str, run: Run, cfg, k: int):
     return net.eval()
 
 
-def _predict(spec, net, entries: list[dict], force: bool, tta: bool = False, batch_size: int = 8) -> np.ndarray:
+def _predict(spec, net, entries: list[dict], force: bool, views=None, batch_size: int = 8) -> np.ndarray:
     """[n, 25, 3] from a fold's network on input entries, batched as the engine batches them (the
-    spec's batch keys, plus the labelled points where the entries hold them, for `force`); with `tta`,
-    averaged with the mirrored patients' (swapped back), as the held-out predictions and the engine are."""
+    spec's batch keys, plus the labelled points where the entries hold them, for `force`), averaged over
+    the test-time views (models/views.py; as they are if None), as the held-out predictions and the
+    engine are."""
     from .infer.engine import stack_batch
-    from .preprocess.mirror import mirror_labels
+    from .models.views import AS_IS, average
 
     keys = [*spec.batch_keys, *[k for k in ("points",) if k not in spec.batch_keys and k in entries[0]]]
-    passes = [entries] + ([[spec.mirror(e) for e in entries]] if tta and spec.mirror is not None else [])
-    total = 0.0
+    views = list(views or [AS_IS])
+    passes = [[v.apply(e, spec.mirror, spec.shift) for e in entries] for v in views]
+    probs = []
     net.force_points = force
     try:
         with torch.no_grad():
@@ -107,11 +109,10 @@ def _predict(spec, net, entries: list[dict], force: bool, tta: bool = False, bat
                 for i in range(0, len(inputs), batch_size):
                     batch = stack_batch(inputs[i:i + batch_size], keys, torch.device("cpu"))
                     out.append(net(batch)["probs"].float().numpy())
-                p = np.concatenate(out)
-                total = total + (mirror_labels(p, axis=1) if j else p)
+                probs.append(np.concatenate(out))
     finally:
         net.force_points = False
-    return total / len(passes)
+    return average(views, probs)
 
 
 def _inputs(kind: str, study, sel: dict, regions, pcfg, fcfg, cache) -> dict[str, dict]:
@@ -135,6 +136,7 @@ def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dic
     from .preprocess.crops import CropRegions
     from .train.runner import CONFIGS
     from .train.stage_one import read_oof_selection
+    from .train.folds import held_out_views
 
     spec, r = get_spec(name), Run(run)
     if spec.inputs not in ("crops", "frames"):
@@ -162,7 +164,7 @@ def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dic
             for v, e in _inputs(spec.inputs, studies[i], sel, regions, pcfg, fcfg, cache).items():
                 entries[v].append(e)
         for v in VARIANTS:
-            p = _predict(spec, net, entries[v], force=v == "true_patches", tta=getattr(cfg, "tta", False))
+            p = _predict(spec, net, entries[v], force=v == "true_patches", views=held_out_views(name, cfg))
             out[v][va] = spec.postprocess(p, entries[v], prior) if spec.postprocess is not None else p
     return [s.study_id for s in studies], out
 

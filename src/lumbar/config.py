@@ -34,8 +34,9 @@ class TrainConfig:
     # at a time on two threads), one at a time on CUDA or under torchrun
     seed: int = 0
     device: str = "auto"  # "cuda" (the GPU presets) fails clearly without a working GPU; "cpu" on purpose
-    tta: bool = True  # held-out predictions as the kernel makes them: also the mirrored patient, averaged
-    # (models whose spec declares a mirror), so the ensemble is fitted on what it will be applied to
+    tta: bool = True  # held-out predictions as the kernel makes them: through the model's test-time views
+    # (the mirrored patient, the shifted crops: models/views.py), averaged, so the ensemble is fitted on
+    # what it will be applied to
 
 
 def coerce(value: str, typ: Any, key: str):

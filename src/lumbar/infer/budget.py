@@ -7,9 +7,10 @@ Both parts are measured per batch and smoothed; the first batch is left out of e
 workers, CUDA start-up, cudnn autotuning make it many times the steady state). A calibration factor,
 the real wall time per study over the modelled one, corrects the model of the pipeline.
 
-After each batch `decide` drops the test-time mirrors first (each doubles its model's time), then folds,
-then models, while the projection overruns the budget and
-restores the last dropped one when the projection, with it back, fits with a margin. The last fold of
+After each batch `decide` drops the test-time views first (a model's shifts, then its mirror: each
+multiplies its model's time for the least accuracy; models/views.py), then folds, then models, while the
+projection overruns the budget, and restores the last dropped one when the projection, with it back,
+fits with a margin. The last fold of
 the last model is never dropped for a projection: `should_stop` ends the run only when the real clock
 leaves no time for one more batch of the cheapest configuration, and the studies left keep the prior.
 """
@@ -25,15 +26,19 @@ RESTORE_MARGIN = 0.85  # restore a dropped fold only if the projection with it i
 class Plan:
     def __init__(self, folds: dict[str, list[int]], budget: float, n_studies: int, workers: int,
                  weight_of: Callable[[str], float] = lambda m: 1.0, clock: Callable[[], float] = time.perf_counter,
-                 start: float | None = None, warmup_batches: int = 1, tta: set[str] | None = None):
+                 start: float | None = None, warmup_batches: int = 1,
+                 views: dict[str, list[tuple[str, int]]] | None = None):
         self.active = {m: sorted(ks) for m, ks in folds.items() if ks}
-        self.tta = set(tta or ()) & set(self.active)  # models also run on the mirrored inputs (two passes)
+        # per model, the test-time view levels it can run at, cheapest first: [(name, passes), ...]
+        # (models/views.levels: 'as is' 1, 'mirror' 2, 'shifts' 10); each model starts at its last
+        self.levels = {m: list(lv) for m, lv in (views or {}).items() if m in self.active and len(lv) > 1}
+        self.level = {m: len(lv) - 1 for m, lv in self.levels.items()}
         self.budget, self.n, self.workers = float(budget), int(n_studies), int(workers)
         self.weight_of, self.clock = weight_of, clock
         self.start = clock() if start is None else start
         self.warmup = warmup_batches
         self.dropped: list[tuple[str, int | None]] = []  # a stack: the last dropped is the first restored
-        # (model, None): that model's test-time mirror
+        # (model, None): one level of that model's test-time views
         self.fold_cost: dict[tuple[str, int], float] = {}  # main-process seconds per study and pass
         self.prep_cost: dict[str, float] = {}  # worker seconds per study: "decode" and per model
         self.calibration = 1.0
@@ -50,20 +55,28 @@ class Plan:
     def _ema(self, table: dict, key, value: float) -> None:
         table[key] = value if key not in table else (1 - SMOOTHING) * table[key] + SMOOTHING * value
 
-    def passes(self, model: str, tta: set[str] | None = None) -> int:
-        return 2 if model in (self.tta if tta is None else tta) else 1
+    def passes(self, model: str, level: dict[str, int] | None = None) -> int:
+        """How many views of each study the model runs at its current level (or at `level`'s)."""
+        if model not in self.levels:
+            return 1
+        return self.levels[model][(self.level if level is None else level)[model]][1]
 
-    def per_study(self, active: dict[str, list[int]] | None = None, tta: set[str] | None = None) -> float:
-        """Modelled wall seconds per study for a set of active folds and mirrors (the current ones by default)."""
+    def views_on(self) -> dict[str, str]:
+        """Per model with views to drop, the name of the level it runs at ('as is', 'mirror', 'shifts')."""
+        return {m: self.levels[m][i][0] for m, i in self.level.items()}
+
+    def per_study(self, active: dict[str, list[int]] | None = None, level: dict[str, int] | None = None) -> float:
+        """Modelled wall seconds per study for a set of active folds and view levels (the current ones
+        by default)."""
         active = self.active if active is None else active
         live = [m for m, ks in active.items() if ks]
-        model = sum(self.fold_cost.get((m, k), 0.0) * self.passes(m, tta) for m in live for k in active[m])
+        model = sum(self.fold_cost.get((m, k), 0.0) * self.passes(m, level) for m in live for k in active[m])
         prep = (self.prep_cost.get("decode", 0.0) + sum(self.prep_cost.get(m, 0.0) for m in live)) if live else 0.0
         return (max(prep / self.workers, model) if self.workers > 0 else prep + model) * self.calibration
 
-    def projected(self, active: dict[str, list[int]] | None = None, tta: set[str] | None = None) -> float:
+    def projected(self, active: dict[str, list[int]] | None = None, level: dict[str, int] | None = None) -> float:
         """Elapsed time plus the remaining studies at the modelled cost."""
-        return self.elapsed() + (self.n - self.done) * self.per_study(active, tta)
+        return self.elapsed() + (self.n - self.done) * self.per_study(active, level)
 
     # Measurements
     def observe(self, n_items: int, wall: float, prep: dict[str, float], folds: dict[tuple[str, int], float]) -> None:
@@ -75,7 +88,7 @@ class Plan:
             return
         for part, s in prep.items():
             self._ema(self.prep_cost, part, s / n_items)
-        for key, s in folds.items():  # the passes this batch ran: the mirror state before deciding
+        for key, s in folds.items():  # the passes this batch ran: the view levels before deciding
             self._ema(self.fold_cost, key, s / n_items / self.passes(key[0]))
         modelled = self.per_study() / self.calibration
         if modelled > 0:
@@ -98,12 +111,13 @@ class Plan:
             m, k = self.dropped[-1]
             trial = {mm: list(ks) for mm, ks in self.active.items()}
             if k is None:
-                if self.projected(trial, self.tta | {m}) > RESTORE_MARGIN * self.budget:
+                up = {**self.level, m: self.level[m] + 1}
+                if self.projected(trial, up) > RESTORE_MARGIN * self.budget:
                     break
                 self.dropped.pop()
-                self.tta.add(m)
+                self.level = up
                 said.append(f"projection {self.projected():.0f}s fits the budget {self.budget:.0f}s again: "
-                            f"restored the test-time mirror of {m}")
+                            f"restored the test-time {self.levels[m][up[m]][0]} of {m}")
                 continue
             trial.setdefault(m, []).append(k)
             if self.projected(trial) > RESTORE_MARGIN * self.budget:
@@ -116,15 +130,18 @@ class Plan:
         return said
 
     def _drop_one(self) -> str | None:
-        """First a model's test-time mirror (the costliest first: it doubles a model's time for the
-        least accuracy); then a fold of the model with the most folds left; with one fold each, the
-        model the ensemble weighs least; never the last fold of the last model."""
-        mirrored = [m for m in self.tta if self.active.get(m)]
-        if mirrored:
-            m = max(mirrored, key=lambda m: (sum(self.fold_cost.get((m, k), 0) for k in self.active[m]), m))
-            self.tta.discard(m)
+        """First a level of a model's test-time views (the costliest model's first: its shifts, then
+        its mirror; they multiply a model's time for the least accuracy); then a fold of the model with
+        the most folds left; with one fold each, the model the ensemble weighs least; never the last fold
+        of the last model."""
+        viewed = [m for m, i in self.level.items() if i > 0 and self.active.get(m)]
+        if viewed:
+            m = max(viewed, key=lambda m: (sum(self.fold_cost.get((m, k), 0) for k in self.active[m])
+                                           * self.passes(m), m))
+            name = self.levels[m][self.level[m]][0]
+            self.level[m] -= 1
             self.dropped.append((m, None))
-            return f"dropped the test-time mirror of {m}"
+            return f"dropped the test-time {name} of {m}"
         multi = {m: ks for m, ks in self.active.items() if len(ks) > 1}
         if multi:
             m = max(multi, key=lambda m: (len(multi[m]), sum(self.fold_cost.get((m, k), 0) for k in multi[m])))

@@ -37,7 +37,7 @@ from ..layout import WeightsLayout as W
 from ..models.prior import load_prior
 from ..models.registry import ModelSpec, create_model, for_inference, get_spec, predictors
 from ..preprocess.crops import CropRegions
-from ..preprocess.mirror import mirror_labels
+from ..models.views import AS_IS, View, levels as view_levels, model_views
 from ..preprocess.stage_one import PreprocessConfig, cache_version, read_preprocess_config
 from ..preprocess.slice_select import SliceSelector
 from .budget import Plan
@@ -80,6 +80,7 @@ class Bundle:
         self._load_stage_one()
         self.models: dict[str, dict[int, torch.nn.Module]] = {}
         self.configs: dict = {}
+        self.views: dict[str, list[View]] = {}  # per model, every test-time view it declares (models/views.py)
         for spec in predictors():
             self._load_model(spec)
         self.ensemble = None
@@ -141,6 +142,7 @@ class Bundle:
                                     f"{str(e)[:300]})")
         if nets:
             self.models[name], self.configs[name] = nets, cfg
+            self.views[name] = model_views(spec, mirror=True, shift=getattr(cfg, "tta_shift", 0))
         else:
             self.dropped.append(f"model {name}: no fold loaded; the ensemble is renormalised over the others")
 
@@ -173,6 +175,14 @@ class Bundle:
         return lines
 
 
+
+
+def _views_said(plan: Plan, model: str) -> str:
+    """' + mirror' / ' + mirror, shifts (10 views)' for the run's first line."""
+    if plan.passes(model) == 1:
+        return ""
+    names = [n for n, _ in plan.levels[model][1:plan.level[model] + 1]]
+    return f" + {', '.join(names)} ({plan.passes(model)} views)"
 
 
 def stack_batch(entries: list[dict], keys, device) -> dict:
@@ -226,10 +236,10 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
         for line in bundle.describe():
             _say(cfg, f"loaded: {line}")
     folds = {m: sorted(nets) for m, nets in bundle.models.items()} if bundle else {}
-    tta = {m for m in folds if cfg.tta and get_spec(m).mirror is not None}
+    views = {m: view_levels(bundle.views[m]) for m in folds} if cfg.tta else {}
     plan = Plan(folds, cfg.time_budget, len(studies), cfg.workers, weight_of=bundle.model_weight if bundle else
-                (lambda m: 1.0), start=start, tta=tta)
-    _say(cfg, f"models {', '.join(f'{m} x{len(v)} folds' + (' + mirror' if m in tta else '') for m, v in folds.items()) or 'none'} on "
+                (lambda m: 1.0), start=start, views=views)
+    _say(cfg, f"models {', '.join(f'{m} x{len(v)} folds' + _views_said(plan, m) for m, v in folds.items()) or 'none'} on "
               f"{', '.join(str(d) for d in devices)}"
          + ("" if bundle is None or bundle.ensemble else "; no ensemble weights (models averaged)"))
     tmp = tempfile.TemporaryDirectory(prefix="lumbar-cache-") if not cfg.cache_dir else None
@@ -349,8 +359,9 @@ def _models_on(items, bundle: Bundle, plan: Plan, timings, failures, cfg, fold_s
         folds = list(plan.active[name])  # never empty: plan.models() holds only models with folds left
         try:
             t = time.perf_counter()
-            # the inputs, and with the test-time mirror (plan.tta) the mirrored patient's too
-            passes = [entries] + ([[spec.mirror(e) for e in entries]] if name in plan.tta else [])
+            # the inputs through the test-time views the budget leaves this model (models/views.py)
+            views = bundle.views.get(name, [AS_IS])[:plan.passes(name)]
+            passes = [[v.apply(e, spec.mirror, spec.shift) for e in entries] for v in views]
             batches: dict = {}
             pending = []
             for k in folds:
@@ -364,7 +375,7 @@ def _models_on(items, bundle: Bundle, plan: Plan, timings, failures, cfg, fold_s
                         pending.append((j, net(batches[(dev, j)])["probs"]))
             for j, p in pending:
                 q = p.float().cpu().numpy()  # .cpu() waits for that fold's GPU
-                acc += q if j == 0 else mirror_labels(q, axis=1)  # the mirror's left is the study's right
+                acc += views[j].back(q)  # the mirror's left is the study's right
             dt = time.perf_counter() - t
             timings[f"model {name}"] += dt
             for k in folds:  # per batch, shared evenly: folds on two GPUs overlap

@@ -12,7 +12,7 @@ class PredictConfig:
     workers: int = 2  # processes preparing inputs; 0 = in this process, in order, with no deadline
     device: str = "auto"  # every GPU that passes a smoke test, else the CPU; or "cpu", "cuda:1"
     amp: bool = True  # fp16 autocast where the device is CUDA (CPU always runs fp32)
-    tta: bool = True  # also predict each study mirrored left-right and average (models that declare a mirror); dropped first when time runs short
+    tta: bool = True  # also predict each study through the models' test-time views (mirrored left-right; crops shifted by the model's tta_shift px) and average; the first thing dropped when time runs short
     time_budget: float = DEFAULT_BUDGET_S  # seconds for the whole predict call
     study_timeout: float = 600.0  # seconds one study's input preparation may take in a worker
     cache_dir: str = ""  # per-study cache folder; "" = a temporary one removed at the end

@@ -25,6 +25,7 @@ from .. import schema
 from .backbones import create_backbone
 from .losses import class_weighted_ce
 from ..preprocess.mirror import mirror_crops
+from ..preprocess.shift import shift_crops
 from .registry import register_model
 from .superres import ESPCN
 
@@ -71,6 +72,8 @@ class MultitaskConfig:
     teacher_forcing: float = 0.5  # share of training studies whose patches are cut at the labelled points
     kp_weight: float = 2.0  # weight of the keypoints' loss against the labels'
     dropout: float = 0.2  # before the classifier head
+    tta_shift: int = 3  # test-time: the crops' centres also moved ±this many pixels (4 views, each mirrored
+    # too where the mirror is on; 0: none); within training's ±6 px roll (models/views.py)
 
 
 def soft_argmax(heat: torch.Tensor) -> torch.Tensor:
@@ -200,6 +203,7 @@ def predicted_points(net: "MultitaskModel", entry: dict) -> dict:
 
 @register_model("multitask", MultitaskConfig, inputs="crops",
                 batch_keys=("sag_image", "axial_image", "sag_points", "axial_points", "present"),
-                postprocess=_fill_missing_crops, points=predicted_points, mirror=mirror_crops)
+                postprocess=_fill_missing_crops, points=predicted_points, mirror=mirror_crops,
+                shift=shift_crops)
 def build_multitask(cfg: MultitaskConfig) -> MultitaskModel:
     return MultitaskModel(cfg)

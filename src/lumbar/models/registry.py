@@ -35,6 +35,9 @@ class ModelSpec:
     # one input entry -> the entry of the patient mirrored left-right (preprocess/mirror.py): the
     # test-time mirror, and the training augmentation's, when the model declares one
     mirror: Callable[[dict], dict] | None = None
+    # (input entry, dx, dy) -> the entry with its crops' centres moved (dx, dy) pixels: the test-time
+    # shifts (models/views.py), as far as the model config's `tta_shift` says
+    shift: Callable[[dict, int, int], dict] | None = None
 
 
 _SPECS: dict[str, ModelSpec] = {}

@@ -6,15 +6,23 @@ import copy
 import numpy as np
 import torch
 
+from ..models.views import MIRRORED, View
+
+
+def viewed(dataset, view: View):
+    """The same held-out studies, every one seen through a test-time view (models/views.py: mirrored,
+    labels swapped; crops shifted): a fold's predictions as the engine makes them. The dataset reads
+    its `view` item by item."""
+    if not hasattr(dataset, "view"):
+        raise TypeError(f"{type(dataset).__name__} has no test-time views (no `view` attribute)")
+    out = copy.copy(dataset)
+    out.view = view
+    return out
+
 
 def mirrored(dataset):
-    """The same held-out studies, every one as the patient mirrored left-right (labels swapped): the
-    test-time mirror of a fold's predictions. The dataset reads its `flipped` flag item by item."""
-    if not hasattr(dataset, "flipped"):
-        raise TypeError(f"{type(dataset).__name__} has no mirrored view (no `flipped` flag)")
-    view = copy.copy(dataset)
-    view.flipped = True
-    return view
+    """The same held-out studies, every one as the patient mirrored left-right (labels swapped)."""
+    return viewed(dataset, MIRRORED)
 
 
 class EpochSeeded:

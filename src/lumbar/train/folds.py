@@ -18,31 +18,36 @@ from ..data.cache import config_hash
 from ..metric import probs_to_submission, score, solution_frame
 from ..models.prior import fit_prior
 from ..layout import Run
-from ..preprocess.mirror import mirror_labels
-from .datasets import collate, mirrored
+from ..models.views import AS_IS, View, average, levels, model_views
+from .datasets import collate, viewed
 from .loop import TrainConfig, fit, is_main, pick_device, predict
 from .oof import write_oof
 
 
-def declares_mirror(name: str) -> bool:
-    """Whether the registered model `name` has a test-time mirror (a model not registered has none)."""
+def held_out_views(name: str, cfg) -> list[View]:
+    """The test-time views a fold predicts its held-out studies through: the engine's for the model
+    (its spec's mirror and shifts, the config's `tta_shift`) with cfg.tta on; as they are otherwise,
+    and for a model that is not registered."""
     from ..models.registry import get_spec
 
     try:
-        return get_spec(name).mirror is not None
+        spec = get_spec(name)
     except ValueError:
-        return False
+        return [AS_IS]
+    if not getattr(cfg, "tta", False):
+        return [AS_IS]
+    return model_views(spec, mirror=True, shift=getattr(cfg, "tta_shift", 0))
 
 
-def held_out_probs(model, val_set, batch_size: int, device, amp: bool, tta: bool, desc: str = "oof") -> np.ndarray:
+def held_out_probs(model, val_set, batch_size: int, device, amp: bool, views: list[View] = (AS_IS,),
+                   desc: str = "oof") -> np.ndarray:
     """A fold's probabilities [n, 25, 3] for its held-out studies, as the engine predicts test studies:
-    with `tta`, the mean of the studies' and their mirrored patients' (the mirror's left is the study's
-    right), so the OOF predictions the ensemble is fitted on are what it is applied to."""
-    probs = predict(model, val_set, collate, batch_size, device, amp, desc=desc)
-    if tta:
-        flipped = predict(model, mirrored(val_set), collate, batch_size, device, amp, desc=f"{desc} mirrored")
-        probs = (probs + mirror_labels(flipped, axis=1)) / 2
-    return probs
+    the mean over the views (each brought back to the study's own columns), so the OOF predictions the
+    ensemble is fitted on are what it is applied to."""
+    views = list(views)
+    probs = [predict(model, val_set if v == AS_IS else viewed(val_set, v), collate, batch_size, device, amp,
+                     desc=desc if v == AS_IS else f"{desc} {v.name}") for v in views]
+    return average(views, probs).astype(np.float32)
 
 
 def train_config(cfg) -> TrainConfig:
@@ -91,15 +96,16 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
                    inputs: list[str] | None = None) -> tuple[np.ndarray, list[float], list]:
     """Every fold through the one loop: OOF probabilities [n, 25, 3] (post-processed with the fold's
     prior, e.g. for missing series), each fold's score, both from the final weights of a fixed schedule
-    (the held-out fold is scored, never used to choose; with cfg.tta and a model that declares a mirror,
-    the held-out studies are predicted as they are and mirrored, as the kernel does), and what on_fold(model, val_set, va, device)
+    (the held-out fold is scored, never used to choose; with cfg.tta, the held-out studies are predicted
+    through the model's test-time views, as the kernel does: held_out_views), and what on_fold(model, val_set, va, device)
     returned per fold. Folds other than cfg.only_fold are skipped when it is set. On a CPU the folds
     train at once in forked processes (fold_processes); the result is the same as one at a time."""
     tcfg = train_config(cfg)
-    tta = tcfg.tta and declares_mirror(name)
+    views = held_out_views(name, cfg)
+    curve_views = views[:dict(levels(views)).get("mirror", 1)]
 
     def held_out(m, val_set, device, desc: str) -> np.ndarray:
-        return held_out_probs(m, val_set, cfg.batch_size, device, cfg.amp, tta, desc)
+        return held_out_probs(m, val_set, cfg.batch_size, device, cfg.amp, views, desc)
 
     def run_fold(k: int) -> dict | None:
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
@@ -111,8 +117,8 @@ def cross_validate(name: str, cfg, ids: np.ndarray, y: np.ndarray, fold: np.ndar
         if hasattr(model, "init_prior"):
             model.init_prior(prior)
 
-        def evaluate(m, device) -> float:
-            probs = held_out(m, val_set, device, "val")
+        def evaluate(m, device) -> float:  # the curves: as is and mirrored (the shifts only for the OOF: 5x)
+            probs = held_out_probs(m, val_set, cfg.batch_size, device, cfg.amp, curve_views, "val")
             return score(sol, probs_to_submission(ids[va], postprocess(probs, va, prior)))
 
         res = fit(model, train_set, tcfg, Run(run).fold(name, k), collate, evaluate, name=f"{name} fold {k}",

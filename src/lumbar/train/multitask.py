@@ -16,6 +16,7 @@ from ..metric import probs_to_submission, score, solution_frame
 from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.registry import create_model
 from ..preprocess.mirror import mirror_crops, mirror_labels
+from ..preprocess.shift import shift_crops
 from ..layout import Run
 from .datasets import EpochSeeded, collate, cutout, random_affine
 from .folds import cross_validate, study_inputs
@@ -45,7 +46,7 @@ class CropDataset(EpochSeeded, Dataset):
         self.max_shift = max_shift
         self.seed = seed
 
-    flipped = False  # every item mirrored (datasets.mirrored: the held-out test-time mirror)
+    view = None  # every item seen through this test-time view (datasets.viewed: held-out predictions)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -57,7 +58,10 @@ class CropDataset(EpochSeeded, Dataset):
 
     def __getitem__(self, i: int) -> dict:
         e, labels = self.entries[i], self.labels[i]
-        if self.flipped or (self.augment and self.mirror > 0 and self.rng.random() < self.mirror):
+        if self.view is not None:
+            e = self.view.apply(e, mirror_crops, shift_crops)
+            labels = mirror_labels(labels) if self.view.mirror else labels
+        if self.augment and self.mirror > 0 and self.rng.random() < self.mirror:
             e, labels = mirror_crops(e), mirror_labels(labels)
         sag = e["sag_image"].astype(np.float32)
         axial = e["axial_image"].astype(np.float32)

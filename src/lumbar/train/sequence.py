@@ -41,14 +41,17 @@ class FramesDataset(EpochSeeded, Dataset):
         self.augment = augment
         self.seed = seed
 
-    flipped = False  # every item mirrored (datasets.mirrored: the held-out test-time mirror)
+    view = None  # every item seen through this test-time view (datasets.viewed: held-out predictions)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, i: int) -> dict:
         e, labels = self.entries[i], self.labels[i]
-        if self.flipped or (self.augment and self.mirror > 0 and self.rng.random() < self.mirror):
+        if self.view is not None:
+            e = self.view.apply(e, mirror_frames, None)
+            labels = mirror_labels(labels) if self.view.mirror else labels
+        if self.augment and self.mirror > 0 and self.rng.random() < self.mirror:
             e, labels = mirror_frames(e), mirror_labels(labels)
         frames = e["frames"].astype(np.float32)
         points = (e["points"].astype(np.float32).copy() if "points" in e
