@@ -330,3 +330,21 @@ def test_the_augmentation_switches_reach_both_datasets():
         a, b = plain[0][key], turned[0][key]
         assert a.shape == b.shape and not torch.allclose(a, b)
         assert (b == 0).float().mean() > (a == 0).float().mean()  # the rotation's corners and the cutouts
+
+
+def test_a_finished_fold_is_not_retrained_for_a_field_that_only_changes_its_held_out_prediction():
+    """tta and tta_shift change how the held-out studies are predicted, not the weights: the fold's
+    identity (what its checkpoint is resumed under) ignores them, and not a training field."""
+    from dataclasses import replace
+
+    from lumbar.train.folds import fold_identity
+    from lumbar.train.multitask import MultitaskTraining
+
+    ids, y = np.arange(4), np.zeros((4, 25), int)
+
+    def ident(cfg):
+        return fold_identity(cfg, ids, y, None, None, np.arange(4))
+
+    base = MultitaskTraining()
+    assert ident(replace(base, tta_shift=5)) == ident(base) == ident(replace(base, tta=False))
+    assert ident(replace(base, lr=base.lr / 2))["config"] != ident(base)["config"]

@@ -66,6 +66,11 @@ def study_inputs(studies) -> list[str]:
     return out
 
 
+# Config fields that change only how the held-out studies are predicted, not the weights: a finished
+# fold is not retrained for them (training again with another tta_shift re-predicts the OOF alone).
+PREDICTION_ONLY = ("tta", "tta_shift")
+
+
 def fold_identity(cfg, train_ids: np.ndarray, train_y: np.ndarray, train_set, inputs: list[str] | None,
                   tr: np.ndarray) -> dict:
     """What a fold's weights were trained on, part by part (the loop names the part that changed): the
@@ -73,7 +78,8 @@ def fold_identity(cfg, train_ids: np.ndarray, train_y: np.ndarray, train_set, in
     keys: they hash the crop geometry, the slice selection and the crop regions)."""
     entries = getattr(train_set, "entries", None)
     keys = getattr(entries, "keys", None)
-    return {"config": config_hash(asdict(cfg)), "studies": config_hash(train_ids.tolist()),
+    trained = {k: v for k, v in asdict(cfg).items() if k not in PREDICTION_ONLY}
+    return {"config": config_hash(trained), "studies": config_hash(train_ids.tolist()),
             "labels": config_hash(np.asarray(train_y).tolist()),
             "inputs": config_hash([inputs[i] for i in tr] if inputs is not None else None, keys)}
 
