@@ -150,6 +150,50 @@ def test_the_mirror_of_a_studys_inputs_is_what_the_mirrored_patient_gives(mirror
     np.testing.assert_allclose(want["points"], frames_m["points"], atol=0.05, equal_nan=True)
 
 
+def test_placed_t1_frames_sit_at_each_foramen_and_mirror_exactly(mirrored_patient):
+    """sagittal="placed": half the T1 frames are each side's selected slice and its neighbours (in the
+    order along the normal), they carry that side's labelled foraminal points, the T2 frames stay as
+    they were, the cache key follows the T1 slices, and the mirrored patient gives the mirrored frames."""
+    from dataclasses import replace
+
+    from lumbar.preprocess.frames import frames_key
+
+    study, copy = mirrored_patient
+    cfg = FramesConfig(n_frames=6, size=32, sagittal="placed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, _, sel, vols = _inputs(study)
+        _, _, _, vols_m = _inputs(copy)
+        placed = build_frames(vols, cfg, study.coords, sel)
+        even = build_frames(vols, replace(cfg, sagittal="even"), study.coords, sel)
+        placed_m = build_frames(vols_m, cfg, copy.coords, _mirrored_selection(sel, vols))
+    t1, t2 = schema.SERIES_TYPES.index(schema.SAG_T1), schema.SERIES_TYPES.index(schema.SAG_T2)
+    (sid_r, right), (sid_l, left) = sel["sag_t1_right"][:2], sel["sag_t1_left"][:2]
+    assert sid_r == sid_l and right < left  # sagittal slices run right to left
+    v = dict(vols[schema.SAG_T1])[sid_r]
+    slices = v.neighbours(right, 3) + v.neighbours(left, 3)
+    want = (v.depth[slices] - v.depth.min()) / np.ptp(v.depth)
+    np.testing.assert_allclose(placed["positions"][t1], want, atol=1e-6)
+    ok = np.isfinite(placed["points"][t1]).all(-1)  # [6 frames, 5 levels]
+    assert ok[1].any() and ok[4].any()  # each side's middle frame: its own slice, its labelled foramina
+    assert ok.sum() >= np.isfinite(even["points"][t1]).all(-1).sum()  # even frames may step over them
+    np.testing.assert_array_equal(placed["frames"][t2], even["frames"][t2])
+    snapped = build_frames(vols, replace(cfg, sagittal="snapped"), study.coords, sel)  # the spread, both slices in it
+    from lumbar.preprocess.frames import even_indices, snapped_indices
+    slices = snapped_indices(even_indices(len(v), 6), [right, left])
+    assert right in slices and left in slices
+    np.testing.assert_allclose(snapped["positions"][t1], (v.depth[slices] - v.depth.min()) / np.ptp(v.depth), atol=1e-6)
+    np.testing.assert_array_equal(snapped["frames"][t2], even["frames"][t2])
+    moved = dict(sel, sag_t1_left=(sid_l, left - 1))
+    assert frames_key(cfg, moved) != frames_key(cfg, sel)
+    assert frames_key(replace(cfg, sagittal="even"), moved) == frames_key(replace(cfg, sagittal="even"), sel)
+    mirrored = mirror_frames(placed)
+    np.testing.assert_allclose(mirrored["positions"][t1], placed_m["positions"][t1], atol=1e-4)
+    np.testing.assert_allclose(mirrored["frames"][t1].astype(np.float32), placed_m["frames"][t1].astype(np.float32),
+                               atol=2e-2)
+    np.testing.assert_allclose(mirrored["points"][t1], placed_m["points"][t1], atol=0.05, equal_nan=True)
+
+
 def test_a_mirrored_example_is_the_same_training_example():
     from lumbar.train.multitask import CropDataset
     from lumbar.train.sequence import FramesDataset

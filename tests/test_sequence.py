@@ -9,7 +9,8 @@ from lumbar import schema
 from lumbar.data.cache import StudyCache
 from lumbar.data.catalog import load_studies
 from lumbar.data.volumes import study_volumes
-from lumbar.preprocess.frames import FramesConfig, build_frames, choose_series, even_indices, study_frames
+from lumbar.preprocess.frames import (FramesConfig, build_frames, choose_series, even_indices, snapped_indices,
+                                      study_frames)
 from lumbar.train.oof import read_oof
 from lumbar.train.runner import RunConfig, train
 
@@ -22,6 +23,13 @@ def test_even_indices():
     assert even_indices(19, 10).tolist()[0] == 0 and even_indices(19, 10).tolist()[-1] == 18
     assert len(even_indices(3, 10)) == 10  # repeats when the series is short
     assert even_indices(1, 4).tolist() == [0, 0, 0, 0]
+
+
+def test_snapped_indices_move_the_nearest_frame_onto_each_target():
+    idx = even_indices(15, 6)  # 0 3 6 8 11 14
+    assert snapped_indices(idx, [4, 10]).tolist() == [0, 4, 6, 8, 10, 14]
+    assert snapped_indices(idx, [6]).tolist() == idx.tolist()  # already there
+    assert snapped_indices(idx, []).tolist() == idx.tolist()
 
 
 def test_frame_order_follows_position_not_instance_number(tmp_path):

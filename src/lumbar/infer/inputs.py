@@ -80,8 +80,8 @@ class StudyInputs:
                     item["inputs"][name] = preprocess_study(st, self.selector, "", self.regions, self.pcfg,
                                                             self.cache, vols, selected())
                 else:
-                    axial_levels = getattr(settings, "axial", "") == "levels" and self.selector is not None
-                    item["inputs"][name] = build_frames(vols, settings, selection=selected() if axial_levels else None)
+                    placed = settings.uses_selection() and self.selector is not None
+                    item["inputs"][name] = build_frames(vols, settings, selection=selected() if placed else None)
                 built[same] = item["inputs"][name]
             except Exception as e:
                 item["errors"].append(f"{name}: {type(e).__name__}: {e}")

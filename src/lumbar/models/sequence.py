@@ -47,6 +47,9 @@ class SequenceConfig:
     frame_size: int = 128  # a frame's side in pixels
     pick: str = "most_levels"  # which series of a type when a study has several: most_levels, or merge
     axial_frames: str = "levels"  # n_frames/5 per level at the stage-one axial slices; "even": one series
+    sagittal_frames: str = "even"  # "placed": the T1 frames around stage one's foraminal slices, half per
+    # side (T2 stays spread); "snapped": spread, the frame nearest each foraminal slice moved onto it;
+    # "even": spread over the series
     d_model: int = 128  # the transformer's width
     layers: int = 2  # transformer encoder layers
     heads: int = 4  # attention heads

@@ -2,7 +2,12 @@
 
 Sagittal frames are evenly spaced along the slice direction (right to left, the canonical order);
 when a study has several series of a type, `pick` chooses the one covering the most (the widest span
-along its normal) or merges them into one stack ordered by position. Axial frames are placed per level
+along its normal) or merges them into one stack ordered by position. With `sagittal="placed"` the T1 frames
+sit where stage one put the foraminal crops instead, half around each side's slice: evenly spaced
+frames step over the foramina, a few slices wide on a series of 15-20 (the sequence model's foraminal
+columns were its weakest by far). The T2 frames stay spread: the canal is central, where even frames
+fall anyway, and an even count around one slice could not be mirror-symmetric (half per T1 side can,
+with an odd half). Axial frames are placed per level
 (`axial="levels"`): N/5 frames around each level's axial slice, chosen over every block of every axial
 series (the stage-one selection, or the naive rule), so a study whose levels are spread over 2-4
 series, or a 192-slice stack whose discs would fall between evenly spaced frames, still shows every
@@ -24,8 +29,8 @@ from ..data.volumes import normalised, study_volumes
 from .crops import crop_resize, edges, find_spine_column, map_points
 from .stage_one import naive_selection
 
-FRAMES_VERSION = 4  # 3: axial frames per level across series and blocks; points through slice geometry;
-# 4: axial frame boxes centred exactly (mirror-symmetric)
+FRAMES_VERSION = 5  # 3: axial frames per level across series and blocks; points through slice geometry;
+# 4: axial frame boxes centred exactly (mirror-symmetric); 5: sagittal frames placed by stage one (option)
 
 
 @dataclass
@@ -34,13 +39,20 @@ class FramesConfig:
     size: int = 64
     pick: str = "most_levels"  # or "merge" (sagittal; axial too with axial="even")
     axial: str = "levels"  # or "even": evenly spaced over one axial series (`pick`)
+    sagittal: str = "even"  # "placed": the T1 frames around stage one's foraminal slices, half per side;
+    # "snapped": even, the frame nearest each foraminal slice moved onto it
     sag_box: float = 0.7  # sagittal box side, fraction of the image
     axial_box: float = 0.55
 
     @classmethod
     def of_model(cls, cfg) -> "FramesConfig":
         """The frames a sequence-model config (n_frames, frame_size, pick, axial_frames) reads."""
-        return cls(n_frames=cfg.n_frames, size=cfg.frame_size, pick=cfg.pick, axial=cfg.axial_frames)
+        return cls(n_frames=cfg.n_frames, size=cfg.frame_size, pick=cfg.pick, axial=cfg.axial_frames,
+                   sagittal=cfg.sagittal_frames)
+
+    def uses_selection(self) -> bool:
+        """Whether stage one's slice selection places any of the frames."""
+        return self.axial == "levels" or self.sagittal in ("placed", "snapped")
 
 
 def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray, np.ndarray, Volume]:
@@ -127,6 +139,48 @@ def axial_level_frames(items: list[tuple[int, Volume]], cfg: FramesConfig, selec
     return frames, positions, points
 
 
+PLACES = {schema.SAG_T1: ("sag_t1_right", "sag_t1_left")}  # right first: the canonical order
+
+
+def placed_sagittal_frames(items: list[tuple[int, Volume]], stype: str, cfg: FramesConfig, selection: dict,
+                           coords=None):
+    """(frames [N, S, S], positions [N], points [N, 5, 2]) around the selection's slices of a sagittal
+    type (PLACES), ordered along the normal as even frames are (so the mirror reverses them alike);
+    None when the type has no places or the selection lacks one."""
+    if stype not in PLACES:
+        return None
+    by_id = dict(items)
+    picks = [selection.get(name, (None, -1))[:2] for name in PLACES[stype]]
+    if any(sid not in by_id for sid, _ in picks):
+        return None
+    n, s = cfg.n_frames, cfg.size
+    counts = [n // len(picks) + (k < n % len(picks)) for k in range(len(picks))]
+    pixels: dict[int, np.ndarray] = {}
+    frames, positions, points = [], [], []
+    for (sid, idx), count in zip(picks, counts):
+        v = by_id[sid]
+        if sid not in pixels:
+            pixels[sid] = normalised(v)
+        px = pixels[sid]
+        idxs = np.array(v.neighbours(int(idx), count))
+        box = spine_box(px[len(px) // 2], True, cfg.sag_box)  # as even frames: the series' middle slice
+        frames.append(crop_resize(px[idxs], box, s))
+        positions.append((v.depth[idxs] - v.depth.min()) / (np.ptp(v.depth) or 1.0))
+        points.append(frame_points(coords, stype, sid, v, idxs, box, s))
+    positions = np.concatenate(positions).astype(np.float32)
+    order = np.argsort(positions, kind="stable")
+    return np.concatenate(frames)[order], positions[order], np.concatenate(points)[order]
+
+
+def snapped_indices(idx: np.ndarray, targets: list[int]) -> np.ndarray:
+    """Even indices with the one nearest each target moved onto it (sorted): the spread kept, the
+    selected slices in it."""
+    idx = np.array(idx)
+    for target in targets:
+        idx[int(np.argmin(np.abs(idx - target)))] = target
+    return np.sort(idx)
+
+
 def even_indices(n: int, k: int) -> np.ndarray:
     """k indices spread evenly over 0..n-1 (repeats when n < k)."""
     return np.round(np.linspace(0, n - 1, k)).astype(int) if n > 0 else np.zeros(0, int)
@@ -160,9 +214,12 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, c
     """frames [3, N, S, S] float16 (series types in schema order), mask [3], positions [3, N] in [0, 1],
     points [3, N, 5, 2] (labelled points on the frames in frame pixels, NaN unknown; from `coords`, the
     study's train_label_coordinates rows, when given). `selection` (crop name -> (series, slice), the
-    stage-one selection) places the axial frames; without it the naive rule does."""
+    stage-one selection) places the axial frames (and the sagittal ones, `sagittal="placed"`); without
+    it the naive rule does."""
     if cfg.axial not in ("levels", "even"):
         raise ValueError(f"axial frames must be 'levels' or 'even', not {cfg.axial!r}")
+    if cfg.sagittal not in ("even", "placed", "snapped"):
+        raise ValueError(f"sagittal frames must be 'even', 'placed' or 'snapped', not {cfg.sagittal!r}")
     if cfg.axial == "levels" and cfg.n_frames < 5:
         raise ValueError(f"axial frames per level need n_frames >= 5 (one per level), not {cfg.n_frames}")
     n, s = cfg.n_frames, cfg.size
@@ -174,31 +231,44 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, c
         items = vols.get(stype)
         if not items:
             continue
+        if selection is None and cfg.uses_selection():
+            selection = naive_selection(vols)
         if stype == schema.AXIAL and cfg.axial == "levels":
-            if selection is None:
-                selection = naive_selection(vols)
             f, positions[t], points[t] = axial_level_frames(items, cfg, selection, coords)
             frames[t], mask[t] = f.astype(np.float16), True
             continue
+        if stype in PLACES and cfg.sagittal == "placed":
+            placed = placed_sagittal_frames(items, stype, cfg, selection, coords)
+            if placed is not None:  # else: even frames, as without the option
+                frames[t], positions[t], points[t] = placed[0].astype(np.float16), placed[1], placed[2]
+                mask[t] = True
+                continue
         pixels, pos, ref = choose_series(items, cfg.pick)
         idx = even_indices(len(pixels), n)
+        one = cfg.pick == "most_levels" or len(items) == 1  # the frames index one series' slices
+        if cfg.sagittal == "snapped" and stype in PLACES and one:
+            sid = next(i for i, v in items if v is ref)
+            idx = snapped_indices(idx, [int(selection[k][1]) for k in PLACES[stype]
+                                        if k in selection and selection[k][0] == sid])
         sagittal = stype != schema.AXIAL
         box = spine_box(pixels[len(pixels) // 2], sagittal, cfg.sag_box if sagittal else cfg.axial_box)
         frames[t] = crop_resize(pixels[idx], box, s).astype(np.float16)
         span = np.ptp(pos) or 1.0
         positions[t] = (pos[idx] - pos.min()) / span
         mask[t] = True
-        if cfg.pick == "most_levels" or len(items) == 1:  # points need one series' slices
+        if one:  # points need one series' slices
             sid = next(i for i, v in items if v is ref)
             points[t] = frame_points(coords, stype, sid, ref, idx, box, s)
     return {"frames": frames, "mask": mask, "positions": positions, "points": points}
 
 
 def frames_key(cfg: FramesConfig, selection: dict | None = None) -> str:
-    axial = None
-    if cfg.axial == "levels" and selection is not None:
-        axial = sorted((k, list(v[:2])) for k, v in selection.items() if k.startswith("axial_"))  # slices, not centres
-    return f"frames{FRAMES_VERSION}_" + config_hash(asdict(cfg), axial)
+    places = None
+    if cfg.uses_selection() and selection is not None:
+        names = tuple(k for k in selection if (cfg.axial == "levels" and k.startswith("axial_"))
+                      or (cfg.sagittal in ("placed", "snapped") and k.startswith("sag_t1")))
+        places = sorted((k, [int(x) for x in selection[k][:2]]) for k in names)  # slices, not centres
+    return f"frames{FRAMES_VERSION}_" + config_hash(asdict(cfg), places)
 
 
 def study_frames(study: Study, cfg: FramesConfig, cache: StudyCache | None,
