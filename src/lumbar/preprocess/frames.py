@@ -7,7 +7,8 @@ sit where stage one put the foraminal crops instead, half around each side's sli
 frames step over the foramina, a few slices wide on a series of 15-20 (the sequence model's foraminal
 columns were its weakest by far). The T2 frames stay spread: the canal is central, where even frames
 fall anyway, and an even count around one slice could not be mirror-symmetric (half per T1 side can,
-with an odd half). Axial frames are placed per level
+with an odd half). `sagittal="snapped"` keeps the spread and moves the frame nearest each foraminal
+slice onto it. Axial frames are placed per level
 (`axial="levels"`): N/5 frames around each level's axial slice, chosen over every block of every axial
 series (the stage-one selection, or the naive rule), so a study whose levels are spread over 2-4
 series, or a 192-slice stack whose discs would fall between evenly spaced frames, still shows every
@@ -52,7 +53,7 @@ class FramesConfig:
 
     def uses_selection(self) -> bool:
         """Whether stage one's slice selection places any of the frames."""
-        return self.axial == "levels" or self.sagittal in ("placed", "snapped")
+        return self.axial == "levels" or self.sagittal != "even"
 
 
 def choose_series(vols: list[tuple[int, Volume]], pick: str) -> tuple[np.ndarray, np.ndarray, Volume]:
@@ -155,15 +156,15 @@ def placed_sagittal_frames(items: list[tuple[int, Volume]], stype: str, cfg: Fra
         return None
     n, s = cfg.n_frames, cfg.size
     counts = [n // len(picks) + (k < n % len(picks)) for k in range(len(picks))]
-    pixels: dict[int, np.ndarray] = {}
+    series: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # both sides mostly read one series
     frames, positions, points = [], [], []
     for (sid, idx), count in zip(picks, counts):
         v = by_id[sid]
-        if sid not in pixels:
-            pixels[sid] = normalised(v)
-        px = pixels[sid]
+        if sid not in series:
+            px = normalised(v)
+            series[sid] = px, spine_box(px[len(px) // 2], True, cfg.sag_box)  # as even frames: the middle slice
+        px, box = series[sid]
         idxs = np.array(v.neighbours(int(idx), count))
-        box = spine_box(px[len(px) // 2], True, cfg.sag_box)  # as even frames: the series' middle slice
         frames.append(crop_resize(px[idxs], box, s))
         positions.append((v.depth[idxs] - v.depth.min()) / (np.ptp(v.depth) or 1.0))
         points.append(frame_points(coords, stype, sid, v, idxs, box, s))
@@ -214,8 +215,8 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, c
     """frames [3, N, S, S] float16 (series types in schema order), mask [3], positions [3, N] in [0, 1],
     points [3, N, 5, 2] (labelled points on the frames in frame pixels, NaN unknown; from `coords`, the
     study's train_label_coordinates rows, when given). `selection` (crop name -> (series, slice), the
-    stage-one selection) places the axial frames (and the sagittal ones, `sagittal="placed"`); without
-    it the naive rule does."""
+    stage-one selection) places the axial frames (and the T1 ones, `sagittal="placed"` or "snapped");
+    without it the naive rule does."""
     if cfg.axial not in ("levels", "even"):
         raise ValueError(f"axial frames must be 'levels' or 'even', not {cfg.axial!r}")
     if cfg.sagittal not in ("even", "placed", "snapped"):
@@ -246,8 +247,8 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, c
         pixels, pos, ref = choose_series(items, cfg.pick)
         idx = even_indices(len(pixels), n)
         one = cfg.pick == "most_levels" or len(items) == 1  # the frames index one series' slices
+        sid = next(i for i, v in items if v is ref) if one else None
         if cfg.sagittal == "snapped" and stype in PLACES and one:
-            sid = next(i for i, v in items if v is ref)
             idx = snapped_indices(idx, [int(selection[k][1]) for k in PLACES[stype]
                                         if k in selection and selection[k][0] == sid])
         sagittal = stype != schema.AXIAL
@@ -257,7 +258,6 @@ def build_frames(vols: dict[str, list[tuple[int, Volume]]], cfg: FramesConfig, c
         positions[t] = (pos[idx] - pos.min()) / span
         mask[t] = True
         if one:  # points need one series' slices
-            sid = next(i for i, v in items if v is ref)
             points[t] = frame_points(coords, stype, sid, ref, idx, box, s)
     return {"frames": frames, "mask": mask, "positions": positions, "points": points}
 
@@ -266,7 +266,7 @@ def frames_key(cfg: FramesConfig, selection: dict | None = None) -> str:
     places = None
     if cfg.uses_selection() and selection is not None:
         names = tuple(k for k in selection if (cfg.axial == "levels" and k.startswith("axial_"))
-                      or (cfg.sagittal in ("placed", "snapped") and k.startswith("sag_t1")))
+                      or (cfg.sagittal != "even" and k.startswith("sag_t1")))
         places = sorted((k, [int(x) for x in selection[k][:2]]) for k in names)  # slices, not centres
     return f"frames{FRAMES_VERSION}_" + config_hash(asdict(cfg), places)
 
