@@ -196,3 +196,54 @@ def test_a_series_without_orientation_takes_its_plane_from_the_description(tmp_p
     # read as axial (the old default) it would be featurised as an axial series
     as_axial = read_series(tmp_path / "untagged", plane="axial")
     np.testing.assert_allclose(as_axial.normal, [0, 0, -1])
+
+
+def _strip(folder, name_tags):
+    """Remove tags from some files of a written series: {file name: (keywords)}."""
+    for name, tags in name_tags.items():
+        ds = pydicom.dcmread(folder / name)
+        for t in tags:
+            delattr(ds, t)
+        ds.save_as(folder / name)
+
+
+def test_tags_some_files_lack_come_from_the_series_other_files(tmp_path):
+    # An oblique series (5 degrees about x) of two matrices: a file without ImageOrientationPatient read
+    # with the plane's default would start a block of its own, one without PixelSpacing read at 1 mm
+    # (a 48-px slice of a 32-mm field) would be resampled at the wrong scale.
+    a = np.radians(5)
+    iop = [0, np.cos(a), np.sin(a), 0, np.sin(a), -np.cos(a)]
+    sizes = [32, 32, 32, 32, 48, 48]
+    tagged = read_series(_sagittal(tmp_path, "tagged", sizes=sizes, iop=iop))
+    folder = _sagittal(tmp_path, "stripped", sizes=sizes, iop=iop)
+    _strip(folder, {"2.dcm": ["ImageOrientationPatient"], "5.dcm": ["ImageOrientationPatient", "PixelSpacing"],
+                    "3.dcm": ["PixelSpacing"], "6.dcm": ["PixelSpacing"]})
+    with pytest.warns(DicomWarning, match=r"stripped: 2 file\(s\) without ImageOrientationPatient and 3 without"):
+        v = read_series(folder, plane="sagittal")
+    assert v.n_blocks == 1 and v.spacing_known
+    np.testing.assert_allclose(v.orientations, tagged.orientations)
+    np.testing.assert_allclose(v.positions, tagged.positions)
+    np.testing.assert_allclose(v.pixel_spacing, tagged.pixel_spacing)
+    np.testing.assert_allclose(v.pixels, tagged.pixels, atol=1e-4)
+
+
+def test_a_series_without_pixel_spacing_takes_its_studys_field_of_view(tmp_path):
+    from lumbar import schema
+    from lumbar.data.volumes import TYPICAL_FOV_MM, arrays_to_volume, fill_spacing, volume_to_arrays
+
+    t1 = read_series(_sagittal(tmp_path, "t1"))  # 32 px at 1 mm: a 32-mm field
+    folder = _sagittal(tmp_path, "t2", sizes=[48] * 6)  # the same field at 2/3 mm
+    truth = read_series(folder)
+    _strip(folder, {f"{k}.dcm": ["PixelSpacing"] for k in range(1, 7)})
+    t2 = read_series(folder, plane="sagittal")
+    assert not t2.spacing_known and not arrays_to_volume(volume_to_arrays(t2)).spacing_known
+    axial = read_series(folder, plane="axial")  # stands in for a lone axial series without the tag
+    vols = {schema.SAG_T1: [(1, t1)], schema.SAG_T2: [(2, t2)], schema.AXIAL: [(3, axial)]}
+    with pytest.warns(UserWarning, match="study 7: series 2 has no PixelSpacing; 0.667 mm from series 1"):
+        fill_spacing(vols, 7)
+    (_, t2), (_, axial) = vols[schema.SAG_T2][0], vols[schema.AXIAL][0]
+    np.testing.assert_allclose(t2.pixel_spacing, truth.pixel_spacing, rtol=1e-5)  # the files round to 1e-6
+    np.testing.assert_allclose(t2.centres, truth.centres, atol=1e-4)  # patient geometry as with the tag
+    np.testing.assert_allclose(t2.to_patient(0, [[5.0, 9.0]]), truth.to_patient(0, [[5.0, 9.0]]), atol=1e-4)
+    np.testing.assert_allclose(axial.pixel_spacing, [TYPICAL_FOV_MM["axial"] / 48] * 2)
+    assert t2.spacing_known and axial.spacing_known

@@ -53,6 +53,9 @@ class Volume:
     # float64 [n, 11] each slice's geometry as in its file (IPP, IOP, PixelSpacing): labelled
     # coordinates, given in the file's pixel grid, map through it (see `from_source`)
     source_geometry: np.ndarray | None = None
+    # False when no file of the series had PixelSpacing: `pixel_spacing` is a stand-in (data/volumes.py
+    # puts the study's other series' field of view, or a typical one, in its place)
+    spacing_known: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.pixels)
@@ -157,7 +160,16 @@ class Volume:
     def _with(self, pixels: np.ndarray, idx: np.ndarray) -> "Volume":
         return Volume(pixels, self.positions[idx], self.normal, self.pixel_spacing, self.instance_numbers[idx],
                       self.orientation, self.thickness, self.source, self.orientations[idx], self.blocks[idx],
-                      self.source_geometry[idx])
+                      self.source_geometry[idx], self.spacing_known)
+
+    def with_spacing(self, mm: float) -> "Volume":
+        """The same slices with another square pixel spacing (mm), in the files' geometry too (square:
+        a file's rows may be the canonical columns)."""
+        spacing = np.array([mm, mm], np.float64)
+        source = self.source_geometry.copy()
+        source[:, 9:11] = mm
+        return Volume(self.pixels, self.positions, self.normal, spacing, self.instance_numbers, self.orientation,
+                      self.thickness, self.source, self.orientations, self.blocks, source, True)
 
 
 def _decoder_hint(transfer_syntax_name: str) -> str:
@@ -212,7 +224,7 @@ def _read_slice(path: Path):
         pixels = (lo + hi) - pixels
     ipp = np.array([float(v) for v in ds.ImagePositionPatient]) if "ImagePositionPatient" in ds else None
     iop = np.array([float(v) for v in ds.ImageOrientationPatient]) if "ImageOrientationPatient" in ds else None
-    spacing = np.array([float(v) for v in ds.PixelSpacing]) if "PixelSpacing" in ds else np.array([1.0, 1.0])
+    spacing = np.array([float(v) for v in ds.PixelSpacing]) if "PixelSpacing" in ds else None
     thickness = float(getattr(ds, "SliceThickness", 0.0) or 0.0)
     instance = int(getattr(ds, "InstanceNumber", 0) or 0)
     return pixels, ipp, iop, spacing, thickness, instance
@@ -293,13 +305,41 @@ def _read_files(folder: Path) -> list:
     return slices
 
 
+def _fill_missing_geometry(slices: list, folder: Path) -> tuple[list, bool]:
+    """The tags some files of a series lack, taken from its other files (the hidden test lacks
+    ImageOrientationPatient or PixelSpacing in some files): the orientation of the nearest instance
+    that has one, the spacing of the most common matrix that has one, scaled to the file's own matrix
+    (one field of view). Returns the slices and whether any file had a PixelSpacing."""
+    with_iop = [(s[5], s[2]) for s in slices if s[2] is not None]
+    with_sp = Counter((s[0].shape, tuple(s[3])) for s in slices if s[3] is not None)
+    known_shape, known_sp = with_sp.most_common(1)[0][0] if with_sp else (None, (1.0, 1.0))
+    out, n_iop, n_sp = [], 0, 0
+    for img, ipp, iop, sp, thick, inst in slices:
+        if iop is None and with_iop:
+            iop, n_iop = min(with_iop, key=lambda t: abs(t[0] - inst))[1], n_iop + 1
+        if sp is None:
+            same = [s for (shape, s), _ in with_sp.most_common() if shape == img.shape]
+            if same:
+                sp = np.array(same[0])
+            elif known_shape is not None:  # another matrix of the series: its field of view
+                sp = np.array(known_sp) * np.array(known_shape, np.float64) / np.array(img.shape, np.float64)
+            else:
+                sp = np.array(known_sp)
+            n_sp += known_shape is not None
+        out.append((img, ipp, iop, sp, thick, inst))
+    if n_iop or n_sp:
+        warnings.warn(f"{folder}: {n_iop} file(s) without ImageOrientationPatient and {n_sp} without PixelSpacing "
+                      "took them from the series' other files", DicomWarning, stacklevel=3)
+    return out, bool(with_sp)
+
+
 def read_series(folder: str | Path, plane: str = "axial") -> Volume:
     """A series folder as one Volume in the canonical orientation: every block of parallel slices kept
     (an axial series of one angled block per disc keeps all its discs). `plane` ("sagittal" or "axial",
     from the series description) stands in for a missing ImageOrientationPatient. Slices in another
     plane than the series' own (a localiser) are dropped with a warning."""
     folder = Path(folder)
-    slices = _read_files(folder)
+    slices, spacing_known = _fill_missing_geometry(_read_files(folder), folder)
     default_iop = DEFAULT_ORIENTATION.get(plane, DEFAULT_ORIENTATION["axial"])
     rows = []
     for img, ipp, iop, sp, thick, inst in slices:
@@ -366,6 +406,7 @@ def read_series(folder: str | Path, plane: str = "axial") -> Volume:
         orientations=orientations[order],
         blocks=blocks,
         source_geometry=source[order],
+        spacing_known=spacing_known,
     )
 
 

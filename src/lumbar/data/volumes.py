@@ -11,7 +11,13 @@ from .dicom import DicomError, Volume, plane_of, read_series
 
 # 2: a missing ImageOrientationPatient takes the plane of the series description
 # 3: every block of a series kept, canonical orientation, per-slice and source geometry
-DECODE_VERSION = 3
+# 4: tags some files lack taken from the series' other files; a series without PixelSpacing marked
+DECODE_VERSION = 4
+
+# The field of view (mm) a series without any PixelSpacing is given when its study has no other series of
+# its plane to take one from: lumbar sagittal ~300 mm, axial ~200 mm (REAL_DATA.md: 512-640 px at 0.4-0.7 mm).
+# Without it the reader's stand-in, 1 mm, puts a 512-px series at twice its size in patient space.
+TYPICAL_FOV_MM = {"sagittal": 300.0, "axial": 200.0}
 
 
 def volume_to_arrays(v: Volume) -> dict[str, np.ndarray]:
@@ -22,14 +28,39 @@ def volume_to_arrays(v: Volume) -> dict[str, np.ndarray]:
     return {"q": q, "lo": np.float64(lo), "scale": np.float64(scale), "positions": v.positions, "normal": v.normal,
             "pixel_spacing": v.pixel_spacing, "instance_numbers": v.instance_numbers, "orientation": v.orientation,
             "thickness": np.float64(v.thickness), "orientations": v.orientations, "blocks": v.blocks,
-            "source_geometry": v.source_geometry}
+            "source_geometry": v.source_geometry, "spacing_known": np.bool_(v.spacing_known)}
 
 
 def arrays_to_volume(a: dict[str, np.ndarray], source: str = "") -> Volume:
     pixels = (a["q"].astype(np.float32) * np.float32(a["scale"]) + np.float32(a["lo"])).astype(np.float32)
     return Volume(pixels, a["positions"], a["normal"], a["pixel_spacing"], a["instance_numbers"],
                   a["orientation"], float(a["thickness"]), source, a["orientations"], a["blocks"],
-                  a["source_geometry"])
+                  a["source_geometry"], bool(a.get("spacing_known", True)))
+
+
+def field_of_view(v: Volume) -> float:
+    """The larger side of a series' image in mm."""
+    h, w = v.pixels.shape[1:]
+    return float(max(h * v.pixel_spacing[0], w * v.pixel_spacing[1]))
+
+
+def fill_spacing(vols: dict[str, list[tuple[int, Volume]]], study_id: int | str = "") -> dict:
+    """A series none of whose files had PixelSpacing takes the field of view of the study's first series
+    of its plane that had one (sagittal T1 and T2 share theirs), else TYPICAL_FOV_MM, spread over its own
+    matrix: its geometry against the other series is then right to a few percent instead of 1 mm a pixel."""
+    for stype, items in vols.items():
+        plane = plane_of(stype)
+        for k, (sid, v) in enumerate(items):
+            if v.spacing_known:
+                continue
+            peers = [(i, u) for t, its in vols.items() if plane_of(t) == plane for i, u in its if u.spacing_known]
+            fov, whence = ((field_of_view(peers[0][1]), f"series {peers[0][0]}'s field of view") if peers
+                           else (TYPICAL_FOV_MM[plane], f"a typical {plane} field of view"))
+            mm = fov / max(v.pixels.shape[1:])
+            warnings.warn(f"study {study_id}: series {sid} has no PixelSpacing; {mm:.3f} mm from {whence} "
+                          f"({fov:.0f} mm)", stacklevel=2)
+            items[k] = (sid, v.with_spacing(mm))
+    return vols
 
 
 def study_volumes(study: Study, cache: StudyCache | None = None) -> dict[str, list[tuple[int, Volume]]]:
@@ -46,7 +77,7 @@ def study_volumes(study: Study, cache: StudyCache | None = None) -> dict[str, li
                 warnings.warn(f"study {study.study_id}: {e}; series skipped", stacklevel=2)
                 continue
             out.setdefault(stype, []).append((rec.series_id, arrays_to_volume(arrays, str(rec.path))))
-    return out
+    return fill_spacing(out, study.study_id)
 
 
 def normalise(pixels: np.ndarray) -> np.ndarray:
