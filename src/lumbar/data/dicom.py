@@ -305,18 +305,69 @@ def _read_files(folder: Path) -> list:
     return slices
 
 
-def _fill_missing_geometry(slices: list, folder: Path) -> tuple[list, bool]:
+def orientations_from_positions(positions: np.ndarray, plane: str) -> np.ndarray | None:
+    """[n, 6] ImageOrientationPatient for slices that have positions but no orientation (in instance
+    order): a block's slices step along its normal, so each run of equal steps in one direction is a
+    block whose normal is that direction; in the plane, the canonical row direction projected onto it
+    (what the plane's default assumes; a rotation within the plane cannot be seen from positions).
+    Angled axial blocks (one per disc, tilted up to ~25 degrees) keep their tilts, and a slightly rotated
+    sagittal series its normal, where the plane's default would misplace the image's edges by centimetres.
+    None when the positions cannot tell (fewer than two slices, or no two at one step)."""
+    positions = np.asarray(positions, np.float64)
+    steps = np.diff(positions, axis=0)
+    size = np.linalg.norm(steps, axis=1)
+    if len(steps) == 0 or not np.any(size > 1e-3):
+        return None
+    typical = float(np.median(size[size > 1e-3]))
+    blocks, direction = [[0]], None
+    for i, (d, n) in enumerate(zip(steps, size), start=1):
+        u = d / n if n > 1e-3 else None
+        same_step = u is not None and abs(n - typical) < 0.3 * typical
+        if same_step and (direction is None or abs(u @ direction) > np.cos(np.radians(3))):
+            if direction is None or len(blocks[-1]) == 1:
+                direction = u
+            blocks[-1].append(i)
+        else:
+            blocks.append([i])
+            direction = None
+    normals = [positions[b[-1]] - positions[b[0]] if len(b) > 1 else None for b in blocks]
+    found = [m for m in normals if m is not None]
+    if not found:
+        return None
+    r0, c0, _ = CANONICAL[plane if plane in CANONICAL else "axial"]
+    out = np.zeros((len(positions), 6))
+    for b, m in zip(blocks, normals):
+        if m is None:  # a lone slice: its nearest block's normal
+            m = min(zip(blocks, normals), key=lambda t: abs(t[0][0] - b[0]) if t[1] is not None else np.inf)[1]
+        m = m / np.linalg.norm(m)
+        m = m if m @ np.cross(r0, c0) >= 0 else -m
+        r = r0 - (r0 @ m) * m
+        r /= np.linalg.norm(r) or 1.0
+        out[b] = np.concatenate([r, np.cross(m, r)])
+    return out
+
+
+def _fill_missing_geometry(slices: list, folder: Path, plane: str = "axial") -> tuple[list, bool]:
     """The tags some files of a series lack, taken from its other files (the hidden test lacks
     ImageOrientationPatient or PixelSpacing in some files): the orientation of the nearest instance
-    that has one, the spacing of the most common matrix that has one, scaled to the file's own matrix
-    (one field of view). Returns the slices and whether any file had a PixelSpacing."""
+    that has one (none has: from the slices' positions), the spacing of the most common matrix that
+    has one, scaled to the file's own matrix (one field of view). Returns the slices and whether any
+    file had a PixelSpacing."""
     with_iop = [(s[5], s[2]) for s in slices if s[2] is not None]
+    some_iop = bool(with_iop)
+    if not with_iop and all(s[1] is not None for s in slices):
+        order = sorted(range(len(slices)), key=lambda i: slices[i][5])
+        est = orientations_from_positions(np.array([slices[i][1] for i in order]), plane)
+        if est is not None:
+            with_iop = [(slices[i][5], est[k]) for k, i in enumerate(order)]
+            warnings.warn(f"{folder}: no file has ImageOrientationPatient; taken from the slices' positions",
+                          DicomWarning, stacklevel=3)
     with_sp = Counter((s[0].shape, tuple(s[3])) for s in slices if s[3] is not None)
     known_shape, known_sp = with_sp.most_common(1)[0][0] if with_sp else (None, (1.0, 1.0))
     out, n_iop, n_sp = [], 0, 0
     for img, ipp, iop, sp, thick, inst in slices:
         if iop is None and with_iop:
-            iop, n_iop = min(with_iop, key=lambda t: abs(t[0] - inst))[1], n_iop + 1
+            iop, n_iop = min(with_iop, key=lambda t: abs(t[0] - inst))[1], n_iop + some_iop
         if sp is None:
             same = [s for (shape, s), _ in with_sp.most_common() if shape == img.shape]
             if same:
@@ -339,7 +390,7 @@ def read_series(folder: str | Path, plane: str = "axial") -> Volume:
     from the series description) stands in for a missing ImageOrientationPatient. Slices in another
     plane than the series' own (a localiser) are dropped with a warning."""
     folder = Path(folder)
-    slices, spacing_known = _fill_missing_geometry(_read_files(folder), folder)
+    slices, spacing_known = _fill_missing_geometry(_read_files(folder), folder, plane)
     default_iop = DEFAULT_ORIENTATION.get(plane, DEFAULT_ORIENTATION["axial"])
     rows = []
     for img, ipp, iop, sp, thick, inst in slices:
