@@ -193,8 +193,18 @@ def test_a_series_without_orientation_takes_its_plane_from_the_description(tmp_p
     np.testing.assert_array_equal(untagged.pixels, tagged.pixels)
     np.testing.assert_allclose(np.abs(untagged.normal), [1, 0, 0])
     np.testing.assert_array_equal(untagged.instance_numbers, tagged.instance_numbers)
-    # read as axial (the old default) it would be featurised as an axial series
+    # the slices' positions outrank a wrong plane: read as axial it is still a sagittal series
     as_axial = read_series(tmp_path / "untagged", plane="axial")
+    np.testing.assert_allclose(as_axial.normal, untagged.normal)
+    # without positions the description's plane is all there is
+    for f in (tmp_path / "untagged").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        del ds.ImagePositionPatient
+        ds.save_as(f)
+    with pytest.warns(DicomWarning, match="ImagePositionPatient missing"):
+        no_positions = read_series(tmp_path / "untagged", plane="sagittal")
+        as_axial = read_series(tmp_path / "untagged", plane="axial")
+    np.testing.assert_allclose(np.abs(no_positions.normal), [1, 0, 0])
     np.testing.assert_allclose(as_axial.normal, [0, 0, -1])
 
 

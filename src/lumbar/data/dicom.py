@@ -305,7 +305,7 @@ def _read_files(folder: Path) -> list:
     return slices
 
 
-def orientations_from_positions(positions: np.ndarray, plane: str) -> np.ndarray | None:
+def orientations_from_positions(positions: np.ndarray) -> np.ndarray | None:
     """[n, 6] ImageOrientationPatient for slices that have positions but no orientation (in instance
     order): a block's slices step along its normal, so each run of equal steps in one direction is a
     block whose normal is that direction; in the plane, the canonical row direction projected onto it
@@ -334,12 +334,13 @@ def orientations_from_positions(positions: np.ndarray, plane: str) -> np.ndarray
     found = [m for m in normals if m is not None]
     if not found:
         return None
-    r0, c0, _ = CANONICAL[plane if plane in CANONICAL else "axial"]
     out = np.zeros((len(positions), 6))
     for b, m in zip(blocks, normals):
         if m is None:  # a lone slice: its nearest block's normal
             m = min(zip(blocks, normals), key=lambda t: abs(t[0][0] - b[0]) if t[1] is not None else np.inf)[1]
         m = m / np.linalg.norm(m)
+        # the positions outrank the description's plane, which only says how the image lies in it
+        r0, c0, _ = CANONICAL[("sagittal", "coronal", "axial")[int(np.argmax(np.abs(m)))]]
         m = m if m @ np.cross(r0, c0) >= 0 else -m
         r = r0 - (r0 @ m) * m
         r /= np.linalg.norm(r) or 1.0
@@ -347,7 +348,7 @@ def orientations_from_positions(positions: np.ndarray, plane: str) -> np.ndarray
     return out
 
 
-def _fill_missing_geometry(slices: list, folder: Path, plane: str = "axial") -> tuple[list, bool]:
+def _fill_missing_geometry(slices: list, folder: Path) -> tuple[list, bool]:
     """The tags some files of a series lack, taken from its other files (the hidden test lacks
     ImageOrientationPatient or PixelSpacing in some files): the orientation of the nearest instance
     that has one (none has: from the slices' positions), the spacing of the most common matrix that
@@ -357,7 +358,7 @@ def _fill_missing_geometry(slices: list, folder: Path, plane: str = "axial") -> 
     some_iop = bool(with_iop)
     if not with_iop and all(s[1] is not None for s in slices):
         order = sorted(range(len(slices)), key=lambda i: slices[i][5])
-        est = orientations_from_positions(np.array([slices[i][1] for i in order]), plane)
+        est = orientations_from_positions(np.array([slices[i][1] for i in order]))
         if est is not None:
             with_iop = [(slices[i][5], est[k]) for k, i in enumerate(order)]
             warnings.warn(f"{folder}: no file has ImageOrientationPatient; taken from the slices' positions",
@@ -390,7 +391,7 @@ def read_series(folder: str | Path, plane: str = "axial") -> Volume:
     from the series description) stands in for a missing ImageOrientationPatient. Slices in another
     plane than the series' own (a localiser) are dropped with a warning."""
     folder = Path(folder)
-    slices, spacing_known = _fill_missing_geometry(_read_files(folder), folder, plane)
+    slices, spacing_known = _fill_missing_geometry(_read_files(folder), folder)
     default_iop = DEFAULT_ORIENTATION.get(plane, DEFAULT_ORIENTATION["axial"])
     rows = []
     for img, ipp, iop, sp, thick, inst in slices:
