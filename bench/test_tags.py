@@ -63,7 +63,7 @@ def main() -> None:
     p_prior, p_oracle = (submission_to_probs(f[f["row_id"].isin(subs[0]["row_id"])], ids) for f in (prior, oracle))
     flags = study_flags(root, ids)
     groups = {"all": np.ones(len(ids), bool)}
-    groups["every tag"] = ~flags[list(TAGS)[:2] + ["empty_series"]].any(axis=1).to_numpy()
+    groups["geometry complete"] = ~flags[list(TAGS)[:2] + ["empty_series"]].any(axis=1).to_numpy()
     groups.update({k: flags[k].to_numpy() for k in flags.columns})
     names = [Path(s).stem for s in a.submissions]
     head = "| studies | n | " + " | ".join(f"{n}: share of the gap" for n in names)
