@@ -387,9 +387,10 @@ def _fill_missing_geometry(slices: list, folder: Path) -> tuple[list, bool]:
 
 def read_series(folder: str | Path, plane: str = "axial") -> Volume:
     """A series folder as one Volume in the canonical orientation: every block of parallel slices kept
-    (an axial series of one angled block per disc keeps all its discs). `plane` ("sagittal" or "axial",
-    from the series description) stands in for a missing ImageOrientationPatient. Slices in another
-    plane than the series' own (a localiser) are dropped with a warning."""
+    (an axial series of one angled block per disc keeps all its discs). Tags some files lack come from
+    the others (`_fill_missing_geometry`); `plane` ("sagittal" or "axial", from the series description)
+    stands in for ImageOrientationPatient only when no file has it and the positions cannot tell. Slices
+    in another plane than the series' own (a localiser) are dropped with a warning."""
     folder = Path(folder)
     slices, spacing_known = _fill_missing_geometry(_read_files(folder), folder)
     default_iop = DEFAULT_ORIENTATION.get(plane, DEFAULT_ORIENTATION["axial"])

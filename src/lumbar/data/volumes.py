@@ -48,12 +48,13 @@ def fill_spacing(vols: dict[str, list[tuple[int, Volume]]], study_id: int | str 
     """A series none of whose files had PixelSpacing takes the field of view of the study's first series
     of its plane that had one (sagittal T1 and T2 share theirs), else TYPICAL_FOV_MM, spread over its own
     matrix: its geometry against the other series is then right to a few percent instead of 1 mm a pixel."""
+    known = [(plane_of(t), i, u) for t, its in vols.items() for i, u in its if u.spacing_known]  # before any fill
     for stype, items in vols.items():
         plane = plane_of(stype)
         for k, (sid, v) in enumerate(items):
             if v.spacing_known:
                 continue
-            peers = [(i, u) for t, its in vols.items() if plane_of(t) == plane for i, u in its if u.spacing_known]
+            peers = [(i, u) for pl, i, u in known if pl == plane]
             fov, whence = ((field_of_view(peers[0][1]), f"series {peers[0][0]}'s field of view") if peers
                            else (TYPICAL_FOV_MM[plane], f"a typical {plane} field of view"))
             mm = fov / max(v.pixels.shape[1:])
