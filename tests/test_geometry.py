@@ -229,3 +229,38 @@ def test_a_series_with_no_orientation_in_any_file_takes_it_from_its_slices_posit
         normals = lambda u: np.cross(u.orientations[:, :3], u.orientations[:, 3:])
         np.testing.assert_allclose(normals(v), normals(tagged), atol=1e-4)  # positions rounded in the files
         assert np.abs(v.centres - tagged.centres).max() < 0.3 * np.abs(tagged.centres - tagged.positions).max()
+
+
+def test_a_series_without_orientation_turns_its_rows_like_the_studys_other_series(tmp_path):
+    # Positions give a slice's normal, not how the image turns within its plane; the study's rotation
+    # (a few degrees) left there moves the image's far side by millimetres. The sagittal T2 takes its
+    # rows from the T1 of the same normal, the axial series from the patient's left (the T1's normal).
+    from lumbar.data.volumes import fill_orientation
+
+    folder, series, _ = _real_study(tmp_path, StudySpec(n_axial=1, axial_kinds={0: "blocks"}), seed=5)
+    vols, truth = {}, {}
+    for desc, plane in ((schema.SAG_T1, "sagittal"), (schema.SAG_T2, "sagittal"), (schema.AXIAL, "axial")):
+        sid = int(series[series.series_description == desc].series_id.iloc[0])
+        truth[desc] = read_series(folder / str(sid), plane)
+        src = folder / str(sid)
+        if desc != schema.SAG_T1:
+            src = tmp_path / f"stripped_{plane}_{sid}"
+            shutil.copytree(folder / str(sid), src)
+            for f in src.glob("*.dcm"):
+                ds = pydicom.dcmread(f)
+                del ds.ImageOrientationPatient
+                ds.save_as(f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vols[desc] = [(sid, read_series(src, plane))]
+    assert not vols[schema.SAG_T2][0][1].orientation_known and vols[schema.SAG_T1][0][1].orientation_known
+    before = {d: np.abs(vols[d][0][1].centres - truth[d].centres).max() for d in (schema.SAG_T2, schema.AXIAL)}
+    with pytest.warns(UserWarning, match="its rows from series"):
+        fill_orientation(vols, 11)
+    for d in (schema.SAG_T2, schema.AXIAL):
+        v = vols[d][0][1]
+        assert v.orientation_known
+        np.testing.assert_allclose(v.orientations, truth[d].orientations, atol=1e-3)
+        after = np.abs(v.centres - truth[d].centres).max()
+        assert after < 0.1 < before[d], (d, before[d], after)
+        np.testing.assert_allclose(v.from_source(0, [[3.0, 4.0]]), truth[d].from_source(0, [[3.0, 4.0]]), atol=0.01)

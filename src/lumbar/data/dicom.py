@@ -56,6 +56,10 @@ class Volume:
     # False when no file of the series had PixelSpacing: `pixel_spacing` is a stand-in (data/volumes.py
     # puts the study's other series' field of view, or a typical one, in its place)
     spacing_known: bool = True
+    # False when no file had ImageOrientationPatient: the slices' normals come from their positions (or
+    # the plane's default) and the rotation within the plane is assumed canonical (data/volumes.py takes
+    # it from the study's other series)
+    orientation_known: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.pixels)
@@ -160,7 +164,7 @@ class Volume:
     def _with(self, pixels: np.ndarray, idx: np.ndarray) -> "Volume":
         return Volume(pixels, self.positions[idx], self.normal, self.pixel_spacing, self.instance_numbers[idx],
                       self.orientation, self.thickness, self.source, self.orientations[idx], self.blocks[idx],
-                      self.source_geometry[idx], self.spacing_known)
+                      self.source_geometry[idx], self.spacing_known, self.orientation_known)
 
     def with_spacing(self, mm: float) -> "Volume":
         """The same slices with another square pixel spacing (mm), in the files' geometry too (square:
@@ -169,7 +173,24 @@ class Volume:
         source = self.source_geometry.copy()
         source[:, 9:11] = mm
         return Volume(self.pixels, self.positions, self.normal, spacing, self.instance_numbers, self.orientation,
-                      self.thickness, self.source, self.orientations, self.blocks, source, True)
+                      self.thickness, self.source, self.orientations, self.blocks, source, True,
+                      self.orientation_known)
+
+    def with_rows(self, row) -> "Volume":
+        """The same slices turned within their planes so that image rows run along `row` (projected onto
+        each slice's plane; its sense kept). Only for a series whose orientation was not in its files:
+        the pixels were then never flipped or transposed, so the files' geometry turns with them."""
+        old = self.orientations
+        m = np.cross(old[:, :3], old[:, 3:])
+        r = np.asarray(row, np.float64)[None, :] - (m @ np.asarray(row, np.float64))[:, None] * m
+        r /= np.linalg.norm(r, axis=1, keepdims=True).clip(1e-9)
+        r = np.where(((r * old[:, :3]).sum(1) < 0)[:, None], -r, r)
+        new = np.concatenate([r, np.cross(m, r)], 1)
+        source = self.source_geometry.copy()
+        source[:, 3:9] = new
+        main = int(np.argmin(np.abs(old - self.orientation).sum(1)))  # a slice of the largest block
+        return Volume(self.pixels, self.positions, self.normal, self.pixel_spacing, self.instance_numbers, new[main],
+                      self.thickness, self.source, new, self.blocks, source, self.spacing_known, True)
 
 
 def _decoder_hint(transfer_syntax_name: str) -> str:
@@ -353,7 +374,7 @@ def _fill_missing_geometry(slices: list, folder: Path) -> tuple[list, bool]:
     ImageOrientationPatient or PixelSpacing in some files): the orientation of the nearest instance
     that has one (none has: from the slices' positions), the spacing of the most common matrix that
     has one, scaled to the file's own matrix (one field of view). Returns the slices and whether any
-    file had a PixelSpacing."""
+    file had a PixelSpacing, and an ImageOrientationPatient."""
     with_iop = [(s[5], s[2]) for s in slices if s[2] is not None]
     some_iop = bool(with_iop)
     if not with_iop and all(s[1] is not None for s in slices):
@@ -382,7 +403,7 @@ def _fill_missing_geometry(slices: list, folder: Path) -> tuple[list, bool]:
     if n_iop or n_sp:
         warnings.warn(f"{folder}: {n_iop} file(s) without ImageOrientationPatient and {n_sp} without PixelSpacing "
                       "took them from the series' other files", DicomWarning, stacklevel=3)
-    return out, bool(with_sp)
+    return out, bool(with_sp), some_iop
 
 
 def read_series(folder: str | Path, plane: str = "axial") -> Volume:
@@ -392,7 +413,7 @@ def read_series(folder: str | Path, plane: str = "axial") -> Volume:
     stands in for ImageOrientationPatient only when no file has it and the positions cannot tell. Slices
     in another plane than the series' own (a localiser) are dropped with a warning."""
     folder = Path(folder)
-    slices, spacing_known = _fill_missing_geometry(_read_files(folder), folder)
+    slices, spacing_known, orientation_known = _fill_missing_geometry(_read_files(folder), folder)
     default_iop = DEFAULT_ORIENTATION.get(plane, DEFAULT_ORIENTATION["axial"])
     rows = []
     for img, ipp, iop, sp, thick, inst in slices:
@@ -460,6 +481,7 @@ def read_series(folder: str | Path, plane: str = "axial") -> Volume:
         blocks=blocks,
         source_geometry=source[order],
         spacing_known=spacing_known,
+        orientation_known=orientation_known,
     )
 
 

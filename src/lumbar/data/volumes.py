@@ -12,7 +12,8 @@ from .dicom import DicomError, Volume, plane_of, read_series
 # 2: a missing ImageOrientationPatient takes the plane of the series description
 # 3: every block of a series kept, canonical orientation, per-slice and source geometry
 # 4: tags some files lack taken from the series' other files; a series without PixelSpacing marked
-DECODE_VERSION = 4
+# 5: a series without ImageOrientationPatient marked (its rows come from the study's other series)
+DECODE_VERSION = 5
 
 # The field of view (mm) a series without any PixelSpacing is given when its study has no other series of
 # its plane to take one from: lumbar sagittal ~300 mm, axial ~200 mm (REAL_DATA.md: 512-640 px at 0.4-0.7 mm).
@@ -28,14 +29,15 @@ def volume_to_arrays(v: Volume) -> dict[str, np.ndarray]:
     return {"q": q, "lo": np.float64(lo), "scale": np.float64(scale), "positions": v.positions, "normal": v.normal,
             "pixel_spacing": v.pixel_spacing, "instance_numbers": v.instance_numbers, "orientation": v.orientation,
             "thickness": np.float64(v.thickness), "orientations": v.orientations, "blocks": v.blocks,
-            "source_geometry": v.source_geometry, "spacing_known": np.bool_(v.spacing_known)}
+            "source_geometry": v.source_geometry, "spacing_known": np.bool_(v.spacing_known),
+            "orientation_known": np.bool_(v.orientation_known)}
 
 
 def arrays_to_volume(a: dict[str, np.ndarray], source: str = "") -> Volume:
     pixels = (a["q"].astype(np.float32) * np.float32(a["scale"]) + np.float32(a["lo"])).astype(np.float32)
     return Volume(pixels, a["positions"], a["normal"], a["pixel_spacing"], a["instance_numbers"],
                   a["orientation"], float(a["thickness"]), source, a["orientations"], a["blocks"],
-                  a["source_geometry"], bool(a.get("spacing_known", True)))
+                  a["source_geometry"], bool(a.get("spacing_known", True)), bool(a.get("orientation_known", True)))
 
 
 def field_of_view(v: Volume) -> float:
@@ -64,6 +66,34 @@ def fill_spacing(vols: dict[str, list[tuple[int, Volume]]], study_id: int | str 
     return vols
 
 
+def fill_orientation(vols: dict[str, list[tuple[int, Volume]]], study_id: int | str = "") -> dict:
+    """A series none of whose files had ImageOrientationPatient knows its slices' normals (from their
+    positions) but not how its images turn within their plane: a sagittal one takes its rows from the
+    study's sagittal series of the same normal (T1 and T2 are planned alike), an axial one from an axial
+    series that has them, else from the patient's left-right axis, which is a sagittal series' normal."""
+    known = [(plane_of(t), i, u) for t, its in vols.items() for i, u in its if u.orientation_known]
+    for stype, items in vols.items():
+        for k, (sid, v) in enumerate(items):
+            if v.orientation_known or not len(v):
+                continue
+            plane = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(v.normal)))]
+            same = sorted(((abs(float(u.normal @ v.normal)), i, u) for pl, i, u in known if pl == plane),
+                          key=lambda t: -t[0])
+            row = whence = None
+            if same and same[0][0] > np.cos(np.radians(5)):
+                row, whence = same[0][2].orientation[:3], f"series {same[0][1]}'s rows"
+            elif plane == "axial":
+                sag = [(i, u) for pl, i, u in known if pl == "sagittal"]
+                if sag:  # sagittal slices are ordered right to left: their normal is the patient's left
+                    row, whence = sag[0][1].normal, f"series {sag[0][0]}'s normal (the patient's left)"
+            if row is None:
+                continue
+            warnings.warn(f"study {study_id}: series {sid} has no ImageOrientationPatient; its rows from {whence}",
+                          stacklevel=2)
+            items[k] = (sid, v.with_rows(row))
+    return vols
+
+
 def study_volumes(study: Study, cache: StudyCache | None = None) -> dict[str, list[tuple[int, Volume]]]:
     """Series type -> [(series_id, Volume)], decoded through the cache. A series that cannot be read
     is left out with a warning naming it; the study goes on with what remains."""
@@ -78,7 +108,7 @@ def study_volumes(study: Study, cache: StudyCache | None = None) -> dict[str, li
                 warnings.warn(f"study {study.study_id}: {e}; series skipped", stacklevel=2)
                 continue
             out.setdefault(stype, []).append((rec.series_id, arrays_to_volume(arrays, str(rec.path))))
-    return fill_spacing(out, study.study_id)
+    return fill_orientation(fill_spacing(out, study.study_id), study.study_id)
 
 
 def normalise(pixels: np.ndarray) -> np.ndarray:
