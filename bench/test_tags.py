@@ -21,7 +21,7 @@ from lumbar.infer.submission import submission_frame
 from lumbar.layout import WeightsLayout
 from lumbar.metric import labels_to_array, score_from_terms, study_terms, submission_to_probs
 from lumbar.models.prior import load_prior
-from lumbar.scoring import interval, resamples
+from lumbar.scoring import gap_closed, interval, resamples
 
 TAGS = {"no_spacing": "PixelSpacing", "no_orientation": "ImageOrientationPatient", "no_thickness": "SliceThickness"}
 
@@ -74,15 +74,13 @@ def main() -> None:
         if m.sum() < 2:
             print(f"| {g} | {int(m.sum())} |" + " |" * (2 * len(names) - 1))
             continue
-        counts = resamples(int(m.sum()))
-        t = {k: study_terms(y[m], p[m]) for k, p in zip(names + ["prior", "oracle"], probs + [p_prior, p_oracle])}
-        boot = {k: score_from_terms(v, counts) for k, v in t.items()}
-        point = {k: float(score_from_terms(v)) for k, v in t.items()}
+        counts = resamples(int(m.sum()))  # the resamples gap_closed draws, for the paired differences
+        t = {n: study_terms(y[m], p[m]) for n, p in zip(names, probs)}
+        boot = {n: score_from_terms(v, counts) for n, v in t.items()}
+        point = {n: float(score_from_terms(v)) for n, v in t.items()}
         cells = []
-        for n in names:
-            share = (boot["prior"] - boot[n]) / (boot["prior"] - boot["oracle"])
-            lo, hi = interval(share[np.isfinite(share)])
-            s0 = (point["prior"] - point[n]) / (point["prior"] - point["oracle"])
+        for n, p in zip(names, probs):
+            s0, lo, hi = gap_closed(y[m], p[m], p_prior[m], p_oracle[m])
             cells.append(f"{100 * s0:.0f}% [{100 * lo:.0f}%, {100 * hi:.0f}%] ({point[n]:.4f})")
         for n in names[1:]:
             lo, hi = interval(boot[n] - boot[names[0]])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,12 +169,9 @@ class Volume:
     def with_spacing(self, mm: float) -> "Volume":
         """The same slices with another square pixel spacing (mm), in the files' geometry too (square:
         a file's rows may be the canonical columns)."""
-        spacing = np.array([mm, mm], np.float64)
         source = self.source_geometry.copy()
         source[:, 9:11] = mm
-        return Volume(self.pixels, self.positions, self.normal, spacing, self.instance_numbers, self.orientation,
-                      self.thickness, self.source, self.orientations, self.blocks, source, True,
-                      self.orientation_known)
+        return replace(self, pixel_spacing=np.array([mm, mm], np.float64), source_geometry=source, spacing_known=True)
 
     def with_rows(self, row) -> "Volume":
         """The same slices turned within their planes so that image rows run along `row` (projected onto
@@ -189,8 +186,7 @@ class Volume:
         source = self.source_geometry.copy()
         source[:, 3:9] = new
         main = int(np.argmin(np.abs(old - self.orientation).sum(1)))  # a slice of the largest block
-        return Volume(self.pixels, self.positions, self.normal, self.pixel_spacing, self.instance_numbers, new[main],
-                      self.thickness, self.source, new, self.blocks, source, self.spacing_known, True)
+        return replace(self, orientation=new[main], orientations=new, source_geometry=source, orientation_known=True)
 
 
 def _decoder_hint(transfer_syntax_name: str) -> str:
@@ -271,10 +267,14 @@ def plane_of(description: str) -> str:
     return "sagittal" if "sagittal" in str(description).lower() else "axial"
 
 
-def plane_of_orientation(iop: np.ndarray) -> str:
-    """The anatomical plane a slice is closest to, from its normal's largest LPS component."""
-    normal = np.cross(iop[:3], iop[3:])
+def plane_of_normal(normal: np.ndarray) -> str:
+    """The anatomical plane a slice with this normal is closest to: its largest LPS component."""
     return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+
+
+def plane_of_orientation(iop: np.ndarray) -> str:
+    """The anatomical plane a slice is closest to, from its ImageOrientationPatient."""
+    return plane_of_normal(np.cross(iop[:3], iop[3:]))
 
 
 def _canonical(img: np.ndarray, ipp: np.ndarray | None, iop: np.ndarray, spacing: np.ndarray, plane: str):
@@ -361,7 +361,7 @@ def orientations_from_positions(positions: np.ndarray) -> np.ndarray | None:
             m = min(zip(blocks, normals), key=lambda t: abs(t[0][0] - b[0]) if t[1] is not None else np.inf)[1]
         m = m / np.linalg.norm(m)
         # the positions outrank the description's plane, which only says how the image lies in it
-        r0, c0, _ = CANONICAL[("sagittal", "coronal", "axial")[int(np.argmax(np.abs(m)))]]
+        r0, c0, _ = CANONICAL[plane_of_normal(m)]
         m = m if m @ np.cross(r0, c0) >= 0 else -m
         r = r0 - (r0 @ m) * m
         r /= np.linalg.norm(r) or 1.0

@@ -7,7 +7,7 @@ import numpy as np
 
 from .cache import StudyCache
 from .catalog import Study
-from .dicom import DicomError, Volume, plane_of, read_series
+from .dicom import DicomError, Volume, plane_of, plane_of_normal, read_series
 
 # 2: a missing ImageOrientationPatient takes the plane of the series description
 # 3: every block of a series kept, canonical orientation, per-slice and source geometry
@@ -76,12 +76,12 @@ def fill_orientation(vols: dict[str, list[tuple[int, Volume]]], study_id: int | 
         for k, (sid, v) in enumerate(items):
             if v.orientation_known or not len(v):
                 continue
-            plane = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(v.normal)))]
-            same = sorted(((abs(float(u.normal @ v.normal)), i, u) for pl, i, u in known if pl == plane),
-                          key=lambda t: -t[0])
+            plane = plane_of_normal(v.normal)
+            same = [(abs(float(u.normal @ v.normal)), i, u) for pl, i, u in known if pl == plane]
+            closest = max(same, key=lambda t: t[0], default=None)
             row = whence = None
-            if same and same[0][0] > np.cos(np.radians(5)):
-                row, whence = same[0][2].orientation[:3], f"series {same[0][1]}'s rows"
+            if closest and closest[0] > np.cos(np.radians(5)):
+                row, whence = closest[2].orientation[:3], f"series {closest[1]}'s rows"
             elif plane == "axial":
                 sag = [(i, u) for pl, i, u in known if pl == "sagittal"]
                 if sag:  # sagittal slices are ordered right to left: their normal is the patient's left
