@@ -12,7 +12,6 @@ sagittal series spans the lumbar spine), a feature no image texture can give.
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,9 @@ from ..data.volumes import normalised
 
 FEATURE_VERSION = 2  # 2: OpenCV area resize, axial height at slice centres
 MEMBERS = ("rf", "svm", "mlp", "xgb")
+# 2: rf/svm/mlp as arrays (preprocess/members.py), probes.npz; 1 (pickles) is refused: re-train slice_select
+SELECTOR_FORMAT = 2
+PROBE_ROWS = 48  # training feature rows kept per series type as the members' probe (infer/probes.py)
 N_CLASSES = {schema.SAG_T2: 2, schema.SAG_T1: 3, schema.AXIAL: 6}
 # (condition, class) pairs each series type's classes stand for.
 TARGETS: dict[str, list[tuple[str, int]]] = {
@@ -203,6 +205,7 @@ class SliceSelector:
     n_jobs: int = 0  # threads of the forest and XGBoost fits; 0 = every core of this machine
     levels: object = None  # LevelLocaliser: the five level points on the sagittal T2 (None: classifiers only)
     geometry: object = None  # placement.Geometry: offsets, method per series type
+    probe_rows: dict[str, np.ndarray] = field(default_factory=dict)  # stype -> training rows (the probe's inputs)
 
     def fit(self, X: dict[str, np.ndarray], y: dict[str, np.ndarray], members=MEMBERS) -> "SliceSelector":
         for stype, Xs in X.items():
@@ -212,6 +215,7 @@ class SliceSelector:
                 warnings.warn(f"slice selector: {stype} has one class only; not fitted", stacklevel=2)
                 continue
             self.members[stype] = {}
+            self.probe_rows[stype] = Xs[probe_sample(ys, PROBE_ROWS, self.seed)]
             for m in members:
                 model = _make_member(m, k, self.seed, cpu_jobs(self.n_jobs))
                 with warnings.catch_warnings():  # newer scikit-learn deprecates SVC(probability=True)
@@ -241,26 +245,39 @@ class SliceSelector:
             return _proba(models[member], X, k)
         return np.mean([_proba(m, X, k) for m in models.values()], axis=0)
 
-    # Persistence: XGBoost in its JSON format, sklearn members pickled with their library version.
+    # Persistence without pickles: XGBoost in its JSON format, the scikit-learn members as their arrays
+    # (members.py); probes.npz keeps each type's probe rows and what every fitted member predicted on them.
     def save(self, folder: str | Path) -> None:
         import sklearn
         import xgboost
 
+        from .members import portable, save_member
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"sklearn": sklearn.__version__, "xgboost": xgboost.__version__, "types": {}}
+        manifest = {"format": SELECTOR_FORMAT, "sklearn": sklearn.__version__, "xgboost": xgboost.__version__,
+                    "types": {}}
+        probe: dict[str, np.ndarray] = {}
         for stype, models in self.members.items():
             key = STYPE_KEY[stype]
-            names = []
+            rows = self.probe_rows.get(stype)
+            if rows is not None:
+                probe[f"{key}/rows"] = np.asarray(rows, np.float32)
             for m, model in models.items():
-                path = folder / f"{key}_{m}.{'json' if m == 'xgb' else 'pkl'}"
-                with atomic_path(path) as tmp:  # keeps the extension: xgboost picks its format by it
-                    if m == "xgb":
+                if rows is not None:  # the fitted model's own answer, before any conversion
+                    probe[f"{key}/{m}"] = self.predict_proba(stype, probe[f"{key}/rows"], member=m)
+                path = member_path(folder, stype, m)
+                if m == "xgb":
+                    with atomic_path(path) as tmp:  # keeps the extension: xgboost picks its format by it
                         model.save_model(str(tmp))
-                    else:
-                        tmp.write_bytes(pickle.dumps(model))
-                names.append(m)
-            manifest["types"][stype] = names
+                else:
+                    save_member(portable(m, model), path)
+            manifest["types"][stype] = list(models)
+        if probe:
+            with atomic_path(folder / PROBES) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **probe)
+            manifest["probes"] = PROBES
         if self.levels is not None:
             self.levels.save(folder, asdict(self.geometry))
             manifest["levels"] = "levels.json"
@@ -268,29 +285,36 @@ class SliceSelector:
 
     @classmethod
     def load(cls, folder: str | Path, strict: bool = False, skip: dict[str, str] | None = None) -> "SliceSelector":
-        """Loads every member it can. A member that fails to load (any exception: a pickle from
-        another scikit-learn or numpy, a damaged file, an XGBoost JSON it cannot parse) is an error
-        naming the file and the versions (strict), or is left out and listed in `dropped`, the other
-        members carrying the vote; a type left with no member falls back to the naive rule.
-        `skip` names member files not to open at all (file name -> why: a sha256 that differs)."""
+        """Loads every member it can, never unpickling anything. A member that fails to load (a damaged
+        file, an XGBoost JSON it cannot parse, another format) is an error naming the file and the
+        versions (strict), or is left out and listed in `dropped`, the other members carrying the vote;
+        a type left with no member falls back to the naive rule. `skip` names member files not to open
+        at all (file name -> why: a sha256 that differs)."""
         import sklearn
+        import xgboost
 
         folder = Path(folder)
         manifest = json.loads((folder / "selector.json").read_text())
         sel = cls()
+        fmt = manifest.get("format", 1)
         for stype, names in manifest["types"].items():
             sel.members[stype] = {}
             for m in names:
-                path = folder / f"{STYPE_KEY[stype]}_{m}.{'json' if m == 'xgb' else 'pkl'}"
+                legacy = fmt != SELECTOR_FORMAT and m != "xgb"
+                path = folder / f"{STYPE_KEY[stype]}_{m}.pkl" if legacy else member_path(folder, stype, m)
                 if skip and path.name in skip:
                     sel.dropped.append(f"selector member {m} for {stype}: {skip[path.name]}")
                     continue
                 try:
-                    sel.members[stype][m] = _load_member(m, path, manifest.get("sklearn"))
+                    if legacy:
+                        raise ValueError(f"a pickled member (selector format {fmt}); this code reads format "
+                                         f"{SELECTOR_FORMAT} and unpickles nothing: re-train slice_select and export")
+                    sel.members[stype][m] = _load_member(m, path)
                 except Exception as e:
                     trained = f"scikit-learn {manifest.get('sklearn')}, xgboost {manifest.get('xgboost')}"
                     msg = (f"{path}: selector member {m} for {stype} does not load ({type(e).__name__}: "
-                           f"{str(e)[:200]}); trained with {trained}, installed scikit-learn {sklearn.__version__}")
+                           f"{str(e)[:200]}); trained with {trained}, installed scikit-learn {sklearn.__version__}, "
+                           f"xgboost {xgboost.__version__}")
                     if strict:
                         raise RuntimeError(msg) from None
                     sel.dropped.append(msg)
@@ -319,24 +343,46 @@ class SliceSelector:
                     sel.levels = None
         return sel
 
+    def drop_member(self, stype: str, member: str, why: str) -> None:
+        """Leaves a loaded member out of the vote (its probe disagreed), saying why."""
+        self.members.get(stype, {}).pop(member, None)
+        if stype in self.members and not self.members[stype]:
+            del self.members[stype]
+        self.dropped.append(why)
+
     def member_counts(self) -> dict[str, list[str]]:
         """Series type -> the members that loaded (what the notebook prints)."""
         return {stype: list(models) for stype, models in self.members.items()}
 
 
-def _load_member(name: str, path: Path, trained_sklearn: str | None):
-    import sklearn
+PROBES = "probes.npz"
 
+
+def member_path(folder: str | Path, stype: str, member: str) -> Path:
+    """Where a member of a series type lives in a selector folder (XGBoost JSON, the others .npz)."""
+    return Path(folder) / f"{STYPE_KEY[stype]}_{member}.{'json' if member == 'xgb' else 'npz'}"
+
+
+def probe_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Row indices of a probe: every class that occurs, the slices of a level or a side first (up to half),
+    the rest "other" slices, so that each member's probe covers the decisions it is used for."""
+    rng = np.random.default_rng(seed)
+    pos, other = np.flatnonzero(y != 0), np.flatnonzero(y == 0)
+    pos = rng.choice(pos, min(len(pos), n // 2), replace=False)
+    other = rng.choice(other, min(len(other), n - len(pos)), replace=False)
+    return np.sort(np.concatenate([pos, other]))
+
+
+def _load_member(name: str, path: Path):
     if name == "xgb":
         from xgboost import XGBClassifier
 
         model = XGBClassifier()
         model.load_model(str(path))
         return model
-    with warnings.catch_warnings():
-        # A pickle from another scikit-learn may load and still predict wrongly: refuse it.
-        warnings.simplefilter("error" if trained_sklearn != sklearn.__version__ else "ignore")
-        return pickle.loads(path.read_bytes())
+    from .members import load_member
+
+    return load_member(name, path)
 
 
 def naive_choice(stype: str, v: Volume, sag_extent: tuple[float, float] | None = None) -> dict[int, int]:
