@@ -2,12 +2,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The torch pair this project is tested with; installed first so pip does not pick another build.
+# The torch pair of the main venv (this machine's Python; its wheels lie on disk here); installed first so
+# pip does not pick another build.
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
-# The Kaggle image whose library versions everything is trained and tested under (constraints/NAME.txt):
-# what is pickled at training time must load in the kernel.
-KAGGLE_IMAGE ?= kaggle-2024
+# The Kaggle image whose library versions the main venv trains and tests under (constraints/NAME.txt):
+# kaggle-2026, the image a kernel pushed today runs on; kaggle-2024, the competition-period image (pin the
+# kernel to it with KAGGLE_DOCKER_IMAGE, docs/kaggle.md). Weights load in either (their probes decide).
+KAGGLE_IMAGE ?= kaggle-2026
 CONSTRAINTS := constraints/$(KAGGLE_IMAGE).txt
+# Each image as its own venv, for running the built kernel in it (the slow tests in tests/test_images.py):
+# its Python, its torch, its pins. The 2026 image's Python 3.12 and torch 2.10 come from the package
+# registry (2.3 GB with its CUDA libraries); the 2024 image had Python 3.10 and torch 2.4: its venv keeps
+# this machine's Python and torch and the pins that matter for what is serialised (numpy, scikit-learn, xgboost).
+PYTHON_kaggle-2026 ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+TORCH_kaggle-2026 ?= torch==2.10.0 torchvision==0.25.0
+PYTHON_kaggle-2024 ?= $(PYTHON)
+TORCH_kaggle-2024 ?= $(TORCH_PKGS)
+IMAGES := kaggle-2026 kaggle-2024
 DEFAULT_DATA := data/synthetic
 DATA ?= $(DEFAULT_DATA)
 RUN ?= runs/default
@@ -19,7 +30,7 @@ PYTEST_ARGS ?=
 REPORTS ?= reports
 CACHE ?= cache
 
-.PHONY: rehearsal demo setup test test-fast data train export predict kernel train-stage-one local-score validate bench show clean
+.PHONY: rehearsal demo setup images test test-fast data train export predict kernel train-stage-one local-score validate bench show clean
 
 setup: $(VENV)/.installed
 
@@ -31,7 +42,19 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip check
 	echo $(KAGGLE_IMAGE) > $@
 
-test: setup
+# The image venvs (.venv-kaggle-2026, .venv-kaggle-2024) that the kernel tests run the notebook in.
+images: $(foreach i,$(IMAGES),.venv-$(i)/.installed)
+
+.venv-%/.installed: pyproject.toml constraints/%.txt
+	@test -n "$(PYTHON_$*)" || { echo "images: no Python for $* (set PYTHON_$*=/path/to/python)"; exit 2; }
+	$(PYTHON_$*) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --upgrade pip >/dev/null
+	.venv-$*/bin/python -m pip install $(TORCH_$*) -c constraints/$*.txt
+	.venv-$*/bin/python -m pip install -e '.[dev]' -c constraints/$*.txt
+	.venv-$*/bin/python -m pip check
+	echo $* > $@
+
+test: setup images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
@@ -84,8 +107,11 @@ predict: setup
 # One offline notebook + kernel-metadata.json in $(KERNEL)/; upload: kaggle kernels push -p $(KERNEL).
 # The weights dataset's id: DATASET=user/name, else $KAGGLE_USERNAME or ~/.kaggle/kaggle.json, else asked for.
 DATASET ?=
+# KAGGLE_DOCKER_IMAGE=gcr.io/kaggle-gpu-images/python@sha256:... pins the kernel to that image (docs/kaggle.md
+# says how to read it off a kernel that ran); without it the kernel stays on the image its first run gets.
+KAGGLE_DOCKER_IMAGE ?=
 kernel: setup
-	$(PY) build_kernel.py --weights $(WEIGHTS) --out $(KERNEL)$(if $(DATASET), --dataset $(DATASET))
+	$(PY) build_kernel.py --weights $(WEIGHTS) --out $(KERNEL)$(if $(DATASET), --dataset $(DATASET))$(if $(KAGGLE_DOCKER_IMAGE), --docker-image $(KAGGLE_DOCKER_IMAGE))
 
 # The multitask model's stage one: slice selector, then crops (both write into $(RUN)).
 train-stage-one: data

@@ -48,6 +48,87 @@ def test_weights_manifest_lists_every_file_with_its_hash(trained_weights):
     Weights(trained_weights).check_all()
 
 
+def _update_sha(weights: Path, rel: str) -> None:
+    """The manifest agrees with the file as it is now (an artefact altered with its sha256 updated)."""
+    import hashlib
+
+    man = json.loads((weights / "manifest.json").read_text())
+    for a in man["artefacts"]:
+        if a["path"] == rel:
+            a["sha256"] = hashlib.sha256((weights / rel).read_bytes()).hexdigest()
+    (weights / "manifest.json").write_text(json.dumps(man))
+
+
+def test_every_model_artefact_has_a_probe_that_agrees_where_it_loads(trained_weights):
+    import torch
+
+    from lumbar.infer.engine import Bundle
+    from lumbar.models.prior import load_prior
+
+    man = json.loads((trained_weights / "manifest.json").read_text())
+    by_path = {a["path"]: a for a in man["artefacts"]}
+    probed = {p for p, a in by_path.items() if a.get("probe")}
+    members = {p for p in by_path if p.startswith("slice_select/model/") and p.endswith((".npz", ".json"))
+               and not p.endswith(("selector.json", "levels.json"))}
+    assert len(members) == 12 and members <= probed  # 3 series types x 4 members
+    folds = {p for p, a in by_path.items() if a["kind"] in ("multitask", "sequence")}
+    assert len(folds) == 4 and folds <= probed
+    assert {"ensemble.json", "slice_select/model/levels.pt"} <= probed
+    for p in probed:  # each probe file is itself listed, with its sha256
+        assert by_path[by_path[p]["probe"]]["kind"] == "probe"
+    assert not any(p.endswith(".pkl") for p in by_path), "nothing in a weights folder is a pickle"
+    w = Weights(trained_weights)
+    bundle = Bundle(w, [torch.device("cpu")], load_prior(w.file("prior.json")))
+    assert bundle.dropped == [] and bundle.unprobed == []
+    assert set(bundle.probed) == probed
+    assert any(line.startswith(f"probes: {len(probed)} artefacts") for line in bundle.describe())
+
+
+def test_an_altered_artefact_with_its_sha256_updated_is_dropped_by_its_probe(trained_weights, synth_dir, tmp_path):
+    """A coefficient changed and the manifest's sha256 updated: the sha256 check passes, the probe does not.
+    One of each kind: a selector member (arrays), the ensemble (JSON), a torch fold, the level localiser."""
+    import torch
+
+    w = tmp_path / "w"
+    shutil.copytree(trained_weights, w)
+    rel = "slice_select/model/sag_t2_mlp.npz"
+    with np.load(w / rel, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["b1"] = arrays["b1"] + 0.5  # the output layer's bias
+    with open(w / rel, "wb") as f:
+        np.savez(f, **arrays)
+    ens = json.loads((w / "ensemble.json").read_text())
+    group = next(iter(ens["weights"]))
+    ens["weights"][group] = [x + 0.3 * i for i, x in enumerate(ens["weights"][group])]
+    ens["temperature"] = {g: 1.7 for g in ens["weights"]}
+    for g in ens.get("stack", {}):
+        ens["stack"][g]["intercept"] = [x + 0.5 * i for i, x in enumerate(ens["stack"][g]["intercept"])]
+    (w / "ensemble.json").write_text(json.dumps(ens))
+    state = torch.load(w / "multitask" / "fold1.pt", weights_only=True)
+    key = next(k for k, v in state.items() if k.startswith("head") and v.is_floating_point())
+    state[key] = state[key] * 1.5
+    torch.save(state, w / "multitask" / "fold1.pt")
+    lv = torch.load(w / "slice_select/model/levels.pt", weights_only=True)
+    k0 = next(k for k, v in lv.items() if k.endswith("weight") and v.ndim == 4)
+    lv[k0] = lv[k0] * 1.1
+    torch.save(lv, w / "slice_select/model/levels.pt")
+    for r in (rel, "ensemble.json", "multitask/fold1.pt", "slice_select/model/levels.pt"):
+        _update_sha(w, r)
+    Weights(w).check_all()  # every sha256 agrees: only the probes can tell
+
+    res = _run(synth_dir, w, tmp_path / "sub.csv")
+    assert_complete(tmp_path / "sub.csv", synth_dir)
+    assert res["predicted"] == 3
+    said = "\n".join(res["dropped"])
+    for name in ("sag_t2_mlp.npz", "ensemble.json", "fold1.pt", "levels.pt"):
+        assert re.search(rf"{re.escape(name)}: computes up to [0-9.e+-]+ away from its export on its probe "
+                         r"\(tolerance .*\); exported with python [\d.]+, numpy .*; here python", said), name
+    assert "selector member mlp for Sagittal T2/STIR" in said and "ensemble weights:" in said
+    assert "level localiser:" in said and "multitask fold 1:" in said
+    assert res["active"]["multitask"] == [0]
+    assert len(res["dropped"]) == 4  # nothing else
+
+
 def test_predict_uses_the_models_and_is_complete(trained_weights, synth_dir, tmp_path):
     res = _run(synth_dir, trained_weights, tmp_path / "sub.csv")
     sub = assert_complete(tmp_path / "sub.csv", synth_dir)

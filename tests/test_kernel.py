@@ -32,12 +32,13 @@ def kernel(trained_weights, tmp_path_factory):
     return out
 
 
-def run_kernel(kernel: Path, weights: Path, data: Path, root: Path, env: dict | None = None):
-    """Executes the notebook; returns (the executed notebook's whole output text, submission path)."""
+def run_kernel(kernel: Path, weights: Path, data: Path, root: Path, env: dict | None = None, python=None):
+    """Executes the notebook (in another venv's Python where given); returns (the executed notebook's whole
+    output text, submission path)."""
     from lumbar.kaggle import kaggle_layout, run_notebook
 
     inp, working = kaggle_layout(data, weights, root)
-    res = run_notebook(kernel / "lumbar-inference.ipynb", inp, working, timeout=600, env=env)
+    res = run_notebook(kernel / "lumbar-inference.ipynb", inp, working, timeout=600, env=env, python=python)
     assert res.returncode == 0, f"the notebook raised:\n{res.stderr[-3000:]}"
     nb = json.loads((working / "executed.ipynb").read_text())
     text = []

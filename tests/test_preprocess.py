@@ -13,7 +13,7 @@ from lumbar.data.catalog import load_studies
 from lumbar.preprocess import stage_one as pipeline
 from lumbar.preprocess.crops import CROP_NAMES, crop_resize, find_spine_column, map_points, unmap_points
 from lumbar.preprocess.stage_one import cache_version, preprocess_study, study_features
-from lumbar.preprocess.slice_select import SliceSelector
+from lumbar.preprocess.slice_select import STYPE_KEY, SliceSelector
 
 boxes = st.tuples(st.floats(-50, 200), st.floats(-50, 200), st.floats(10, 400), st.floats(10, 400))
 
@@ -170,39 +170,71 @@ def test_second_run_reads_the_cache(stage_one, synth_dir, monkeypatch):
         np.testing.assert_array_equal(a["sag_image"], b["sag_image"])
 
 
-def test_selector_round_trip_and_version_guard(stage_one, synth_dir, tmp_path):
+def test_selector_round_trip_without_pickles_and_damaged_members(stage_one, synth_dir, tmp_path):
     run, cache, _ = stage_one
     model = run / "slice_select" / "model"
+    assert not list(model.glob("*.pkl")), "no member is pickled"
+    assert sorted(f.suffix for f in model.glob("axial_*")) == [".json", ".npz", ".npz", ".npz"]
     sel = SliceSelector.load(model, strict=True)
     study = load_studies(synth_dir, "train")[0]
     feats = study_features(study, StudyCache(cache, cache_version()))
     sf = feats[schema.AXIAL][0]
     p = sel.predict_proba(schema.AXIAL, sf.features)
     assert p.shape == (len(sf.features), 6) and np.allclose(p.sum(1), 1, atol=1e-5)
-    # a pickle from another scikit-learn that cannot be read: a clear error, or the XGBoost member alone
+    # the members as written predict what the fitted scikit-learn ones did on the probe rows kept at fit
+    with np.load(model / "probes.npz", allow_pickle=False) as z:
+        rows = z["axial/rows"]
+        for m in ("rf", "svm", "mlp", "xgb"):
+            np.testing.assert_allclose(sel.predict_proba(schema.AXIAL, rows, m), z[f"axial/{m}"], atol=1e-9, rtol=0)
+    # a damaged member: a clear error naming the file and the versions, or the others carry the vote
     broken = tmp_path / "model"
     broken.mkdir()
     for f in model.iterdir():
         broken.joinpath(f.name).write_bytes(f.read_bytes())
-    manifest = json.loads((broken / "selector.json").read_text())
-    manifest["sklearn"] = "1.2.2"
-    (broken / "selector.json").write_text(json.dumps(manifest))
-    (broken / "axial_rf.pkl").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(RuntimeError, match=r"axial_rf\.pkl.*trained with scikit-learn 1\.2\.2"):
+    (broken / "axial_rf.npz").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(RuntimeError, match=r"axial_rf\.npz.*trained with scikit-learn \d"):
         SliceSelector.load(broken, strict=True)
     lenient = SliceSelector.load(broken)  # never raises: the member is dropped and listed
-    assert len(lenient.dropped) == 1 and "axial_rf.pkl" in lenient.dropped[0]
+    assert len(lenient.dropped) == 1 and "axial_rf.npz" in lenient.dropped[0]
     assert list(lenient.members[schema.AXIAL]) == ["svm", "mlp", "xgb"]
     # every other member damaged too: that type has no member left and falls back to the naive rule
     (broken / "axial_xgb.json").write_text("{not json")
     for m in ("svm", "mlp"):
-        (broken / f"axial_{m}.pkl").write_bytes(b"garbage")
+        (broken / f"axial_{m}.npz").write_bytes(b"garbage")
     worse = SliceSelector.load(broken)
     assert schema.AXIAL not in worse.members and len(worse.dropped) == 4
     assert worse.predict_proba(schema.AXIAL, sf.features) is None
     np.testing.assert_allclose(lenient.predict_proba(schema.AXIAL, sf.features),
                                np.mean([sel.predict_proba(schema.AXIAL, sf.features, m) for m in ("svm", "mlp", "xgb")],
                                        axis=0), atol=1e-6)
+
+
+def test_a_pickled_selector_is_refused_without_being_unpickled(stage_one, tmp_path):
+    """Selector format 1 (pickled members): a pickle that would run code if unpickled is never opened."""
+    run, _, _ = stage_one
+    old = tmp_path / "model"
+    old.mkdir()
+    manifest = json.loads((run / "slice_select" / "model" / "selector.json").read_text())
+    manifest.pop("format")
+    manifest.pop("levels", None)
+    (old / "selector.json").write_text(json.dumps(manifest))
+    marker = tmp_path / "unpickled"
+
+    class Bomb:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    import pickle
+
+    for stype in manifest["types"]:
+        for m in ("rf", "svm", "mlp"):
+            (old / f"{STYPE_KEY[stype]}_{m}.pkl").write_bytes(pickle.dumps(Bomb()))
+    sel = SliceSelector.load(old)
+    assert not marker.exists(), "a pickle was executed"
+    assert not sel.members and len(sel.dropped) == 3 * len(manifest["types"]) + len(manifest["types"])
+    assert all("re-train slice_select" in d or "xgb" in d for d in sel.dropped)
+    with pytest.raises(RuntimeError, match=r"_rf\.pkl.*unpickles nothing"):
+        SliceSelector.load(old, strict=True)
 
 
 def test_show_figure(stage_one, synth_dir, tmp_path):

@@ -49,9 +49,11 @@ def offline_prefix() -> list[str]:
 
 
 def run_notebook(notebook: str | Path, input_dir: str | Path, working: str | Path, timeout: int = 1800,
-                 offline: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+                 offline: bool = True, env: dict | None = None, python: str | Path | None = None
+                 ) -> subprocess.CompletedProcess:
     """Execute the notebook headlessly (nbclient) with the LUMBAR_KAGGLE_* roots pointing at input_dir and
-    working, without src/ on the path; the executed copy is written next to the submission."""
+    working, without src/ on the path; the executed copy is written next to the submission. `python`: the
+    interpreter of another environment (an image's venv: its nbclient starts its own kernel), else this one."""
     working, notebook = Path(working).resolve(), Path(notebook).resolve()  # it runs with working as cwd
     prefix = offline_prefix() if offline else []
     if offline and not prefix:
@@ -60,6 +62,6 @@ def run_notebook(notebook: str | Path, input_dir: str | Path, working: str | Pat
     e.update({"LUMBAR_KAGGLE_INPUT": str(Path(input_dir).resolve()), "LUMBAR_KAGGLE_WORKING": str(working.resolve()),
               "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
     e.update(env or {})
-    cmd = prefix + [sys.executable, "-c", _RUNNER, str(notebook), str(working / "executed.ipynb"), str(timeout),
+    cmd = prefix + [str(python or sys.executable), "-c", _RUNNER, str(notebook), str(working / "executed.ipynb"), str(timeout),
                     str(working)]
     return subprocess.run(cmd, env=e, capture_output=True, text=True, cwd=str(working))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,10 @@ ROOT = PKG.parents[1]  # the repository (for the commit recorded in the notebook
 ENTRY = "lumbar.infer.engine"
 COMPETITION = "rsna-2024-lumbar-spine-degenerative-classification"
 MACHINE_SHAPE = "NvidiaTeslaT4"  # kernel-metadata.json: the 2 x T4 machine
+# kernel-metadata.json: later versions of the kernel stay on the image its first run got (Kaggle's default,
+# "latest", moves them to each new image); docker_image pins one image by digest when given.
+PINNING = "original"
+DOCKER_IMAGE = re.compile(r"gcr\.io/kaggle-(gpu|cpu)-images/python(@sha256:[0-9a-f]{64}|:[A-Za-z0-9_.\-]+)")
 KAGGLE_MODULES = {"torch", "timm", "pydicom", "numpy", "pandas", "skimage", "sklearn", "xgboost", "cv2", "scipy",
                   "tqdm", "PIL", "matplotlib"}  # what Kaggle's image has; the kernel installs nothing
 
@@ -176,8 +181,28 @@ write_fallback()
 
 VERSIONS = '''\
 # The library versions the weights were exported with next to the installed ones, before anything is
-# loaded: a pickled selector member from another scikit-learn is dropped (and said so), not trusted.
-import json
+# loaded. Information only: each artefact's probe decides whether it is used (a member that loads under
+# another scikit-learn and predicts the same is kept; one that predicts otherwise is dropped, and said).
+# The same versions go to lumbar_versions.json beside the submission: the public run shows which image it met.
+import json, platform, re
+VERSIONS_FILE = os.path.join(WORKING, "lumbar_versions.json")
+
+
+def write_versions(**extra):
+    try:
+        _env = {k: v for k, v in os.environ.items()
+                if k.startswith("KAGGLE_") and not re.search("TOKEN|SECRET|KEY|PASS|AUTH|CRED", k)}
+        _info = {"python": platform.python_version(), "libraries": library_versions(), "environment": _env,
+                 "weights_exported_with": _manifest.get("libraries", {}), "built_from": BUILT_FROM, **extra}
+        os.makedirs(WORKING, exist_ok=True)
+        with open(VERSIONS_FILE + ".tmp", "w") as _f:
+            json.dump(_info, _f, indent=1, default=str)
+        os.replace(VERSIONS_FILE + ".tmp", VERSIONS_FILE)
+    except Exception as e:
+        print(f"versions file not written: {e!r}")
+
+
+_manifest = {}
 try:
     _manifest = json.load(open(os.path.join(WEIGHTS, "manifest.json"))) if WEIGHTS else {}
     _table, _problems = version_report(_manifest.get("libraries", {}))
@@ -185,6 +210,7 @@ try:
     print("\\n".join(f"VERSION DIFFERENCE: {p}" for p in _problems) or "versions: no difference that matters")
 except Exception:
     traceback.print_exc()
+write_versions()
 '''
 
 IMPORT = '''\
@@ -198,7 +224,7 @@ try:
     sys.path.insert(0, SRC)
     import lumbar
     from lumbar.infer.engine import PredictConfig, predict
-    from lumbar.infer.weights import version_report
+    from lumbar.infer.weights import library_versions, version_report
     assert os.path.realpath(lumbar.__file__).startswith(os.path.realpath(SRC)), lumbar.__file__
     print(f"lumbar {lumbar.__version__} from {os.path.dirname(lumbar.__file__)}")
 except BaseException:
@@ -207,6 +233,16 @@ except BaseException:
     predict = None
     def version_report(_):
         return "versions: not compared (the package did not import)", []
+
+    def library_versions():
+        import importlib
+        out = {}
+        for _m in ("numpy", "sklearn", "xgboost", "torch", "timm", "pandas", "pydicom", "skimage", "cv2", "scipy"):
+            try:
+                out[_m] = str(importlib.import_module(_m).__version__)
+            except Exception:
+                out[_m] = "missing"
+        return out
 '''
 
 RUN = '''\
@@ -228,6 +264,8 @@ try:
         print({k: summary[k] for k in ("studies", "predicted", "failed", "seconds", "device")})
         for _line in summary["dropped"]:
             print(f"DROPPED: {_line}")
+        write_versions(predicted=summary["predicted"], studies=summary["studies"], device=summary["device"],
+                       dropped=summary["dropped"], loaded=summary["loaded"], probes_agreed=len(summary["probed"]))
 except BaseException:
     traceback.print_exc()
     print("predict raised; the last submission.csv it wrote stands")
@@ -265,10 +303,15 @@ def dataset_id(weights: Path, given: str = "", ask: bool | None = None) -> str:
     return found
 
 
-def build(weights: Path, out: Path, dataset: str = "", ask: bool | None = False) -> Path:
+def build(weights: Path, out: Path, dataset: str = "", ask: bool | None = False, docker_image: str = "") -> Path:
     """The notebook and kernel-metadata.json in `out`. `ask`: whether an unknown dataset id is asked for
-    (None: when on a terminal, as `make kernel` does; the demo never asks)."""
+    (None: when on a terminal, as `make kernel` does; the demo never asks). `docker_image`: a Kaggle image
+    (gcr.io/kaggle-gpu-images/python@sha256:...) the kernel is pinned to."""
     weights, out = Path(weights), Path(out)
+    if docker_image and not DOCKER_IMAGE.fullmatch(docker_image):
+        raise BuildError(f"docker image {docker_image!r}: expected gcr.io/kaggle-gpu-images/python@sha256:<64 hex> "
+                         "(`kaggle kernels pull -p DIR -m <user>/<kernel>` writes the one a kernel ran on into "
+                         "DIR/kernel-metadata.json)")
     manifest = weights / "manifest.json"
     if not manifest.exists():
         raise BuildError(f"{manifest}: no trained weights; run `make train` (real data) or `make demo` "
@@ -301,7 +344,8 @@ def build(weights: Path, out: Path, dataset: str = "", ask: bool | None = False)
         cells.append(_cell("markdown", f"## `{rel}`"))
         cells.append(_cell("code", f"%%writefile {{SRC}}/{rel}\n" + module_path(m).read_text()))
     cells += [_cell("markdown", "## Import the package written above"), _cell("code", IMPORT),
-              _cell("markdown", "## Library versions: trained with, installed here"), _cell("code", VERSIONS),
+              _cell("markdown", "## Library versions: trained with, installed here"),
+              _cell("code", f"BUILT_FROM = {commit!r}\n" + VERSIONS),
               _cell("markdown", "## Predict"), _cell("code", RUN)]
     for i, c in enumerate(cells):
         c["id"] = f"cell-{i}"
@@ -318,7 +362,10 @@ def build(weights: Path, out: Path, dataset: str = "", ask: bool | None = False)
     meta = {"id": f"{user}/lumbar-inference", "title": "lumbar-inference", "code_file": path.name,
             "language": "python", "kernel_type": "notebook", "is_private": True, "enable_gpu": True,
             "enable_tpu": False, "machine_shape": MACHINE_SHAPE, "enable_internet": False,
-            "dataset_sources": [dataset], "competition_sources": [COMPETITION], "kernel_sources": []}
+            "dataset_sources": [dataset], "competition_sources": [COMPETITION], "kernel_sources": [],
+            "docker_image_pinning_type": PINNING}
+    if docker_image:
+        meta["docker_image"] = docker_image
     write_json(out / "kernel-metadata.json", meta)
     return path
 
@@ -329,9 +376,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="kernel")
     p.add_argument("--dataset", default="", help="the weights dataset's Kaggle id, user/name (default: from "
                                                  "weights/dataset-metadata.json or $KAGGLE_USERNAME)")
+    p.add_argument("--docker-image", default="", help="pin the kernel to this Kaggle image, "
+                   "gcr.io/kaggle-gpu-images/python@sha256:... (read it off a kernel that ran: kaggle kernels pull "
+                   "-p DIR -m USER/KERNEL, then DIR/kernel-metadata.json); without it the kernel stays on the image "
+                   "its first run gets (docker_image_pinning_type original)")
     a = p.parse_args(argv)
     try:
-        path = build(Path(a.weights), Path(a.out), a.dataset, ask=None)
+        path = build(Path(a.weights), Path(a.out), a.dataset, ask=None, docker_image=a.docker_image)
     except BuildError as e:
         print(f"build_kernel: {e}", file=sys.stderr)
         return 2

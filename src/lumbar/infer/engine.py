@@ -39,13 +39,14 @@ from ..models.registry import ModelSpec, create_model, for_inference, get_spec, 
 from ..preprocess.crops import CropRegions
 from ..models.views import AS_IS, View, levels as view_levels, model_views
 from ..preprocess.stage_one import PreprocessConfig, cache_version, read_preprocess_config
-from ..preprocess.slice_select import SliceSelector
+from ..preprocess.slice_select import SliceSelector, member_path
 from .budget import Plan
 from .settings import DEFAULT_BUDGET_S, PredictConfig  # noqa: F401  (the engine's public names)
 from .inputs import StudyInputs
 from .ensemble import Ensemble
+from . import probes
 from .submission import required_row_ids, submission_frame, write_atomic
-from .weights import Weights, version_report
+from .weights import Weights, version_report, versions_said
 from .workers import StudyPool
 
 
@@ -66,14 +67,17 @@ def _fallback_prior(cfg: PredictConfig) -> np.ndarray:
 class Bundle:
     """Everything loaded from a weights folder: prior, stage one, each model's folds, ensemble.
 
-    Loading never raises: whatever fails to load (a sha256 that differs from the manifest, a pickle
-    from another library version, a missing fold file) is dropped, listed in `dropped` with the
-    reason, and the rest predicts."""
+    Loading never raises: whatever fails to load (a sha256 that differs from the manifest, a file
+    another library version cannot read, a missing fold file) or loads and computes something else than
+    at export (its probe, infer/probes.py) is dropped, listed in `dropped` with the reason, and the rest
+    predicts."""
 
     def __init__(self, weights: Weights, devices: list[torch.device], prior: np.ndarray):
         self.weights, self.prior, self.devices = weights, prior, list(devices)
         self.placed = 0  # folds placed so far: fold i of the bundle goes to devices[i % len(devices)]
         self.dropped: list[str] = []
+        self.probed: list[str] = []  # artefacts whose probe agreed
+        self.unprobed: list[str] = []  # artefacts loaded without a probe (weights exported before probes)
         self.selector: SliceSelector | None = None
         self.regions: CropRegions | None = None
         self.pcfg: PreprocessConfig | None = None
@@ -89,6 +93,32 @@ class Bundle:
                 self.ensemble = Ensemble.load(weights.file(W.ENSEMBLE))
             except Exception as e:
                 self.dropped.append(f"ensemble weights ({type(e).__name__}: {e}); models are averaged")
+            if self.ensemble is not None:
+                why = self._probe(W.ENSEMBLE, lambda inp: probes.run_ensemble(self.ensemble, inp))
+                if why:
+                    self.ensemble = None
+                    self.dropped.append(f"ensemble weights: {why}; models are averaged")
+
+    def _probe(self, rel: str, run) -> str | None:
+        """None where the artefact's probe agrees with its export (or it has no probe), else why not:
+        the file, the largest difference against the tolerance, the versions on both sides."""
+        prel = self.weights.artefacts.get(rel, {}).get("probe")
+        if not prel:
+            self.unprobed.append(rel)
+            return None
+        try:
+            inputs, expected, kind = probes.load_probe(self.weights.file(prel))
+            worst, ok = probes.check(kind, expected, run(inputs))
+            tol = probes.TOLERANCES[kind]
+        except Exception as e:
+            return (f"{self.weights.folder / rel}: its probe could not run ({type(e).__name__}: {str(e)[:200]}); "
+                    f"{versions_said(self.weights.manifest.get('libraries', {}))}")
+        if ok:
+            self.probed.append(rel)
+            return None
+        return (f"{self.weights.folder / rel}: computes up to {worst:.3g} away from its export on its probe "
+                f"(tolerance {tol.atol:g} + {tol.rtol:g} relative); "
+                f"{versions_said(self.weights.manifest.get('libraries', {}))}")
 
     def _load_stage_one(self) -> None:
         w = self.weights
@@ -104,6 +134,7 @@ class Bundle:
         try:
             w.file(W.SELECTOR_INDEX)
             sel = SliceSelector.load(w.folder / W.SELECTOR, skip=skip)
+            self._probe_stage_one(sel)
             self.dropped += sel.dropped
             self.selector = sel if sel.members else None
         except Exception as e:
@@ -115,6 +146,29 @@ class Bundle:
         except Exception as e:
             self.regions = self.pcfg = None
             self.dropped.append(f"crop regions ({type(e).__name__}: {e}); models that read crops cannot run")
+
+    def _probe_stage_one(self, sel: SliceSelector) -> None:
+        """Each member, the level localiser and the rankers on their probes; what disagrees is left out."""
+        folder = self.weights.folder / W.SELECTOR
+        for stype in list(sel.members):
+            for m in list(sel.members[stype]):
+                rel = f"{W.SELECTOR}/{member_path(folder, stype, m).name}"
+                why = self._probe(rel, lambda inp: probes.run_member(sel, stype, m, inp))
+                if why:
+                    sel.drop_member(stype, m, f"selector member {m} for {stype}: {why}")
+        if sel.levels is not None:
+            why = self._probe(f"{W.SELECTOR}/levels.pt", lambda inp: probes.run_levels(sel.levels, inp))
+            if why:
+                sel.levels = None
+                sel.dropped.append(f"level localiser: {why}; slices from the classifiers")
+        if sel.levels is not None and sel.geometry is not None and sel.geometry.rankers:
+            why = self._probe(f"{W.SELECTOR}/levels.json", lambda inp: probes.run_rankers(sel.geometry, inp))
+            if why:
+                for stype in sel.geometry.rankers:
+                    if sel.geometry.choice.get(stype) == "ranked":
+                        sel.geometry.choice[stype] = "geometry"
+                sel.geometry.rankers = {}
+                sel.dropped.append(f"slice rankers: {why}; their series types placed by geometry")
 
     def _load_model(self, spec: ModelSpec) -> None:
         w, name = self.weights, spec.name
@@ -134,6 +188,10 @@ class Bundle:
             try:
                 net = create_model(name, cfg)
                 net.load_state_dict(torch.load(w.file(rel), map_location="cpu", weights_only=True))
+                why = self._probe(rel, lambda inp: probes.run_fold(net, inp))
+                if why:
+                    self.dropped.append(f"{name} fold {k}: {why}")
+                    continue
                 # Folds round-robin over the devices: on two GPUs both compute at once (see _models_on).
                 nets[k] = net.to(self.devices[self.placed % len(self.devices)]).eval()
                 self.placed += 1
@@ -172,6 +230,8 @@ class Bundle:
         for name, nets in self.models.items():
             lines.append(f"model {name}: folds {sorted(nets)}")
         lines.append("ensemble: " + ("fitted weights" if self.ensemble else "models averaged"))
+        lines.append(f"probes: {len(self.probed)} artefacts compute what they computed at export"
+                     + (f"; {len(self.unprobed)} without a probe (weights exported before probes)" if self.unprobed else ""))
         return lines
 
 
@@ -262,7 +322,8 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     return {"studies": len(studies), "predicted": done[0], "failed": len(failures), "seconds": elapsed,
             "timings": dict(timings), "failures": failures, "log": list(cfg.log), "device": ",".join(map(str, devices)),
             "active": {m: list(ks) for m, ks in plan.active.items()},
-            "dropped": list(bundle.dropped) if bundle else ["weights"]}
+            "dropped": list(bundle.dropped) if bundle else ["weights"],
+            "loaded": bundle.describe() if bundle else [], "probed": list(bundle.probed) if bundle else []}
 
 
 def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, timings, failures, done,

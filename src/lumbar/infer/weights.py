@@ -77,10 +77,11 @@ class Weights:
             self.file(rel)
 
 
-# Libraries whose version is recorded at export, by import name. How much of a difference matters:
-# "exact" for pickles (scikit-learn refuses or mispredicts another version's), "minor" where a
-# serialised format or a model definition can change between minor releases, "" for information.
-LIBRARIES = {"numpy": "minor", "sklearn": "exact", "xgboost": "minor", "torch": "minor", "timm": "minor",
+# Libraries whose version is recorded at export, by import name. How much of a difference is worth
+# saying: "minor" where a serialised format, an estimator's arithmetic or a model definition can change
+# between minor releases, "" for information. Saying is all it does: each artefact's probe decides
+# whether it is used (infer/probes.py); nothing in a weights folder is a pickle.
+LIBRARIES = {"numpy": "minor", "sklearn": "minor", "xgboost": "minor", "torch": "minor", "timm": "minor",
              "scipy": "", "pandas": "", "pydicom": "", "skimage": "", "cv2": "", "PIL": ""}
 
 
@@ -93,6 +94,18 @@ def library_versions() -> dict[str, str]:
         except Exception:  # a missing library is worth recording, not failing over
             out[name] = "missing"
     return out
+
+
+def versions_said(recorded: dict[str, str], installed: dict[str, str] | None = None) -> str:
+    """'exported with python 3.11.7, numpy 1.26.4, ...; here python 3.12.1, numpy 2.0.2, ...' over the
+    libraries a model artefact's arithmetic depends on."""
+    installed = installed if installed is not None else library_versions()
+    names = ("python", "numpy", "sklearn", "xgboost", "torch", "timm")
+
+    def said(v: dict) -> str:
+        return ", ".join(f"{n} {v.get(n, '?')}" for n in names)
+
+    return f"exported with {said(recorded)}; here {said(installed)}"
 
 
 def _release(version: str, parts: int) -> tuple:
@@ -114,12 +127,12 @@ def version_report(recorded: dict[str, str], installed: dict[str, str] | None = 
         if want not in ("?", "missing") and want != have:
             if have == "missing":
                 mark = "MISSING"
-            elif rule == "exact" or (rule == "minor" and _release(want, 2) != _release(have, 2)):
+            elif rule == "minor" and _release(want, 2) != _release(have, 2):
                 mark = "DIFFERS"
         if mark:
-            what = {"sklearn": "pickled slice-selector members may not load (they are dropped if so)",
-                    "numpy": "pickled arrays may not load", "xgboost": "the XGBoost member may not load",
-                    "torch": "fold weights may not load", "timm": "backbones may not match the weights"}
+            what = {"sklearn": "the selector members' probes decide", "numpy": "every artefact's probe decides",
+                    "xgboost": "the XGBoost members' probes decide", "torch": "each fold's probe decides",
+                    "timm": "each fold's probe decides (a changed backbone definition fails it)"}
             problems.append(f"{name}: trained with {want}, installed {have}: "
                             f"{what.get(name, 'inference needs it') if mark == 'DIFFERS' else 'not installed'}")
         rows.append(f"{name:<10} {want:<16} {have:<16} {mark}".rstrip())

@@ -201,9 +201,23 @@ def predicted_points(net: "MultitaskModel", entry: dict) -> dict:
     return dict(zip(CROP_NAMES, [*res["sag_kp"][0].numpy(), *res["axial_kp"][0].numpy()]))
 
 
+def example_input(cfg: MultitaskConfig, crops: dict, seed: int = 0) -> dict:
+    """One study's crops (sizes from the crops config), points inside them, every crop present."""
+    rng = np.random.default_rng(seed)
+    s, a = int(crops.get("sag_size", 128)), int(crops.get("axial_size", 96))
+
+    def img(*shape):
+        return rng.random(shape).astype(np.float16).astype(np.float32)
+
+    return {"sag_image": img(1, 3, 3, s, s), "axial_image": img(1, 5, 3, a, a),
+            "sag_points": np.round(rng.uniform(0, s - 1, (1, 3, 5, 2))).astype(np.float32),
+            "axial_points": np.round(rng.uniform(0, a - 1, (1, 5, 2, 2))).astype(np.float32),
+            "present": np.ones((1, 8), bool)}
+
+
 @register_model("multitask", MultitaskConfig, inputs="crops",
                 batch_keys=("sag_image", "axial_image", "sag_points", "axial_points", "present"),
                 postprocess=_fill_missing_crops, points=predicted_points, mirror=mirror_crops,
-                shift=shift_crops)
+                shift=shift_crops, example=example_input)
 def build_multitask(cfg: MultitaskConfig) -> MultitaskModel:
     return MultitaskModel(cfg)

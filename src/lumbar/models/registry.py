@@ -38,6 +38,9 @@ class ModelSpec:
     # (input entry, dx, dy) -> the entry with its crops' centres moved (dx, dy) pixels: the test-time
     # shifts (models/views.py), as far as the model config's `tta_shift` says
     shift: Callable[[dict, int, int], dict] | None = None
+    # (model config, the weights' crops config dict, seed) -> one study's random input batch of the shapes
+    # the network reads, values representable in float16: each fold's probe at export (infer/probes.py)
+    example: Callable[[Any, dict, int], dict] | None = None
 
 
 _SPECS: dict[str, ModelSpec] = {}

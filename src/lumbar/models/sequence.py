@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -210,8 +211,17 @@ class SequenceModel(nn.Module):
         return tokens, pad, kp_loss
 
 
+def example_input(cfg: SequenceConfig, crops: dict, seed: int = 0) -> dict:
+    """One study's frames of the config's count and size, every series present."""
+    rng = np.random.default_rng(seed)
+    n, s = cfg.n_frames, cfg.frame_size
+    return {"frames": rng.random((1, 3, n, s, s)).astype(np.float16).astype(np.float32),
+            "positions": np.sort(rng.random((1, 3, n)), -1).astype(np.float16).astype(np.float32),
+            "mask": np.ones((1, 3), bool)}
+
+
 @register_model("sequence", SequenceConfig, inputs="frames", batch_keys=("frames", "mask", "positions"),
                 input_config=FramesConfig.of_model, usable=lambda entry: bool(entry["mask"].any()),
-                mirror=mirror_frames)
+                mirror=mirror_frames, example=example_input)
 def build_sequence(cfg: SequenceConfig) -> SequenceModel:
     return SequenceModel(cfg)

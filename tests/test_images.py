@@ -1,0 +1,107 @@
+"""The built kernel in each Kaggle image it may meet (docs/kaggle.md), with weights exported in the other.
+
+Each image is a venv of its own (`make images`): kaggle-2026, today's image (Python 3.12, torch 2.10, numpy
+2.0.2, scikit-learn 1.6.1, xgboost 3.2.0, ...), and kaggle-2024, the competition's (numpy 1.26.4,
+scikit-learn 1.2.2, xgboost 2.0.3, ...). Weights are exported in one and the notebook runs offline in both:
+no member is dropped, every probe agrees, and the two submissions agree to 1e-4."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_inference import assert_complete
+from test_kernel import run_kernel
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ("kaggle-2026", "kaggle-2024")
+
+
+def image_python(name: str) -> Path:
+    venv = ROOT / f".venv-{name}"
+    if not (venv / ".installed").exists():
+        if os.environ.get("CI"):  # CI must run both images: a missing venv is a failure there
+            pytest.fail(f"{venv}: not built; `make images` builds it (make test does)")
+        pytest.skip(f"{venv}: not built (`make images`)")
+    return venv / "bin" / "python"
+
+
+def versions(python: Path) -> dict:
+    code = ("import json, platform, numpy, sklearn, xgboost, torch; print(json.dumps({'python': "
+            "platform.python_version(), 'numpy': numpy.__version__, 'sklearn': sklearn.__version__, "
+            "'xgboost': xgboost.__version__, 'torch': torch.__version__}))")
+    return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+@pytest.fixture(scope="module")
+def weights_2024(synth_dir, tmp_path_factory) -> Path:
+    """The tiny stack trained and exported in the 2024 image's venv."""
+    py = image_python("kaggle-2024")
+    root = tmp_path_factory.mktemp("w2024") / "stack"
+    r = subprocess.run([str(py), str(ROOT / "tests" / "tiny_stack.py"), str(synth_dir), str(root)],
+                       capture_output=True, text=True, cwd=str(ROOT / "tests"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "weights"
+
+
+@pytest.fixture(scope="module")
+def image_kernel(trained_weights, tmp_path_factory) -> Path:
+    from lumbar.kaggle import offline_prefix
+
+    if not offline_prefix():
+        pytest.skip("no `unshare -rn` on this machine to cut the network")
+    out = tmp_path_factory.mktemp("kernel")
+    r = subprocess.run([sys.executable, str(ROOT / "build_kernel.py"), "--weights", str(trained_weights),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _kernel_in_each_image(kernel: Path, weights: Path, data: Path, tmp: Path) -> dict[str, tuple[str, pd.DataFrame]]:
+    out = {}
+    for name in IMAGES:
+        text, sub = run_kernel(kernel, weights, data, tmp / name, python=image_python(name))
+        out[name] = (text, assert_complete(sub, data).set_index("row_id").sort_index())
+        info = json.loads((tmp / name / "working" / "lumbar_versions.json").read_text())
+        assert info["libraries"]["sklearn"] == versions(image_python(name))["sklearn"]  # the image it met, written
+        assert info["predicted"] == 3 and info["dropped"] == []
+    return out
+
+
+def _same_everywhere(runs: dict, weights: Path) -> None:
+    man = json.loads((weights / "manifest.json").read_text())
+    n_probes = sum(1 for a in man["artefacts"] if a.get("probe"))
+    for name, (text, _) in runs.items():
+        assert "DROPPED" not in text, f"{name}: {text[-3000:]}"
+        for stype in ("Sagittal T2/STIR", "Sagittal T1", "Axial T2"):
+            assert f"slice selector {stype}: 4 members (rf, svm, mlp, xgb)" in text, name
+        assert f"probes: {n_probes} artefacts compute what they computed at export" in text, name
+        assert "'predicted': 3" in text
+    (a_name, (_, a)), (b_name, (_, b)) = runs.items()
+    assert list(a.index) == list(b.index)
+    diff = np.abs(a.to_numpy() - b.to_numpy()).max()
+    assert diff <= 1e-4, f"{a_name} and {b_name} submissions differ by {diff}"
+
+
+def test_the_image_venvs_hold_each_images_versions():
+    new, old = versions(image_python("kaggle-2026")), versions(image_python("kaggle-2024"))
+    assert new["python"].startswith("3.12") and new["torch"].startswith("2.10")
+    assert (new["numpy"], new["sklearn"], new["xgboost"]) == ("2.0.2", "1.6.1", "3.2.0")
+    assert (old["numpy"], old["sklearn"], old["xgboost"]) == ("1.26.4", "1.2.2", "2.0.3")
+
+
+def test_weights_exported_today_predict_the_same_in_the_2024_image(image_kernel, trained_weights, synth_dir, tmp_path):
+    exported = json.loads((trained_weights / "manifest.json").read_text())["libraries"]
+    assert exported["sklearn"] != versions(image_python("kaggle-2024"))["sklearn"]  # really across versions
+    _same_everywhere(_kernel_in_each_image(image_kernel, trained_weights, synth_dir, tmp_path), trained_weights)
+
+
+def test_weights_exported_in_the_2024_image_predict_the_same_today(image_kernel, weights_2024, synth_dir, tmp_path):
+    exported = json.loads((weights_2024 / "manifest.json").read_text())["libraries"]
+    assert (exported["numpy"], exported["sklearn"], exported["xgboost"]) == ("1.26.4", "1.2.2", "2.0.3")
+    _same_everywhere(_kernel_in_each_image(image_kernel, weights_2024, synth_dir, tmp_path), weights_2024)
