@@ -1,4 +1,5 @@
-"""The suite runs in the versions the kernel meets on Kaggle: the constraints file `make setup` installed."""
+"""The suite runs in the versions the kernel meets on Kaggle: the constraints file `make setup` installed
+(kaggle-2026, today's image, by default; kaggle-2024 with KAGGLE_IMAGE=kaggle-2024)."""
 import os
 import re
 from importlib.metadata import PackageNotFoundError, version
@@ -12,7 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _image() -> str:
     marker = ROOT / ".venv" / ".installed"
     name = os.environ.get("KAGGLE_IMAGE") or (marker.read_text().strip() if marker.exists() else "")
-    return name or "kaggle-2024"
+    return name or DEFAULT_IMAGE
+
+
+DEFAULT_IMAGE = "kaggle-2026"
 
 
 def pins(name: str) -> dict[str, str]:
@@ -41,13 +45,29 @@ def test_every_pinned_library_is_installed_at_its_pin():
     assert not wrong, f"installed versions differ from constraints/{name}.txt: {wrong}"
 
 
-def test_the_suite_runs_in_the_versions_the_kernel_will_load_pickles_with():
-    """What is pickled or serialised in training must load in Kaggle's image: the libraries this very
-    process imported are the constraint file's pins (a venv built without them fails here)."""
+def test_the_suite_runs_in_the_versions_of_the_image_it_was_set_up_for():
+    """What is serialised in training is tested where it was made: the libraries this very process
+    imported are the constraint file's pins (a venv built without them fails here)."""
     import numpy
     import sklearn
     import xgboost
 
-    p = pins("kaggle-2024")
+    if not (ROOT / ".venv" / ".installed").exists() and "KAGGLE_IMAGE" not in os.environ:
+        pytest.skip("not in the venv `make setup` builds")
+    p = pins(_image())
     assert (numpy.__version__, sklearn.__version__, xgboost.__version__) == (p["numpy"], p["scikit-learn"],
                                                                              p["xgboost"])
+
+
+def test_make_setup_defaults_to_todays_image_and_keeps_the_2024_one():
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"^KAGGLE_IMAGE \?= kaggle-2026$", make, re.M)
+    today, then = pins("kaggle-2026"), pins("kaggle-2024")
+    # the image of today as Kaggle's docker-python / Colab base publish it (docs/kaggle.md)
+    assert {k: today[k] for k in ("numpy", "scikit-learn", "xgboost", "pandas", "scikit-image", "timm",
+                                  "opencv-python-headless")} == {
+        "numpy": "2.0.2", "scikit-learn": "1.6.1", "xgboost": "3.2.0", "pandas": "2.2.2", "scikit-image": "0.25.2",
+        "timm": "1.0.26", "opencv-python-headless": "4.13.0.92"}
+    assert (then["numpy"], then["scikit-learn"], then["xgboost"]) == ("1.26.4", "1.2.2", "2.0.3")
+    assert set(today) == set(then), "both images pin the same libraries"
+    assert "TORCH_kaggle-2026 ?= torch==2.10.0 torchvision==0.25.0" in make

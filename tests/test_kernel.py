@@ -57,6 +57,8 @@ def test_kernel_offline_matches_predict_with_every_member_loaded(kernel, trained
     assert meta["enable_internet"] is False and meta["enable_gpu"] is True
     assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_tpu"] is False  # never a P100
     assert meta["competition_sources"] == ["rsna-2024-lumbar-spine-degenerative-classification"]
+    # later versions of the kernel stay on the image of its first run; no image named unless asked for
+    assert meta["docker_image_pinning_type"] == "original" and "docker_image" not in meta
     nb = json.loads((kernel / "lumbar-inference.ipynb").read_text())
     written = {c["source"][0].split("/", 1)[1].strip() for c in nb["cells"]
                if c["cell_type"] == "code" and c["source"] and c["source"][0].startswith("%%writefile")}
@@ -67,6 +69,11 @@ def test_kernel_offline_matches_predict_with_every_member_loaded(kernel, trained
 
     out, sub = run_kernel(kernel, trained_weights, synth_dir, tmp_path / "kaggle")
     assert "lumbar_src/lumbar" in out  # imported its own written copy
+    info = json.loads((tmp_path / "kaggle" / "working" / "lumbar_versions.json").read_text())
+    import sklearn, torch  # noqa: E401  (the versions the notebook met: this venv's)
+    assert info["libraries"]["sklearn"] == sklearn.__version__ and info["libraries"]["torch"] == torch.__version__
+    assert info["predicted"] == 3 and info["dropped"] == [] and info["probes_agreed"] > 12
+    assert info["weights_exported_with"]["sklearn"] == sklearn.__version__
     assert not (tmp_path / "kaggle" / "working" / "lumbar_src").exists()
     # trained and run in the same (Kaggle's) versions: no difference, nothing dropped, every member loaded
     assert "versions: no difference that matters" in out and "DROPPED" not in out
@@ -112,7 +119,7 @@ def _copy_weights(trained_weights, tmp_path) -> Path:
 
 def test_garbage_xgboost_member_is_dropped_on_a_sha_mismatch(kernel, trained_weights, synth_dir, tmp_path):
     w = _copy_weights(trained_weights, tmp_path)
-    _garbage(w, "slice_select/model/axial_xgb.json", refresh_sha=False)
+    _garbage(w, "slice_select/model/axial_xgb.npz", refresh_sha=False)
     out, sub = run_kernel(kernel, w, synth_dir, tmp_path / "kaggle")
     assert_complete(sub, synth_dir)
     assert re.search(r"DROPPED: .*selector member xgb for Axial T2", out)
@@ -122,17 +129,17 @@ def test_garbage_xgboost_member_is_dropped_on_a_sha_mismatch(kernel, trained_wei
 
 def test_broken_members_and_a_missing_fold_are_each_dropped_alone(kernel, trained_weights, synth_dir, tmp_path):
     """Three faults in one set of weights (one kernel run, the suite's time): an xgboost member and a
-    pickled member exported broken (the manifest agrees with the garbage, so the loaders themselves must
+    member's arrays exported broken (the manifest agrees with the garbage, so the loaders themselves must
     cope) and a torch fold listed but missing. Each costs only itself."""
     w = _copy_weights(trained_weights, tmp_path)
-    _garbage(w, "slice_select/model/axial_xgb.json", refresh_sha=True)
-    _garbage(w, "slice_select/model/sag_t2_mlp.pkl", refresh_sha=True)
+    _garbage(w, "slice_select/model/axial_xgb.npz", refresh_sha=True)
+    _garbage(w, "slice_select/model/sag_t2_mlp.npz", refresh_sha=True)
     (w / "sequence" / "fold1.pt").unlink()
     out, sub = run_kernel(kernel, w, synth_dir, tmp_path / "kaggle")
     got = assert_complete(sub, synth_dir)
     assert re.search(r"DROPPED: .*selector member xgb for Axial T2", out)
     assert "slice selector Axial T2: 3 members (rf, svm, mlp)" in out
-    assert "sag_t2_mlp.pkl: selector member mlp for Sagittal T2/STIR does not load" in out
+    assert "sag_t2_mlp.npz: selector member mlp for Sagittal T2/STIR does not load" in out
     assert "slice selector Sagittal T2/STIR: 3 members (rf, svm, xgb)" in out
     assert "slice selector Sagittal T1: 4 members" in out  # untouched
     assert "DROPPED: sequence fold 1:" in out and "listed in manifest.json but missing" in out
@@ -176,3 +183,38 @@ def test_a_dicom_that_blocks_on_read_costs_one_study(kernel, trained_weights, sy
     assert_complete(sub, synth_copy)
     assert f"study {r.study_id}: input preparation timed out after 20s; worker killed" in out
     assert "'predicted': 3" in out and "'failed': 1" in out
+
+
+def test_a_kernel_pinned_to_an_image_by_digest(trained_weights, tmp_path):
+    digest = "gcr.io/kaggle-gpu-images/python@sha256:" + "ab12" * 16
+    r = subprocess.run([sys.executable, str(ROOT / "build_kernel.py"), "--weights", str(trained_weights), "--out",
+                        str(tmp_path / "k"), "--docker-image", digest], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "k" / "kernel-metadata.json").read_text())
+    assert meta["docker_image"] == digest and meta["docker_image_pinning_type"] == "original"
+    bad = subprocess.run([sys.executable, str(ROOT / "build_kernel.py"), "--weights", str(trained_weights), "--out",
+                          str(tmp_path / "k2"), "--docker-image", "python:latest"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "kaggle kernels pull" in bad.stderr and not (tmp_path / "k2").exists()
+
+
+def test_an_altered_member_with_its_sha256_updated_is_dropped_and_the_notebook_ends_normally(
+        kernel, trained_weights, synth_dir, tmp_path):
+    """A RandomForest's leaf probabilities changed and the manifest updated to match: the sha256 check
+    passes, the member's probe does not; the rest predicts."""
+    w = _copy_weights(trained_weights, tmp_path)
+    rel = "slice_select/model/axial_rf.npz"
+    with np.load(w / rel, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["proba"] = np.roll(arrays["proba"], 1, axis=1)
+    with open(w / rel, "wb") as f:
+        np.savez(f, **arrays)
+    man = json.loads((w / "manifest.json").read_text())
+    for a in man["artefacts"]:
+        if a["path"] == rel:
+            a["sha256"] = hashlib.sha256((w / rel).read_bytes()).hexdigest()
+    (w / "manifest.json").write_text(json.dumps(man))
+    out, sub = run_kernel(kernel, w, synth_dir, tmp_path / "kaggle")
+    assert_complete(sub, synth_dir)
+    assert re.search(r"DROPPED: selector member rf for Axial T2: .*axial_rf\.npz: computes up to [0-9.]+ away from "
+                     r"its export on its probe", out)
+    assert "slice selector Axial T2: 3 members (svm, mlp, xgb)" in out and "'predicted': 3" in out

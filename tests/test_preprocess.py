@@ -122,7 +122,7 @@ def test_slice_select_report_and_artefacts(stage_one):
     assert ((report.exact >= 0) & (report.exact <= report.within1) & (report.within1 <= 1)).all()
     manifest = json.loads((run / "slice_select" / "model" / "selector.json").read_text())
     assert "sklearn" in manifest and "xgboost" in manifest
-    assert (run / "slice_select" / "model" / "axial_xgb.json").exists()
+    assert (run / "slice_select" / "model" / "axial_xgb.npz").exists()
     oof = json.loads((run / "slice_select" / "oof_selection.json").read_text())
     assert len(oof) == 10
     assert set(levels["scorers"]) <= {schema.AXIAL, schema.SAG_T1}
@@ -174,7 +174,7 @@ def test_selector_round_trip_without_pickles_and_damaged_members(stage_one, synt
     run, cache, _ = stage_one
     model = run / "slice_select" / "model"
     assert not list(model.glob("*.pkl")), "no member is pickled"
-    assert sorted(f.suffix for f in model.glob("axial_*")) == [".json", ".npz", ".npz", ".npz"]
+    assert sorted(f.suffix for f in model.glob("axial_*")) == [".npz"] * 4
     sel = SliceSelector.load(model, strict=True)
     study = load_studies(synth_dir, "train")[0]
     feats = study_features(study, StudyCache(cache, cache_version()))
@@ -198,7 +198,7 @@ def test_selector_round_trip_without_pickles_and_damaged_members(stage_one, synt
     assert len(lenient.dropped) == 1 and "axial_rf.npz" in lenient.dropped[0]
     assert list(lenient.members[schema.AXIAL]) == ["svm", "mlp", "xgb"]
     # every other member damaged too: that type has no member left and falls back to the naive rule
-    (broken / "axial_xgb.json").write_text("{not json")
+    (broken / "axial_xgb.npz").write_text("{not an npz")
     for m in ("svm", "mlp"):
         (broken / f"axial_{m}.npz").write_bytes(b"garbage")
     worse = SliceSelector.load(broken)

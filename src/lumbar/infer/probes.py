@@ -9,9 +9,9 @@ pickle-free member that loads under another numpy and predicts the same is kept,
 predicts differently (a library that changed its arithmetic, a file edited with its sha256 updated) is not.
 
 What each kind's probe input is, and its tolerance (|got - expected| <= atol + rtol * |expected|):
-- a selector member (rf, svm, mlp as arrays; xgb JSON): up to 48 training feature rows of its series
-  type, the outputs those of the fitted scikit-learn / XGBoost model before it was written; members
-  1e-6 (their numpy arithmetic reproduces scikit-learn's to ~1e-13), XGBoost 1e-5 (float32 inside);
+- a selector member (rf, svm, mlp, xgb, each as arrays): up to 48 training feature rows of its series
+  type, the outputs those of the fitted scikit-learn / XGBoost model before it was written; rf, svm, mlp
+  1e-6 (their numpy arithmetic reproduces scikit-learn's to ~1e-13), xgb 1e-5 (XGBoost sums in float32);
 - the level localiser (levels.pt): a seeded random thumbnail through the first look, a patch through
   the second; its heatmap logits, 1e-3 + 1e-3 relative (a CPU fp32 convolution may sum in another order);
 - a slice ranker (in levels.json): random features and patches of its shapes; its scores, as above;

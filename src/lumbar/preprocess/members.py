@@ -1,5 +1,5 @@
-"""The slice selector's scikit-learn members as arrays: a RandomForest, an SVM and an MLP that predict from
-their numbers with numpy, no pickle.
+"""The slice selector's members as arrays: a RandomForest, an SVM, an MLP and XGBoost's trees that predict
+from their numbers with numpy, no pickle, no library's file format.
 
 A scikit-learn pickle is the library's private layout: the RandomForests of 1.2.2 do not load under 1.6.1
 at all (their node records gained a field), and unpickling runs whatever code the file names (the weights
@@ -236,13 +236,92 @@ class PortableSVM(_Portable):
         return _couple(r)  # for two classes too: scikit-learn's libsvm couples them (newer libsvm takes r[0, 1])
 
 
-KINDS = {"rf": PortableForest, "mlp": PortableMLP, "svm": PortableSVM}
+class PortableBoost(_Portable):
+    """An XGBClassifier as its trees' node table (XGBoost's own JSON layout, read once at save) and its
+    base margin per class. XGBoost's JSON is not portable backwards: 3.x writes a per-class intercept
+    (`base_score` "[a,b,c]") that 2.0.3 reads and mispredicts by up to 0.4 in a probability (measured on
+    this project's members). The base margin is therefore not parsed but measured, in the saving process:
+    the booster's margins on the probe rows minus the trees' sum."""
+
+    @classmethod
+    def from_xgboost(cls, model, rows: np.ndarray) -> "PortableBoost":
+        import json
+
+        import xgboost
+
+        booster = model.get_booster()
+        learner = json.loads(bytes(booster.save_raw("json")).decode())["learner"]
+        gb = learner["gradient_booster"]
+        if gb.get("name") != "gbtree":
+            raise ValueError(f"an XGBoost {gb.get('name')} booster; the portable one reads gbtree")
+        objective = learner["objective"]["name"]
+        if objective not in ("multi:softprob", "binary:logistic"):
+            raise ValueError(f"an XGBoost objective {objective!r}; the portable one reads multi:softprob, binary:logistic")
+        trees = gb["model"]["trees"]
+        left, right, feat, thr, dleft, roots = [], [], [], [], [], []
+        base = 0
+        for t in trees:
+            if any(t.get("split_type", [])):
+                raise ValueError("an XGBoost tree with categorical splits; the portable one reads numerical ones")
+            l, r = np.asarray(t["left_children"], np.int64), np.asarray(t["right_children"], np.int64)
+            left.append(np.where(l >= 0, l + base, -1))
+            right.append(np.where(r >= 0, r + base, -1))
+            feat.append(np.asarray(t["split_indices"], np.int64))
+            thr.append(np.asarray(t["split_conditions"], np.float32))  # a leaf's value where it is a leaf
+            dleft.append(np.asarray(t["default_left"], bool))
+            roots.append(base)
+            base += len(l)
+        groups = max(1, int(learner["learner_model_param"].get("num_class", "0") or 0))
+        out = cls({"left": np.concatenate(left), "right": np.concatenate(right), "feature": np.concatenate(feat),
+                   "threshold": np.concatenate(thr), "default_left": np.concatenate(dleft),
+                   "roots": np.asarray(roots, np.int64), "group": np.asarray(gb["model"]["tree_info"], np.int64),
+                   "softmax": np.asarray(objective == "multi:softprob"), "classes": np.asarray(model.classes_, np.int64),
+                   "base_margin": np.zeros(groups)})
+        rows = np.asarray(rows, np.float32)
+        margin = booster.predict(xgboost.DMatrix(rows), output_margin=True).reshape(len(rows), groups)
+        out.a["base_margin"] = (margin - out.tree_sum(rows)).mean(0).astype(np.float64)
+        return out
+
+    def tree_sum(self, X: np.ndarray) -> np.ndarray:
+        """[n, groups] the trees' leaf values summed per output group (XGBoost's margin less its base)."""
+        a = self.a
+        X = np.asarray(X, np.float32)
+        n, t = len(X), len(a["roots"])
+        node = np.broadcast_to(a["roots"], (n, t)).copy()
+        rows = np.broadcast_to(np.arange(n)[:, None], (n, t))
+        while True:
+            inner = a["left"][node] >= 0
+            if not inner.any():
+                break
+            v = X[rows, np.where(inner, a["feature"][node], 0)]
+            go_left = np.where(np.isnan(v), a["default_left"][node], v < a["threshold"][node])
+            node = np.where(inner, np.where(go_left, a["left"][node], a["right"][node]), node)
+        leaf = a["threshold"][node].astype(np.float64)
+        out = np.zeros((n, len(a["base_margin"])))
+        np.add.at(out.T, a["group"], leaf.T)
+        return out
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        m = self.tree_sum(X) + self.a["base_margin"]
+        if bool(self.a["softmax"]):
+            e = np.exp(m - m.max(1, keepdims=True))
+            return e / e.sum(1, keepdims=True)
+        p = 1.0 / (1.0 + np.exp(-m[:, 0]))
+        return np.stack([1 - p, p], 1)
 
 
-def portable(name: str, model):
-    """The portable form of a fitted member (rf, svm or mlp); an already portable one as it is."""
+KINDS = {"rf": PortableForest, "mlp": PortableMLP, "svm": PortableSVM, "xgb": PortableBoost}
+
+
+def portable(name: str, model, rows: np.ndarray | None = None):
+    """The portable form of a fitted member (rf, svm, mlp; xgb, which needs rows to measure its base
+    margin on); an already portable one as it is."""
     if isinstance(model, _Portable):
         return model
+    if name == "xgb":
+        if rows is None or not len(rows):
+            raise ValueError("an XGBoost member needs rows to measure its base margin on")
+        return PortableBoost.from_xgboost(model, rows)
     return KINDS[name].from_sklearn(model)
 
 

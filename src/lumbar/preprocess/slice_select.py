@@ -25,7 +25,7 @@ from ..data.volumes import normalised
 
 FEATURE_VERSION = 2  # 2: OpenCV area resize, axial height at slice centres
 MEMBERS = ("rf", "svm", "mlp", "xgb")
-# 2: rf/svm/mlp as arrays (preprocess/members.py), probes.npz; 1 (pickles) is refused: re-train slice_select
+# 2: every member as arrays (preprocess/members.py), probes.npz; 1 (pickles, XGBoost JSON) is refused: re-train
 SELECTOR_FORMAT = 2
 PROBE_ROWS = 48  # training feature rows kept per series type as the members' probe (infer/probes.py)
 N_CLASSES = {schema.SAG_T2: 2, schema.SAG_T1: 3, schema.AXIAL: 6}
@@ -245,8 +245,9 @@ class SliceSelector:
             return _proba(models[member], X, k)
         return np.mean([_proba(m, X, k) for m in models.values()], axis=0)
 
-    # Persistence without pickles: XGBoost in its JSON format, the scikit-learn members as their arrays
-    # (members.py); probes.npz keeps each type's probe rows and what every fitted member predicted on them.
+    # Persistence without pickles or library formats: every member as its arrays (members.py; XGBoost's
+    # JSON is not read back by an older XGBoost the same); probes.npz keeps each type's probe rows and what
+    # every fitted member predicted on them.
     def save(self, folder: str | Path) -> None:
         import sklearn
         import xgboost
@@ -266,12 +267,10 @@ class SliceSelector:
             for m, model in models.items():
                 if rows is not None:  # the fitted model's own answer, before any conversion
                     probe[f"{key}/{m}"] = self.predict_proba(stype, probe[f"{key}/rows"], member=m)
-                path = member_path(folder, stype, m)
-                if m == "xgb":
-                    with atomic_path(path) as tmp:  # keeps the extension: xgboost picks its format by it
-                        model.save_model(str(tmp))
-                else:
-                    save_member(portable(m, model), path)
+                rows_m = probe.get(f"{key}/rows")
+                if rows_m is None:  # XGBoost's base margin is measured on rows: any of the type's will do
+                    rows_m = np.zeros((1, getattr(model, "n_features_in_", 1)), np.float32)
+                save_member(portable(m, model, rows_m), member_path(folder, stype, m))
             manifest["types"][stype] = list(models)
         if probe:
             with atomic_path(folder / PROBES) as tmp:
@@ -290,9 +289,6 @@ class SliceSelector:
         versions (strict), or is left out and listed in `dropped`, the other members carrying the vote;
         a type left with no member falls back to the naive rule. `skip` names member files not to open
         at all (file name -> why: a sha256 that differs)."""
-        import sklearn
-        import xgboost
-
         folder = Path(folder)
         manifest = json.loads((folder / "selector.json").read_text())
         sel = cls()
@@ -300,21 +296,23 @@ class SliceSelector:
         for stype, names in manifest["types"].items():
             sel.members[stype] = {}
             for m in names:
-                legacy = fmt != SELECTOR_FORMAT and m != "xgb"
-                path = folder / f"{STYPE_KEY[stype]}_{m}.pkl" if legacy else member_path(folder, stype, m)
+                legacy = fmt != SELECTOR_FORMAT
+                path = folder / f"{STYPE_KEY[stype]}_{m}.{'json' if m == 'xgb' else 'pkl'}" if legacy \
+                    else member_path(folder, stype, m)
                 if skip and path.name in skip:
                     sel.dropped.append(f"selector member {m} for {stype}: {skip[path.name]}")
                     continue
                 try:
                     if legacy:
-                        raise ValueError(f"a pickled member (selector format {fmt}); this code reads format "
-                                         f"{SELECTOR_FORMAT} and unpickles nothing: re-train slice_select and export")
+                        raise ValueError(f"a member of selector format {fmt} (pickles, XGBoost JSON); this code "
+                                         f"reads format {SELECTOR_FORMAT} and unpickles nothing: re-train "
+                                         "slice_select and export")
                     sel.members[stype][m] = _load_member(m, path)
                 except Exception as e:
                     trained = f"scikit-learn {manifest.get('sklearn')}, xgboost {manifest.get('xgboost')}"
                     msg = (f"{path}: selector member {m} for {stype} does not load ({type(e).__name__}: "
-                           f"{str(e)[:200]}); trained with {trained}, installed scikit-learn {sklearn.__version__}, "
-                           f"xgboost {xgboost.__version__}")
+                           f"{str(e)[:200]}); trained with {trained}, installed scikit-learn {_version('scikit-learn')}, "
+                           f"xgboost {_version('xgboost')}")
                     if strict:
                         raise RuntimeError(msg) from None
                     sel.dropped.append(msg)
@@ -358,9 +356,18 @@ class SliceSelector:
 PROBES = "probes.npz"
 
 
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "missing"
+
+
 def member_path(folder: str | Path, stype: str, member: str) -> Path:
-    """Where a member of a series type lives in a selector folder (XGBoost JSON, the others .npz)."""
-    return Path(folder) / f"{STYPE_KEY[stype]}_{member}.{'json' if member == 'xgb' else 'npz'}"
+    """Where a member of a series type lives in a selector folder (its arrays, members.py)."""
+    return Path(folder) / f"{STYPE_KEY[stype]}_{member}.npz"
 
 
 def probe_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -374,12 +381,6 @@ def probe_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def _load_member(name: str, path: Path):
-    if name == "xgb":
-        from xgboost import XGBClassifier
-
-        model = XGBClassifier()
-        model.load_model(str(path))
-        return model
     from .members import load_member
 
     return load_member(name, path)
