@@ -185,7 +185,8 @@ def test_selector_round_trip_without_pickles_and_damaged_members(stage_one, synt
     with np.load(model / "probes.npz", allow_pickle=False) as z:
         rows = z["axial/rows"]
         for m in ("rf", "svm", "mlp", "xgb"):
-            np.testing.assert_allclose(sel.predict_proba(schema.AXIAL, rows, m), z[f"axial/{m}"], atol=1e-9, rtol=0)
+            np.testing.assert_allclose(sel.predict_proba(schema.AXIAL, rows, m), z[f"axial/{m}"],
+                                       atol=1e-6 if m == "xgb" else 1e-9, rtol=0)  # XGBoost sums in float32
     # a damaged member: a clear error naming the file and the versions, or the others carry the vote
     broken = tmp_path / "model"
     broken.mkdir()

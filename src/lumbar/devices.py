@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -45,6 +46,24 @@ def smoke_test(device: torch.device, fault: bool = False) -> str | None:
 def gpu_hardware() -> bool:
     """Whether this machine looks like it has an NVIDIA GPU, whatever torch says."""
     return bool(shutil.which("nvidia-smi")) or os.path.exists("/dev/nvidia0")
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device):
+    """torch on one CPU thread while the block runs (nothing changes on a GPU). Stage one's small networks
+    train this way: with torch 2.14 under today's image's libraries, two threads and one give different
+    level networks (backward reductions split by thread), so the folds fitted in worker processes (one
+    thread each) differed from the same folds fitted serially; one thread everywhere makes the artefacts
+    independent of the machine's core count."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_cores() -> int:

@@ -193,24 +193,25 @@ class LevelLocaliser:
         """The one optimiser loop of both looks: `draw(rng)` gives a batch (inputs, points)."""
         import torch
 
-        from ..devices import pick_device
+        from ..devices import one_cpu_thread, pick_device
 
         device = pick_device(self.cfg.device)
-        rng = np.random.default_rng(self.cfg.seed)
-        torch.manual_seed(self.cfg.seed)
-        net = net.to(device).train()
-        steps = max(1, self.cfg.steps)
-        opt = torch.optim.AdamW(net.parameters(), lr=self.cfg.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=steps, pct_start=0.15)
-        for _ in bar(range(steps), desc=progress, leave=False):
-            xs, ps = draw(rng)
-            x = torch.from_numpy(np.stack(xs).astype(np.float32)).to(device)
-            y = torch.from_numpy(np.stack(ps).astype(np.float32)).to(device)
-            loss = heatmap_loss(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+        with one_cpu_thread(device):
+            rng = np.random.default_rng(self.cfg.seed)
+            torch.manual_seed(self.cfg.seed)
+            net = net.to(device).train()
+            steps = max(1, self.cfg.steps)
+            opt = torch.optim.AdamW(net.parameters(), lr=self.cfg.lr, weight_decay=1e-4)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=steps, pct_start=0.15)
+            for _ in bar(range(steps), desc=progress, leave=False):
+                xs, ps = draw(rng)
+                x = torch.from_numpy(np.stack(xs).astype(np.float32)).to(device)
+                y = torch.from_numpy(np.stack(ps).astype(np.float32)).to(device)
+                loss = heatmap_loss(net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
         return net.cpu().eval()
 
     def fit(self, samples: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]], progress: str = "") -> "LevelLocaliser":
