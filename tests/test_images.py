@@ -7,7 +7,6 @@ no member is dropped, every probe agrees, and the two submissions agree to 1e-4.
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 
 from test_inference import assert_complete
-from test_kernel import run_kernel
+from test_kernel import build_kernel, run_kernel
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,15 +50,7 @@ def weights_2024(synth_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def image_kernel(trained_weights, tmp_path_factory) -> Path:
-    from lumbar.kaggle import offline_prefix
-
-    if not offline_prefix():
-        pytest.skip("no `unshare -rn` on this machine to cut the network")
-    out = tmp_path_factory.mktemp("kernel")
-    r = subprocess.run([sys.executable, str(ROOT / "build_kernel.py"), "--weights", str(trained_weights),
-                        "--out", str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return out
+    return build_kernel(trained_weights, tmp_path_factory.mktemp("kernel"))
 
 
 def _kernel_in_each_image(kernel: Path, weights: Path, data: Path, tmp: Path) -> dict[str, tuple[str, pd.DataFrame]]:

@@ -19,17 +19,21 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def kernel(trained_weights, tmp_path_factory):
+def build_kernel(weights: Path, out: Path) -> Path:
+    """`make kernel` from `weights` into `out` (skips where the network cannot be cut to run it)."""
     from lumbar.kaggle import offline_prefix
 
     if not offline_prefix():
         pytest.skip("no `unshare -rn` on this machine to cut the network")
-    out = tmp_path_factory.mktemp("kernel")
-    r = subprocess.run([sys.executable, str(ROOT / "build_kernel.py"), "--weights", str(trained_weights),
+    r = subprocess.run([sys.executable, str(ROOT / "build_kernel.py"), "--weights", str(weights),
                         "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def kernel(trained_weights, tmp_path_factory):
+    return build_kernel(trained_weights, tmp_path_factory.mktemp("kernel"))
 
 
 def run_kernel(kernel: Path, weights: Path, data: Path, root: Path, env: dict | None = None, python=None):

@@ -51,6 +51,21 @@ def _pipeline_parts(pipe) -> tuple[np.ndarray, np.ndarray, tuple[int, float], ob
     return mean, scale, (int(em.n), float(em.factor)), steps[2]
 
 
+def _leaves(a: dict, X: np.ndarray, go_left) -> np.ndarray:
+    """[n, trees] the leaf each row reaches in each tree of a node table (roots, left, right, feature;
+    -1 children at a leaf): every row walks every tree at once, one level per step.
+    go_left(values at the nodes' features, nodes) decides the branch."""
+    n, t = len(X), len(a["roots"])
+    node = np.broadcast_to(a["roots"], (n, t)).copy()
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, t))
+    while True:
+        inner = a["left"][node] >= 0
+        if not inner.any():
+            return node
+        v = X[rows, np.where(inner, a["feature"][node], 0)]
+        node = np.where(inner, np.where(go_left(v, node), a["left"][node], a["right"][node]), node)
+
+
 class _Portable:
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.a = arrays
@@ -89,17 +104,8 @@ class PortableForest(_Portable):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         a = self.a
         # Trees compare float32 features against float64 thresholds (scikit-learn casts X to float32).
-        X = np.asarray(X, np.float32).astype(np.float64)
-        n, t = len(X), len(a["roots"])
-        node = np.broadcast_to(a["roots"], (n, t)).copy()
-        rows = np.broadcast_to(np.arange(n)[:, None], (n, t))
-        while True:
-            inner = a["left"][node] >= 0
-            if not inner.any():
-                break
-            f = np.where(inner, a["feature"][node], 0)
-            go_left = X[rows, f] <= a["threshold"][node]
-            node = np.where(inner, np.where(go_left, a["left"][node], a["right"][node]), node)
+        node = _leaves(a, np.asarray(X, np.float32).astype(np.float64), lambda v, node: v <= a["threshold"][node])
+        n, t = node.shape
         proba = np.zeros((n, a["proba"].shape[1]))
         for k in range(t):  # the trees' sum in their order, then the mean, as scikit-learn adds them
             proba += a["proba"][node[:, k]]
@@ -285,17 +291,10 @@ class PortableBoost(_Portable):
     def tree_sum(self, X: np.ndarray) -> np.ndarray:
         """[n, groups] the trees' leaf values summed per output group (XGBoost's margin less its base)."""
         a = self.a
-        X = np.asarray(X, np.float32)
-        n, t = len(X), len(a["roots"])
-        node = np.broadcast_to(a["roots"], (n, t)).copy()
-        rows = np.broadcast_to(np.arange(n)[:, None], (n, t))
-        while True:
-            inner = a["left"][node] >= 0
-            if not inner.any():
-                break
-            v = X[rows, np.where(inner, a["feature"][node], 0)]
-            go_left = np.where(np.isnan(v), a["default_left"][node], v < a["threshold"][node])
-            node = np.where(inner, np.where(go_left, a["left"][node], a["right"][node]), node)
+        # XGBoost: float32 features, left when below the split, a missing value where the split learned to send it
+        node = _leaves(a, np.asarray(X, np.float32), lambda v, node: np.where(
+            np.isnan(v), a["default_left"][node], v < a["threshold"][node]))
+        n = len(node)
         leaf = a["threshold"][node].astype(np.float64)
         out = np.zeros((n, len(a["base_margin"])))
         np.add.at(out.T, a["group"], leaf.T)
