@@ -1,13 +1,25 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import log_loss
+from sklearn.metrics import log_loss as _log_loss
 
 from lumbar import schema
 from lumbar.metric import (MetricError, labels_to_solution, probs_to_submission, score, score_groups,
                            solution_frame, submission_to_probs)
 
 COLS = ["normal_mild", "moderate", "severe"]
+
+
+def log_loss(y_true, y_pred, **kw):
+    """sklearn.metrics.log_loss as Kaggle's scorer ran it (scikit-learn 1.2.2): rows clipped to
+    [eps, 1 - eps] and renormalised before the loss. scikit-learn 1.5+ no longer renormalises (it warns),
+    so under today's image the step is spelled out here; under 1.2.2 it is what log_loss does anyway."""
+    y_pred = np.asarray(y_pred, np.float64)
+    if y_pred.ndim == 2:
+        eps = np.finfo(np.float64).eps
+        y_pred = np.clip(y_pred, eps, 1 - eps)
+        y_pred = y_pred / y_pred.sum(1, keepdims=True)
+    return _log_loss(y_true, y_pred, **kw)
 
 
 def reference_score(solution, submission, row_id_column_name="row_id", any_severe_scalar=1.0):

@@ -50,11 +50,11 @@ def gpu_hardware() -> bool:
 
 @contextmanager
 def one_cpu_thread(device: torch.device):
-    """torch on one CPU thread while the block runs (nothing changes on a GPU). Stage one's small networks
-    train this way: with torch 2.14 under today's image's libraries, two threads and one give different
-    level networks (backward reductions split by thread), so the folds fitted in worker processes (one
-    thread each) differed from the same folds fitted serially; one thread everywhere makes the artefacts
-    independent of the machine's core count."""
+    """torch on one CPU thread while the block runs (nothing changes on a GPU). Stage one's level network
+    trains and predicts this way: with torch 2.14 under today's image's libraries, two threads and one
+    give different networks and different points (the convolutions' reductions split by thread), so the
+    folds fitted in worker processes (one thread each) differed from the same folds fitted serially; one
+    thread everywhere makes its artefacts and points independent of the machine's core count."""
     if device.type != "cpu":
         yield
         return

@@ -266,7 +266,9 @@ class LevelLocaliser:
         """[B, 3, T, T] -> (points [B, 5, 2] in thumbnail pixels, peak mass [B, 5])."""
         import torch
 
-        with torch.inference_mode():
+        from ..devices import one_cpu_thread
+
+        with torch.inference_mode(), one_cpu_thread(torch.device("cpu")):
             pts, mass = decode(self.net(torch.from_numpy(np.asarray(stacks, np.float32))))
         return pts.numpy().astype(np.float64), mass.numpy().astype(np.float64)
 
@@ -279,7 +281,9 @@ class LevelLocaliser:
             return points
         patches, boxes = zip(*(fine_patch(stack, p, spacing) for p in points))
         x = torch.from_numpy(np.stack(patches).astype(np.float32))
-        with torch.inference_mode():
+        from ..devices import one_cpu_thread
+
+        with torch.inference_mode(), one_cpu_thread(torch.device("cpu")):
             pts, _ = decode(self.fine(x))
         local = pts[:, 0].numpy().astype(np.float64)
         return np.stack([unmap_points(local[i:i + 1], boxes[i], FINE)[0] for i in range(len(points))])
