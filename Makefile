@@ -12,12 +12,19 @@ KAGGLE_IMAGE ?= kaggle-2026
 CONSTRAINTS := constraints/$(KAGGLE_IMAGE).txt
 # Each image as its own venv, for running the built kernel in it (the slow tests in tests/test_images.py):
 # its Python, its torch, its pins. The 2026 image's Python 3.12 and torch 2.10 come from the package
-# registry (2.3 GB with its CUDA libraries); the 2024 image had Python 3.10 and torch 2.4: its venv keeps
-# this machine's Python and torch and the pins that matter for what is serialised (numpy, scikit-learn, xgboost).
+# registry (7.3 GB in the venv with its CUDA libraries); the 2024 image had Python 3.10 and torch 2.4: its
+# venv keeps this machine's Python and the pins that matter for what is serialised (numpy, scikit-learn,
+# xgboost), and borrows torch from the main venv (BASE_*): a .pth puts the main venv's site-packages
+# after its own, so every pinned library is its own and torch's 5.5 GB is not written twice.
+# CI's disk is not ours to size: pip keeps no cache (3 GB of torch wheels), and each venv checks first
+# that the disk has NEED_GB_* free, so a full disk is named before pip half-installs.
 PYTHON_kaggle-2026 ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
 TORCH_kaggle-2026 ?= torch==2.10.0 torchvision==0.25.0
+NEED_GB_kaggle-2026 ?= 8
 PYTHON_kaggle-2024 ?= $(PYTHON)
-TORCH_kaggle-2024 ?= $(TORCH_PKGS)
+BASE_kaggle-2024 ?= $(VENV)
+NEED_GB_kaggle-2024 ?= 1
+export PIP_NO_CACHE_DIR := 1
 IMAGES := kaggle-2026 kaggle-2024
 DEFAULT_DATA := data/synthetic
 DATA ?= $(DEFAULT_DATA)
@@ -47,12 +54,19 @@ images: $(foreach i,$(IMAGES),.venv-$(i)/.installed)
 
 .venv-%/.installed: pyproject.toml constraints/%.txt
 	@test -n "$(PYTHON_$*)" || { echo "images: no Python for $* (set PYTHON_$*=/path/to/python)"; exit 2; }
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge "$(NEED_GB_$*)" ] || \
+	  { echo "images: .venv-$* needs about $(NEED_GB_$*) GB free here, the disk has $$free GB (df -h .)"; exit 2; }
 	$(PYTHON_$*) -m venv .venv-$*
 	.venv-$*/bin/python -m pip install --upgrade pip >/dev/null
-	.venv-$*/bin/python -m pip install $(TORCH_$*) -c constraints/$*.txt
+	$(if $(BASE_$*),$(BASE_$*)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))" \
+	  > $$(.venv-$*/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/lumbar-base.pth)
+	$(if $(TORCH_$*),.venv-$*/bin/python -m pip install $(TORCH_$*) -c constraints/$*.txt)
 	.venv-$*/bin/python -m pip install -e '.[dev]' -c constraints/$*.txt
 	.venv-$*/bin/python -m pip check
 	echo $* > $@
+
+# A venv that borrows the main venv's torch needs the main venv first.
+.venv-kaggle-2024/.installed: | $(VENV)/.installed
 
 test: setup images
 	$(PY) -m pytest $(PYTEST_ARGS)

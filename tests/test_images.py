@@ -96,3 +96,17 @@ def test_weights_exported_in_the_2024_image_predict_the_same_today(image_kernel,
     exported = json.loads((weights_2024 / "manifest.json").read_text())["libraries"]
     assert (exported["numpy"], exported["sklearn"], exported["xgboost"]) == ("1.26.4", "1.2.2", "2.0.3")
     _same_everywhere(_kernel_in_each_image(image_kernel, weights_2024, synth_dir, tmp_path), weights_2024)
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_every_pinned_library_is_the_image_venvs_own(name):
+    """The 2024 venv borrows torch from the main venv (Makefile BASE_*): a pinned library found there
+    instead of in the image's own site-packages would run the kernel in the wrong versions."""
+    wanted = dict(line.split("==") for line in (ROOT / "constraints" / f"{name}.txt").read_text().splitlines()
+                  if "==" in line and not line.startswith("#"))
+    code = ("import json, sys; from importlib.metadata import distribution as d; "
+            f"print(json.dumps({{n: [d(n).version, str(d(n).locate_file('')).startswith(sys.prefix)] for n in {list(wanted)!r}}}))")
+    found = json.loads(subprocess.run([str(image_python(name)), "-c", code], capture_output=True, text=True,
+                                      check=True).stdout)
+    assert {n: v for n, (v, _) in found.items()} == wanted
+    assert [n for n, (_, own) in found.items() if not own] == [], f"{name}: pinned but borrowed"
