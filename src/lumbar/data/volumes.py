@@ -116,8 +116,11 @@ def normalise(pixels: np.ndarray) -> np.ndarray:
     percentiles come from a strided grid of ~256k pixels: at 512² a full sort took most of the input
     preparation, for the same numbers to a fraction of a percent."""
     step = max(1, int(np.sqrt(pixels.size / 2 ** 18)))
-    lo, hi = np.percentile(pixels[..., ::step, ::step], [1, 99.5])
-    return np.clip((pixels - lo) / max(hi - lo, 1e-6), 0, 1.5).astype(np.float32)
+    # float32 scalars: numpy 2 computes float32 pixels with a float64 scalar in float64 (NEP 50), numpy 1 in
+    # float32; the last bit then moves HOG orientation bins and the kernel differs between Kaggle images.
+    lo, hi = np.percentile(pixels[..., ::step, ::step], [1, 99.5]).astype(np.float32)
+    scale = np.float32(max(float(hi - lo), 1e-6))
+    return np.clip((pixels.astype(np.float32, copy=False) - lo) / scale, 0, 1.5).astype(np.float32, copy=False)
 
 
 def normalised(v: Volume) -> np.ndarray:

@@ -43,7 +43,7 @@ def find_spine_column(img: np.ndarray) -> tuple[float, float]:
     profile = gaussian_filter(profile, max(w / 64, 1.0))
     lo, hi = int(0.1 * w), int(0.9 * w)
     col = lo + int(np.argmax(profile[lo:hi]))
-    prominence = float(profile[col] / (np.median(profile[lo:hi]) + 1e-6))
+    prominence = float(profile[col]) / (float(np.median(profile[lo:hi])) + 1e-6)  # in float64 under numpy 1 and 2
     return col / w, prominence
 
 

@@ -23,7 +23,7 @@ from ..files import atomic_path, write_json
 from ..data.dicom import Volume
 from ..data.volumes import normalised
 
-FEATURE_VERSION = 2  # 2: OpenCV area resize, axial height at slice centres
+FEATURE_VERSION = 3  # 2: OpenCV area resize, axial height at slice centres; 3: normalise() in float32 under numpy 1 and 2
 MEMBERS = ("rf", "svm", "mlp", "xgb")
 # 2: every member as arrays (preprocess/members.py), probes.npz; 1 (pickles, XGBoost JSON) is refused: re-train
 SELECTOR_FORMAT = 2
