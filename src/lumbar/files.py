@@ -36,5 +36,13 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_npz(path: str | Path, arrays: dict) -> None:
+    """Arrays as one .npz (np.savez on an open file: given a path it would append a second ".npz")."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
     write_text(path, json.dumps(obj, indent=indent, default=str))

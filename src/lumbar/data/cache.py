@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..files import atomic_path
+from ..files import write_npz
 
 
 def config_hash(*parts) -> str:
@@ -23,10 +23,6 @@ def config_hash(*parts) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
 
-
-def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
 
 
 
@@ -63,7 +59,7 @@ class StudyCache:
 
     def save(self, study_id: int, name: str, arrays: dict[str, np.ndarray]) -> None:
         if self.root is not None:
-            atomic_save_npz(self.path(study_id, name), arrays)
+            write_npz(self.path(study_id, name), arrays)
 
     def get(self, study_id: int, name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The cached entry, or build() saved as the entry."""

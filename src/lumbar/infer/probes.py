@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path
+from ..files import write_npz
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,7 @@ def save_probe(path: str | Path, inputs: dict[str, np.ndarray], outputs: dict[st
     arrays = {f"in/{k}": _compact(v) for k, v in inputs.items()}
     arrays.update({f"out/{k}": np.asarray(v) for k, v in outputs.items()})
     arrays["kind"] = np.asarray(kind)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    write_npz(path, arrays)
 
 
 def load_probe(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:

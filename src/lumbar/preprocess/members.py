@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path
+from ..files import write_npz
 
 FORMAT = 1  # the layout of the arrays below; a reader refuses another
 
@@ -327,9 +327,7 @@ def portable(name: str, model, rows: np.ndarray | None = None):
 def save_member(member, path: str | Path) -> None:
     """The member's arrays as .npz (plain arrays only, so allow_pickle=False reads it), written atomically."""
     arrays = {**member.a, "__kind": np.asarray(type(member).__name__), "__format": np.asarray(FORMAT)}
-    with atomic_path(Path(path)) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    write_npz(path, arrays)
 
 
 def load_member(name: str, path: str | Path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import schema
-from ..files import atomic_path, write_json
+from ..files import write_json, write_npz
 from ..data.dicom import Volume
 from ..data.volumes import normalised
 
@@ -273,9 +273,7 @@ class SliceSelector:
                 save_member(portable(m, model, rows_m), member_path(folder, stype, m))
             manifest["types"][stype] = list(models)
         if probe:
-            with atomic_path(folder / PROBES) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, **probe)
+            write_npz(folder / PROBES, probe)
             manifest["probes"] = PROBES
         if self.levels is not None:
             self.levels.save(folder, asdict(self.geometry))
