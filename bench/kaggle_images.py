@@ -7,7 +7,8 @@ presets on DATA and exported; then every weights folder predicts every test fold
 
     python bench/kaggle_images.py --data data/img60 --test data/img60 data/rtest100 --out bench/results/kaggle-images
 
-Training reuses a run folder that already holds a stage (delete --work to start over).
+Training reuses a run folder that already holds a stage (delete --work to start over); `--predict-only`
+predicts with the weights already exported under --work (after a change to inference alone).
 """
 from __future__ import annotations
 
@@ -85,10 +86,15 @@ def main(argv=None) -> int:
     p.add_argument("--test", nargs="+", required=True, help="folders whose test split is predicted and scored")
     p.add_argument("--work", default="runs/kaggle-images", help="runs, caches, weights and submissions")
     p.add_argument("--out", default="bench/results/kaggle-images")
+    p.add_argument("--predict-only", action="store_true",
+                   help="use the weights already exported under --work (an inference change: no retraining)")
     a = p.parse_args(argv)
     work, out = Path(a.work), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    weights = {img: train(img, Path(a.data), work) for img in IMAGES}
+    weights = {img: (work / img / "weights" if a.predict_only else train(img, Path(a.data), work)) for img in IMAGES}
+    missing = [str(w) for w in weights.values() if not (w / "manifest.json").exists()]
+    if missing:
+        sys.exit(f"kaggle_images: no exported weights in {missing}; run without --predict-only first")
     rows = []
     for src, w in weights.items():
         for test in a.test:

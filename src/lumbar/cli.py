@@ -172,6 +172,19 @@ def _cmd_predict(a) -> int:
     return 0
 
 
+def _cmd_curve(a) -> int:
+    from .curve import CurveConfig, main
+    overrides: dict[str, list[str]] = {}
+    for item in a.set:
+        stage, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            raise SystemExit(f"curve: --set {item!r}: expected STAGE:KEY=VALUE, e.g. multitask:epochs=3")
+        overrides.setdefault(stage, []).append(kv)
+    main(a.data, a.test, a.work, a.out, CurveConfig(sizes=a.sizes, folds=a.folds, seed=a.seed, target=a.target,
+                                                    workers=a.workers, overrides=overrides), fit_only=a.fit_only)
+    return 0
+
+
 def _cmd_scaling(a) -> int:
     from .files import write_json, write_text
     from .scaling import report
@@ -293,6 +306,22 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--workers", type=int, default=2, help="processes featurising the studies")
     sc.add_argument("--out", default=None, help="write selector_scaling.md and .json into this folder")
     sc.set_defaults(fn=_cmd_scaling)
+
+    cu = sub.add_parser("curve", help="the learning curve: every stage on nested training subsets, scored on the same "
+                                      "unseen test studies, fitted a + b n^-c and projected to 1,975 studies")
+    cu.add_argument("--data", required=True, help="the folder whose training studies are subset (a real-profile synthetic one)")
+    cu.add_argument("--test", default=None, help="the folder whose test studies score every size (default: --data)")
+    cu.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 400], help="training studies per size")
+    cu.add_argument("--folds", type=int, default=2, help="CV folds of every stage")
+    cu.add_argument("--seed", type=int, default=0, help="the subsets' and the folds' seed")
+    cu.add_argument("--target", type=int, default=1975, help="the n to project to")
+    cu.add_argument("--workers", type=int, default=1, help="predict's input workers")
+    cu.add_argument("--work", default="runs/curve", help="per size: data view, run, weights, submissions (resumed)")
+    cu.add_argument("--out", default="bench/results/learning-curve", help="curve.json, results.md, curve.png")
+    cu.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",
+                    help="a stage's config override (repeatable), e.g. multitask:epochs=3")
+    cu.add_argument("--fit-only", action="store_true", help="refit and redraw from the sizes already predicted")
+    cu.set_defaults(fn=_cmd_curve)
 
     bb = sub.add_parser("backbones", help="download the presets' pretrained backbones into a folder (needs "
                                           "internet), to carry to an offline machine")

@@ -305,15 +305,19 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     tmp = tempfile.TemporaryDirectory(prefix="lumbar-cache-") if not cfg.cache_dir else None
     cache = StudyCache(cfg.cache_dir or tmp.name, cache_version())
     probs: dict[int, np.ndarray] = {}
+    model_probs: dict[str, dict[int, np.ndarray]] = defaultdict(dict)  # per_model_dir's
     timings: dict[str, float] = defaultdict(float)
     failures: dict[int, list[str]] = {}
     done = [0]
     try:
         if bundle is not None and plan.models() and studies:
             _run(studies, bundle, plan, cache, cfg, probs, timings, failures, done,
-                 lambda: write_atomic(submission_frame(row_ids, probs, prior), out))
+                 lambda: write_atomic(submission_frame(row_ids, probs, prior), out), model_probs)
     finally:
         write_atomic(submission_frame(row_ids, probs, prior), out)
+        if cfg.per_model_dir:
+            for name in (bundle.models if bundle else {}):
+                write_atomic(submission_frame(row_ids, model_probs[name], prior), Path(cfg.per_model_dir) / f"{name}.csv")
         if tmp is not None:
             tmp.cleanup()
     elapsed = time.perf_counter() - start
@@ -327,7 +331,7 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
 
 
 def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, timings, failures, done,
-         write) -> None:
+         write, model_probs: dict | None = None) -> None:
     from ..progress import bar
 
     if plan.should_stop(cfg.batch_size):
@@ -366,6 +370,9 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, 
         per_model = _models_on(batch, bundle, plan, timings, failures, cfg, fold_seconds)
         for i, it in enumerate(batch):
             got = {m: p[i] for m, p in per_model.items() if p[i] is not None}
+            if cfg.per_model_dir and model_probs is not None:
+                for m, p in got.items():
+                    model_probs[m][it["study_id"]] = p
             if got:
                 probs[it["study_id"]] = bundle.combine(got)
         done[0] += len(batch)

@@ -17,6 +17,7 @@ class PredictConfig:
     study_timeout: float = 600.0  # seconds one study's input preparation may take in a worker
     cache_dir: str = ""  # per-study cache folder; "" = a temporary one removed at the end
     write_every: float = 20.0  # seconds between rewrites of the submission while predicting
+    per_model_dir: str = ""  # also write each model's own submission there (<model>.csv: its folds and views, no ensemble; priors where it did not predict): the learning curve scores each model from one pass
     fallback_prior: list | None = None  # [25][3], when the weights' prior.json cannot be read
     # Fault injection for the kernel's tests: "batch:N" raises in the N-th batch, "die:STUDY" kills the
     # worker preparing STUDY, "hang:STUDY" makes it hang. Empty in real runs.

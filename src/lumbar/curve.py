@@ -1,0 +1,325 @@
+"""The learning curve: is the stack limited by data or by design, and what will it reach on the real
+training set (1,975 studies)?
+
+`python -m lumbar curve --data DIR --sizes 50 100 200 400` trains every stage (the tiny presets, `--folds`
+folds) on nested subsets of DIR's training studies (each subset holds the smaller ones), predicts the
+same unseen test studies with each (the kernel's engine, every model's own submission from the same
+pass), and scores them. Per model and for the ensemble the score against n is fitted as
+s(n) = a + b n^-c and projected to 1,975 studies; the interval is the projection refitted on bootstrap
+resamples of the test studies (the same resample at every size, so sizes stay paired). It holds the test
+sample's noise, not the training seed's: a second seed (`--seed`) is the check on that. Each stage's
+training time is fitted as t = k n^e with the measured exponent (scaling.exponent).
+
+Everything lands under --work (one folder per size: its data view, run, weights, submissions) and is
+reused: a killed run resumes at the stage it was in; `--fit-only` refits from what is there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .files import write_json, write_text
+from .layout import Run
+from .scaling import REAL_TRAIN, exponent
+
+ENSEMBLE = "ensemble"
+TEST_FILES = ("test_series_descriptions.csv", "sample_submission.csv", "test_labels.csv", "oracle.csv")
+TRAIN_FILES = ("train.csv", "train_series_descriptions.csv", "train_label_coordinates.csv")
+
+
+@dataclass
+class CurveConfig:
+    sizes: list = field(default_factory=lambda: [50, 100, 200, 400])  # training studies, nested
+    folds: int = 2  # CV folds of every stage (5 in `make train`; fewer keeps the largest size affordable)
+    seed: int = 0  # which studies each subset holds, and the folds
+    target: int = REAL_TRAIN  # the projection's n: the real training set
+    n_boot: int = 1000
+    workers: int = 1  # predict's input workers
+    stages: list = field(default_factory=list)  # empty: every registered stage
+    overrides: dict = field(default_factory=dict)  # {stage: ["key=value", ...]} over the tiny presets
+
+
+def nested_subsets(study_ids, sizes, seed: int) -> dict[int, list[int]]:
+    """{n: the first n studies of one seeded permutation}: each subset contains every smaller one."""
+    ids = sorted(int(s) for s in study_ids)
+    if max(sizes) > len(ids):
+        raise ValueError(f"the largest size, {max(sizes)}, is more than the {len(ids)} training studies there are")
+    order = np.random.default_rng(seed).permutation(ids)
+    return {int(n): sorted(int(s) for s in order[:n]) for n in sorted(sizes)}
+
+
+def write_view(train_root: Path, test_root: Path, ids: list[int], out: Path) -> Path:
+    """A competition folder holding `ids` of train_root's training studies and all of test_root's test
+    studies: filtered CSVs, images linked (nothing copied)."""
+    out.mkdir(parents=True, exist_ok=True)
+    keep = set(ids)
+    for name in TRAIN_FILES:
+        frame = pd.read_csv(train_root / name)
+        frame[frame["study_id"].astype(int).isin(keep)].to_csv(out / name, index=False)
+    for name in TEST_FILES:
+        if (test_root / name).exists():
+            shutil.copyfile(test_root / name, out / name)
+    if (train_root / "synth_meta.json").exists():
+        shutil.copyfile(train_root / "synth_meta.json", out / "synth_meta.json")
+    images = out / "train_images"
+    images.mkdir(exist_ok=True)
+    for s in ids:
+        link = images / str(s)
+        if not link.exists():
+            os.symlink((train_root / "train_images" / str(s)).resolve(), link)
+    test_link = out / "test_images"
+    if not test_link.exists():
+        os.symlink((test_root / "test_images").resolve(), test_link)
+    return out
+
+
+def fit_power(n, s, floor: float = 0.0) -> tuple[float, float, float] | None:
+    """(a, b, c) of s = a + b n^-c by least squares, with a >= floor (the oracle's score where it is known:
+    no amount of data beats the Bayes-optimal prediction), b >= 0, 0.05 <= c <= 3; None if it does not
+    converge."""
+    from scipy.optimize import curve_fit
+
+    n, s = np.asarray(n, np.float64), np.asarray(s, np.float64)
+    b0 = max(float(s[0] - s[-1]), 1e-3) * float(n[0]) ** 0.5
+    a0 = max(floor + 1e-6, float(s.min()) - 0.1 * abs(float(s[0] - s[-1])))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p, _ = curve_fit(lambda x, a, b, c: a + b * x ** -c, n, s, p0=(a0, b0, 0.5),
+                             bounds=([floor, 0.0, 0.05], [np.inf, np.inf, 3.0]), maxfev=20000)
+    except (RuntimeError, ValueError):
+        return None
+    return float(p[0]), float(p[1]), float(p[2])
+
+
+def power(p: tuple[float, float, float], n) -> np.ndarray:
+    a, b, c = p
+    return a + b * np.asarray(n, np.float64) ** -c
+
+
+class Curve:
+    """One curve's work folder: per size its data view, run, weights and submissions."""
+
+    def __init__(self, data: str | Path, test: str | Path | None, work: str | Path, cfg: CurveConfig):
+        from .data.catalog import find_root
+
+        self.data, self.test = find_root(data), find_root(test or data)
+        self.work, self.cfg = Path(work), cfg
+        self.cache = self.work / "cache"  # decoded series, features, crops: shared by every size
+
+    def size_dir(self, n: int) -> Path:
+        return self.work / f"n{n:05d}"
+
+    def subsets(self) -> dict[int, list[int]]:
+        from .data.catalog import read_labels
+
+        return nested_subsets(read_labels(self.data)["study_id"], self.cfg.sizes, self.cfg.seed)
+
+    def train_size(self, n: int, ids: list[int]) -> dict[str, float]:
+        """Every stage on the view of `ids`; {stage: seconds} (a stage trained before keeps its seconds)."""
+        from .train.runner import RunConfig, stages, takes, train
+
+        d = self.size_dir(n)
+        view = write_view(self.data, self.test, ids, d / "data")
+        run = d / "run"
+        times_path = d / "seconds.json"
+        times = json.loads(times_path.read_text()) if times_path.exists() else {}
+        for stage in self.cfg.stages or stages():
+            if Run(run).done(stage).exists() and stage in times:
+                continue
+            t = time.time()
+            overrides = ([f"cache_dir={self.cache}"] if takes(stage, "cache_dir") else []) + list(self.cfg.overrides.get(stage, []))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                train(stage, view, run, RunConfig(n_folds=self.cfg.folds, seed=self.cfg.seed), overrides)
+            times[stage] = round(time.time() - t, 2)
+            write_json(times_path, times)
+            print(f"curve: n={n} {stage} trained in {times[stage]:.0f}s", flush=True)
+        return times
+
+    def predict_size(self, n: int) -> Path:
+        """The size's weights on the test studies: submission.csv (the ensemble) and per_model/<model>.csv."""
+        from .infer.engine import predict
+        from .infer.settings import PredictConfig
+        from .train.export import export_weights
+
+        d = self.size_dir(n)
+        sub = d / "submission.csv"
+        if sub.exists() and (d / "per_model").exists():
+            return d
+        export_weights(d / "run", d / "data", d / "weights")
+        predict(d / "data", d / "weights", d / "submission.tmp.csv",
+                PredictConfig(workers=self.cfg.workers, cache_dir=str(self.cache), per_model_dir=str(d / "per_model")))
+        os.replace(d / "submission.tmp.csv", sub)  # written last: its presence says the size is done
+        return d
+
+    def terms(self, n: int) -> dict[str, np.ndarray]:
+        """{model or 'ensemble', plus 'prior' and 'oracle': per-study metric terms [studies, 4, 2]} on the test labels."""
+        from .infer.submission import submission_frame
+        from .metric import labels_to_array, study_terms, submission_to_probs
+        from .models.prior import load_prior
+        from .layout import WeightsLayout
+
+        d = self.size_dir(n)
+        labels = pd.read_csv(self.test / "test_labels.csv")
+        ids, y = labels["study_id"].tolist(), labels_to_array(labels)
+        sub = pd.read_csv(d / "submission.csv")
+        frames = {ENSEMBLE: sub, **{p.stem: pd.read_csv(p) for p in sorted((d / "per_model").glob("*.csv"))}}
+        frames["prior"] = submission_frame(list(sub["row_id"]), {}, load_prior(d / "weights" / WeightsLayout.PRIOR))
+        if (self.test / "oracle.csv").exists():
+            frames["oracle"] = pd.read_csv(self.test / "oracle.csv")
+        return {m: study_terms(y, submission_to_probs(f, ids)) for m, f in frames.items()}
+
+    def run(self) -> dict:
+
+        subsets = self.subsets()
+        write_json(self.work / "subsets.json", {str(n): ids for n, ids in subsets.items()})
+        for n, ids in subsets.items():
+            t = time.time()
+            self.train_size(n, ids)
+            self.predict_size(n)
+            print(f"curve: n={n} done ({time.time() - t:.0f}s this call)", flush=True)
+        return self.fit()
+
+    def fit(self) -> dict:
+        """Scores with intervals per size, the fitted curves and their projections, the stage exponents."""
+        from .metric import score_from_terms
+        from .scoring import interval, resamples
+
+        sizes = [n for n in sorted(self.cfg.sizes) if (self.size_dir(n) / "submission.csv").exists()]
+        if not sizes:
+            raise FileNotFoundError(f"{self.work}: no size predicted yet; run the curve first")
+        terms = {n: self.terms(n) for n in sizes}
+        n_test = len(next(iter(terms[sizes[0]].values())))
+        counts = resamples(n_test, self.cfg.n_boot, self.cfg.seed)
+        models = sorted(set.intersection(*(set(t) for t in terms.values())) - {"oracle"})
+        out: dict = {"config": asdict(self.cfg), "data": str(self.data), "test": str(self.test),
+                     "test_studies": n_test, "sizes": sizes, "models": {}, "seconds": {}}
+        oracle = float(score_from_terms(terms[sizes[-1]]["oracle"])) if "oracle" in terms[sizes[-1]] else None
+        prior = float(score_from_terms(terms[sizes[-1]]["prior"]))
+        out["prior"], out["oracle"] = prior, oracle
+        for m in models:
+            full = np.array([float(score_from_terms(terms[n][m])) for n in sizes])
+            boot = np.stack([score_from_terms(terms[n][m], counts) for n in sizes], 1)  # [n_boot, sizes]
+            rec: dict = {"score": full.tolist(), "interval": [interval(boot[:, i]) for i in range(len(sizes))]}
+            if oracle is not None:
+                rec["gap_closed"] = ((prior - full) / (prior - oracle)).tolist()
+            floor = oracle or 0.0
+            # The prior is class frequencies: it converges to them, not toward the oracle; no curve.
+            p = fit_power(sizes, full, floor) if len(sizes) >= 3 and m != "prior" else None
+            if p is not None:
+                proj = [power(q, self.cfg.target) for q in (fit_power(sizes, b, floor) for b in boot) if q is not None]
+                lo, hi = interval(np.asarray(proj, np.float64))
+                rec.update({"fit": {"a": p[0], "b": p[1], "c": p[2]}, "projected": float(power(p, self.cfg.target)),
+                            "projected_interval": [lo, hi], "fits_converged": len(proj)})
+                if oracle is not None:
+                    rec["projected_gap_closed"] = (prior - rec["projected"]) / (prior - oracle)
+                    rec["projected_gap_closed_interval"] = [(prior - hi) / (prior - oracle), (prior - lo) / (prior - oracle)]
+            out["models"][m] = rec
+        for n in sizes:
+            path = self.size_dir(n) / "seconds.json"
+            for stage, s in (json.loads(path.read_text()) if path.exists() else {}).items():
+                out["seconds"].setdefault(stage, {})[str(n)] = s
+        for stage, by_n in out["seconds"].items():
+            pts = [(int(k), v) for k, v in by_n.items()]
+            if len(pts) >= 2:
+                e = exponent(pts)
+                n_max, t_max = max(pts)
+                by_n["exponent"] = round(e, 2)
+                by_n["projected_s"] = round(t_max * (self.cfg.target / n_max) ** e, 1)
+        write_json(self.work / "curve.json", out)
+        return out
+
+
+def table(res: dict) -> str:
+    """results.md: scores per size with intervals, the fits and projections, stage seconds."""
+    sizes, target = res["sizes"], res["config"]["target"]
+    gap = res.get("oracle") is not None
+    head = "| model | " + " | ".join(f"n={n}" for n in sizes) + f" | fit a + b·n^-c | projected at {target} |"
+    lines = [head, "|" + "---|" * (len(sizes) + 3)]
+    for m, r in sorted(res["models"].items(), key=lambda kv: kv[1]["score"][-1]):
+        cells = [f"{s:.4f} [{lo:.4f}, {hi:.4f}]" + (f" ({g:.0%})" if gap else "")
+                 for s, (lo, hi), g in zip(r["score"], r["interval"], r.get("gap_closed", [0] * len(sizes)))]
+        if "fit" in r:
+            f = r["fit"]
+            fit = f"{f['a']:.3f} + {f['b']:.3f}·n^-{f['c']:.2f}"
+            lo, hi = r["projected_interval"]
+            proj = f"{r['projected']:.4f} [{lo:.4f}, {hi:.4f}]"
+            if gap:
+                glo, ghi = r["projected_gap_closed_interval"]
+                proj += f" ({r['projected_gap_closed']:.0%} [{glo:.0%}, {ghi:.0%}])"
+        else:
+            fit, proj = "(needs 3 sizes)", ""
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {fit} | {proj} |")
+    lines += ["", f"prior {res['prior']:.4f}" + (f", oracle {res['oracle']:.4f} (gap closed in parentheses)" if gap else "")
+              + f"; {res['test_studies']} test studies; 95% intervals over study resamples.", "",
+              "| stage | " + " | ".join(f"n={n}, s" for n in sizes) + f" | exponent | projected at {target}, s |",
+              "|" + "---|" * (len(sizes) + 3)]
+    for stage, by_n in res["seconds"].items():
+        lines.append(f"| {stage} | " + " | ".join(f"{by_n.get(str(n), float('nan')):.0f}" for n in sizes)
+                     + f" | {by_n.get('exponent', '')} | {by_n.get('projected_s', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(res: dict, out: str | Path) -> Path:
+    """curve.png: score against n per model (intervals, fitted curve out to the target) and each stage's
+    seconds against n, both on log axes."""
+    from .plots import pyplot
+
+    plt = pyplot()
+    sizes, target = np.asarray(res["sizes"], np.float64), res["config"]["target"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    grid = np.geomspace(sizes.min(), target, 100)
+    for m, r in sorted(res["models"].items()):
+        lo, hi = np.asarray(r["interval"]).T
+        s = np.asarray(r["score"])
+        line = ax.errorbar(sizes, s, yerr=[s - lo, hi - s], marker="o", capsize=3, label=m, lw=0 if "fit" in r else 1)
+        if "fit" in r:
+            f = r["fit"]
+            ax.plot(grid, power((f["a"], f["b"], f["c"]), grid), color=line[0].get_color(), lw=1)
+            ax.errorbar([target], [r["projected"]], yerr=[[r["projected"] - r["projected_interval"][0]],
+                                                          [r["projected_interval"][1] - r["projected"]]],
+                        color=line[0].get_color(), marker="*", ms=10, capsize=3)
+    ax.axhline(res["prior"], color="grey", ls=":", label="prior")
+    if res.get("oracle") is not None:
+        ax.axhline(res["oracle"], color="black", ls="--", label="oracle")
+    ax.set_xscale("log")
+    ax.set_xlabel("training studies")
+    ax.set_ylabel(f"score on {res['test_studies']} unseen test studies (lower is better)")
+    ax.set_title("learning curve (star: projection)")
+    ax.legend(fontsize=8)
+    for stage, by_n in res["seconds"].items():
+        pts = sorted((int(k), v) for k, v in by_n.items() if k.isdigit())
+        bx.plot(*zip(*pts), marker="o", label=f"{stage} (n^{by_n.get('exponent', '?')})")
+    bx.set_xscale("log")
+    bx.set_yscale("log")
+    bx.set_xlabel("training studies")
+    bx.set_ylabel("training seconds")
+    bx.set_title("each stage's training time")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(data, test, work, out, cfg: CurveConfig, fit_only: bool = False) -> dict:
+    curve = Curve(data, test, work, cfg)
+    res = curve.fit() if fit_only else curve.run()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "curve.json", res)
+    write_text(out / "results.md", table(res))
+    figure(res, out / "curve.png")
+    print(table(res))
+    return res

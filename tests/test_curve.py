@@ -1,0 +1,80 @@
+"""The learning curve (lumbar.curve): nested subsets, the folder views, the power-law fit and its
+projection, and the whole command on a small folder (slow)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lumbar.curve import Curve, CurveConfig, fit_power, figure, nested_subsets, power, table, write_view
+from lumbar.data.catalog import load_studies
+from test_inference import assert_complete
+from tiny_stack import TINY_MULTITASK, TINY_SEQUENCE
+
+
+def test_subsets_are_nested_and_seeded():
+    ids = list(range(1000, 1100))
+    subs = nested_subsets(ids, [40, 10, 20], seed=3)
+    assert list(subs) == [10, 20, 40] and [len(v) for v in subs.values()] == [10, 20, 40]
+    assert set(subs[10]) < set(subs[20]) < set(subs[40]) <= set(ids)
+    assert subs == nested_subsets(ids, [10, 20, 40], seed=3)
+    assert subs[10] != nested_subsets(ids, [10], seed=4)[10]
+    with pytest.raises(ValueError, match="more than the 100 training studies"):
+        nested_subsets(ids, [101], seed=0)
+
+
+def test_the_power_law_fit_recovers_its_curve_and_respects_the_oracle():
+    n = np.array([50, 100, 200, 400])
+    a, b, c = fit_power(n, power((0.30, 2.0, 0.5), n))
+    assert (a, b, c) == pytest.approx((0.30, 2.0, 0.5), rel=1e-3)
+    assert float(power((a, b, c), 1975)) == pytest.approx(0.30 + 2.0 * 1975 ** -0.5, rel=1e-4)
+    bounded = fit_power(n, power((0.30, 2.0, 0.5), n), floor=0.35)  # the Bayes score bounds the asymptote
+    assert bounded[0] >= 0.35 - 1e-12
+
+
+def test_a_view_holds_its_training_studies_and_every_test_study(synth_copy, tmp_path):
+    every = sorted(s.study_id for s in load_studies(synth_copy, "train"))
+    keep = every[:4]
+    view = write_view(synth_copy, synth_copy, keep, tmp_path / "view")
+    assert sorted(s.study_id for s in load_studies(view, "train")) == keep
+    assert sorted(s.study_id for s in load_studies(view, "test")) == sorted(s.study_id for s in load_studies(synth_copy, "test"))
+    assert set(pd.read_csv(view / "train_label_coordinates.csv")["study_id"]) <= set(keep)
+    assert (view / "train_images" / str(keep[0])).is_symlink()  # linked, not copied
+
+
+@pytest.mark.slow
+def test_the_curve_trains_predicts_fits_and_resumes(synth_dir, tmp_path):
+    cfg = CurveConfig(sizes=[6, 8, 10], folds=2, n_boot=200, workers=0, overrides={
+        "slice_select": ["workers=1", "levels_steps=20", "rank_epochs=5"], "crops": ["sag_size=64", "axial_size=48"],
+        "superres": ["epochs=1"], "multitask": TINY_MULTITASK, "sequence": TINY_SEQUENCE})
+    curve = Curve(synth_dir, None, tmp_path / "work", cfg)
+    res = curve.run()
+    assert res["sizes"] == [6, 8, 10] and res["test_studies"] == 3
+    assert {"multitask", "sequence", "ensemble", "prior"} <= set(res["models"])
+    for d in (curve.size_dir(n) for n in res["sizes"]):
+        for sub in [d / "submission.csv", *(d / "per_model").glob("*.csv")]:
+            assert_complete(pd.read_csv(sub), synth_dir)
+    for m in ("multitask", "sequence", "ensemble"):
+        r = res["models"][m]
+        assert all(lo <= s <= hi for s, (lo, hi) in zip(r["score"], r["interval"]))
+        assert r["projected"] >= res["oracle"] - 1e-9  # bounded by the Bayes score
+        assert r["projected_interval"][0] <= r["projected"] <= r["projected_interval"][1]
+    assert "fit" not in res["models"]["prior"]
+    # each model's own submission is what that model alone predicts, not the ensemble again
+    d = curve.size_dir(10)
+    assert not np.allclose(pd.read_csv(d / "per_model" / "multitask.csv").iloc[:, 1:],
+                           pd.read_csv(d / "submission.csv").iloc[:, 1:])
+    assert set(res["seconds"]) >= {"slice_select", "crops", "multitask", "sequence", "ensemble"}
+    assert all({"6", "8", "10", "exponent", "projected_s"} <= set(v) for v in res["seconds"].values())
+
+    # Resumed: nothing is trained or predicted again.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*") if p.name in ("submission.csv", "seconds.json")}
+    again = curve.run()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert again["models"]["ensemble"]["score"] == res["models"]["ensemble"]["score"]
+
+    text = table(res)
+    assert "projected at 1975" in text and "| ensemble |" in text
+    png = figure(res, tmp_path / "curve.png")
+    assert png.stat().st_size > 10_000
+    assert json.loads((tmp_path / "work" / "curve.json").read_text())["sizes"] == [6, 8, 10]
