@@ -37,7 +37,7 @@ PYTEST_ARGS ?=
 REPORTS ?= reports
 CACHE ?= cache
 
-.PHONY: rehearsal demo setup images test test-fast data train export predict kernel train-stage-one local-score validate bench show clean
+.PHONY: rehearsal demo setup images test test-fast data train export predict kernel train-stage-one local-score validate bench show clean curve
 
 setup: $(VENV)/.installed
 
@@ -149,6 +149,13 @@ rehearsal: setup
 
 bench: setup
 	$(PY) -m lumbar bench --data $(DATA) --run $(RUN) --weights $(WEIGHTS) --out reports/bench.md
+
+# The learning curve (lumbar/curve.py): every stage on nested subsets of DATA's training studies, scored on
+# CURVE_TEST's test studies, fitted and projected to 1,975 studies; resumed from runs/curve.
+CURVE_SIZES ?= 25 50 100 200 400
+CURVE_TEST ?= $(DATA)
+curve: setup
+	$(PY) -m lumbar curve --data $(DATA) --test $(CURVE_TEST) --sizes $(CURVE_SIZES) --work runs/curve --out bench/results/learning-curve
 
 local-score: setup
 	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports $(REPORTS) --cache $(CACHE) --attribution

@@ -53,7 +53,7 @@ def test_the_curve_trains_predicts_fits_and_resumes(synth_dir, tmp_path):
     assert {"multitask", "sequence", "ensemble", "prior"} <= set(res["models"])
     for d in (curve.size_dir(n) for n in res["sizes"]):
         for sub in [d / "submission.csv", *(d / "per_model").glob("*.csv")]:
-            assert_complete(pd.read_csv(sub), synth_dir)
+            assert_complete(sub, synth_dir)
     for m in ("multitask", "sequence", "ensemble"):
         r = res["models"][m]
         assert all(lo <= s <= hi for s, (lo, hi) in zip(r["score"], r["interval"]))
