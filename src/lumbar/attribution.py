@@ -27,7 +27,7 @@ from . import config as cfgmod
 from .cv import read_folds
 from .data.cache import StudyCache
 from .data.catalog import find_root, load_studies, read_labels
-from .files import write_json, write_text
+from .files import write_figure, write_json, write_text
 from .layout import Run
 from .metric import TERMS, labels_to_array, study_terms, submission_to_probs, term_scores
 from .models.prior import fit_prior
@@ -263,6 +263,4 @@ def figure(result: dict, path: Path) -> None:
         ax.set_ylabel("OOF score (competition metric, lower is better)")
         ax.set_title(f"{name}: inputs from stage one vs the labels")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    write_figure(path, fig, 90)

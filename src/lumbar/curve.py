@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .files import write_json, write_text
+from .files import write_figure, write_json, write_text
 from .layout import Run
 from .scaling import REAL_TRAIN, exponent
 
@@ -306,11 +306,7 @@ def figure(res: dict, out: str | Path) -> Path:
     bx.set_title("each stage's training time")
     bx.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return write_figure(out, fig, 110)
 
 
 def main(data, test, work, out, cfg: CurveConfig, fit_only: bool = False) -> dict:

@@ -44,5 +44,16 @@ def write_npz(path: str | Path, arrays: dict) -> None:
         np.savez(f, **arrays)
 
 
+def write_figure(path: str | Path, fig, dpi: int = 100) -> Path:
+    """A matplotlib figure as an image (its format from the suffix), then closed: a figure left open
+    holds its memory for the life of a training run."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
     write_text(path, json.dumps(obj, indent=indent, default=str))

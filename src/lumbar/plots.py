@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import write_figure
+
 
 def pyplot():
     import matplotlib
@@ -55,9 +57,5 @@ def show_study(study, vols, entry: dict, out: str | Path, predicted: dict | None
             bottom.scatter(p[:, 0], p[:, 1], s=10, c="red", marker="x")
     fig.suptitle(f"study {study.study_id}: chosen slices, crop boxes (yellow), labelled points (green)", fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return write_figure(out, fig, 80)
 

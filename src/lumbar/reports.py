@@ -13,6 +13,7 @@ from . import schema
 from .data.catalog import read_labels
 from .metric import labels_to_array
 from .layout import Run
+from .files import write_figure
 from .plots import pyplot
 from .scoring import format_table, local_score
 from .train.oof import list_oof, read_oof
@@ -47,9 +48,7 @@ def score_figure(table: pd.DataFrame, out: Path) -> Path:
         ax[2].set_yticks(yy, names)
         ax[2].set_title(f"minus {table.attrs.get('best_single')} (paired)")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return write_figure(out, fig, 110)
 
 
 def confusion_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path) -> Path:
@@ -77,9 +76,7 @@ def confusion_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path) -> Pa
             if r == len(models) - 1:
                 ax.set_xlabel("most probable")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return write_figure(out, fig, 100)
 
 
 def calibration_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path, bins: int = 10) -> Path:
@@ -113,9 +110,7 @@ def calibration_figure(oof: dict[str, np.ndarray], y: np.ndarray, out: Path, bin
                 ax.set_ylabel("observed frequency")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return write_figure(out, fig, 100)
 
 
 def curves_figure(run: Path, out: Path) -> Path | None:
@@ -124,9 +119,7 @@ def curves_figure(run: Path, out: Path) -> Path | None:
     if drawn is None:
         return None
     fig, _ = drawn
-    fig.savefig(out, dpi=100)
-    pyplot().close(fig)
-    return out
+    return write_figure(out, fig, 100)
 
 
 def curves_axes(run: Path):

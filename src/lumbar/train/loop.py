@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainConfig  # noqa: F401  (the stages' import point)
 from ..data.cache import config_hash
-from ..files import atomic_path
+from ..files import atomic_path, write_figure
 from ..progress import bar
 from ..devices import dist_info, pick_device  # noqa: F401
 
@@ -284,7 +284,6 @@ def write_log(history: list[dict], out_dir: Path, name: str) -> None:
         for a in ax:
             a.set_xlabel("epoch")
         fig.tight_layout()
-        fig.savefig(out_dir / "curves.png", dpi=80)
-        plt.close(fig)
+        write_figure(out_dir / "curves.png", fig, 80)
     except Exception as e:  # a figure must never stop training
         print(f"{name}: could not draw curves ({e})")

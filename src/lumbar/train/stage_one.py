@@ -12,7 +12,7 @@ import pandas as pd
 from .. import config as cfgmod
 from .. import schema
 from ..data.cache import CachedEntries, StudyCache
-from ..files import write_json
+from ..files import write_figure, write_json
 from ..layout import Run
 from ..data.catalog import load_studies
 from ..data.volumes import arrays_to_volume, normalise, normalised, study_volumes
@@ -663,7 +663,4 @@ def level_points_figure(examples: list[dict], out: str | Path) -> Path:
         a.axis("off")
     fig.suptitle("level points on held-out sagittal T2 canal slices", fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return write_figure(out, fig, 80)
