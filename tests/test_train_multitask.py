@@ -210,3 +210,26 @@ def test_folds_at_once_train_what_one_at_a_time_trains(trained, synth_dir, tmp_p
     assert "multitask fold 0 epoch 1/1: train loss" in out and "multitask fold 1 epoch 1/1: train loss" in out
     np.testing.assert_array_equal(read_oof(runs[1], "multitask", ids), read_oof(runs[2], "multitask", ids))
     assert one["median_keypoint_error_px"] == two["median_keypoint_error_px"]
+
+
+def test_oof_floor_leaves_out_exactly_the_labels_the_first_pass_found_unlikely(tmp_path):
+    from lumbar.layout import Run
+    from lumbar.train.multitask import filter_labels, first_pass_oof
+    from lumbar.train.oof import write_oof
+
+    rng = np.random.default_rng(0)
+    ids = np.array([11, 12, 13, 14])
+    y = rng.integers(0, 3, (4, 25))
+    y[0, :3] = -1  # unlabelled cells stay unlabelled
+    with pytest.raises(FileNotFoundError, match="needs a first pass"):
+        filter_labels(tmp_path / "run", ids, y, 0.1)
+    probs = rng.dirichlet(np.ones(3), (4, 25))
+    write_oof(tmp_path / "run", "multitask", ids, probs)
+    kept = filter_labels(tmp_path / "run", ids, y, 0.2)
+    p_label = np.take_along_axis(probs, np.clip(y, 0, 2)[..., None], -1)[..., 0]
+    expect = np.where((y >= 0) & (p_label < 0.2), -1, y)
+    assert (kept == expect).all() and (kept == -1).sum() > 3
+    # the second pass's own OOF replaces the run's: the filter keeps reading the first pass
+    write_oof(tmp_path / "run", "multitask", ids, rng.dirichlet(np.ones(3), (4, 25)))
+    assert (filter_labels(tmp_path / "run", ids, y, 0.2) == expect).all()
+    assert first_pass_oof(tmp_path / "run").parent == Run(tmp_path / "run").stage("multitask")

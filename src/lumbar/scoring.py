@@ -66,6 +66,16 @@ def bootstrap(probs: dict[str, np.ndarray], y: np.ndarray, n_boot: int = N_BOOT,
     return table
 
 
+def paired_difference(y: np.ndarray, probs: np.ndarray, base: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float, float]:
+    """score(probs) - score(base) on the same studies, with its bootstrap interval (both scored on each
+    resample: the pairing removes the studies' shared difficulty, which dominates either interval)."""
+    counts = resamples(len(y), n_boot, seed)
+    a, b = (score_from_terms(study_terms(y, q), counts) for q in (probs, base))
+    point = float(score_from_terms(study_terms(y, probs))) - float(score_from_terms(study_terms(y, base)))
+    return (point, *interval(a - b, level))
+
+
 def gap_closed(y: np.ndarray, probs: np.ndarray, prior: np.ndarray, oracle: np.ndarray, n_boot: int = N_BOOT,
                seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """The share of the prior-oracle gap a prediction closes, (prior - it) / (prior - oracle), with its

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -11,8 +13,8 @@ from .. import config as cfgmod
 from .. import schema
 from ..config import TrainConfig
 from ..data.cache import take
-from ..files import write_json
-from ..metric import probs_to_submission, score, solution_frame
+from ..files import write_json, write_text
+from ..metric import probs_to_submission, score, solution_frame, submission_to_probs
 from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.registry import create_model
 from ..preprocess.mirror import mirror_crops, mirror_labels
@@ -124,6 +126,33 @@ class MultitaskTraining(MultitaskConfig, TrainConfig):
     cutout: int = 0  # with augment: squares (a fifth of the side) zeroed per crop
     cache_dir: str = "cache"  # the per-study cache of crops
     only_fold: int = -1  # >= 0: train that fold alone (a quick look; no OOF file is written)
+    # > 0: a second pass that trains without each label whose probability in the run's first-pass multitask
+    # OOF is below this (noisy or unlearnable labels; 2nd place's filter); validation keeps every label. 0: off
+    oof_floor: float = 0.0
+
+
+def first_pass_oof(run) -> Path:
+    """Where the first pass's multitask OOF is kept once a filtered pass starts (its own OOF replaces
+    the run's, and a resumed second pass must filter by the same first pass)."""
+    return Run(run).stage("multitask") / "first_pass_oof.csv"
+
+
+def filter_labels(run, ids: np.ndarray, y: np.ndarray, floor: float) -> np.ndarray:
+    """y with -1 (no label) wherever the first pass's OOF gave the label less than `floor`."""
+    keep = first_pass_oof(run)
+    if not keep.exists():
+        if not Run(run).oof("multitask").exists():
+            raise FileNotFoundError(f"{Run(run).oof('multitask')}: oof_floor needs a first pass; train multitask "
+                                    "with oof_floor=0 first")
+        write_text(keep, Run(run).oof("multitask").read_text())
+    probs = submission_to_probs(pd.read_csv(keep), list(ids))
+    labelled = y >= 0
+    p_label = np.take_along_axis(probs, np.clip(y, 0, 2)[..., None], -1)[..., 0]
+    drop = labelled & (p_label < floor)
+    if is_main():
+        print(f"multitask: oof_floor={floor}: {int(drop.sum())} of {int(labelled.sum())} training labels left out "
+              f"(by severity {[int((drop & (y == k)).sum()) for k in range(3)]}; first pass {keep})")
+    return np.where(drop, -1, y)
 
 
 @register("multitask", order=40, config=MultitaskTraining)
@@ -146,8 +175,10 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
             model.sr.load_state_dict(torch.load(Run(run).superres_net, map_location="cpu", weights_only=True))
         return model
 
+    y_fit = filter_labels(run, ids, y, cfg.oof_floor) if cfg.oof_floor > 0 else y
+
     def make_sets(tr, va):
-        return (CropDataset(take(entries, tr), y[tr], augment=cfg.augment, seed=cfg.seed, mirror=cfg.mirror,
+        return (CropDataset(take(entries, tr), y_fit[tr], augment=cfg.augment, seed=cfg.seed, mirror=cfg.mirror,
                             rotate=cfg.rotate, scale=cfg.scale, cutout=cfg.cutout),
                 CropDataset(take(entries, va), y[va]))
 

@@ -1,0 +1,88 @@
+"""A recipe switch measured against a trained size of the learning curve, paired on the same test studies.
+
+The base is one size's folder of `lumbar curve` (its data view, run, submissions). The variant copies the
+run, retrains the stages the switch touches with the switch on (plus the ensemble, whose inputs moved),
+exports, predicts the same test studies, and scores the difference to the base per model and for the
+ensemble, with paired bootstrap intervals (`scoring.paired_difference`):
+
+    python bench/recipe.py --base runs/curve/n00200 --test data/rtest100 --name oof_floor_0.05 \\
+        --set multitask:oof_floor=0.05 --retrain multitask ensemble
+
+Results: `<out>/<name>.md` and a line in `<out>/results.md` (negative differences are better).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from lumbar.files import write_text
+from lumbar.infer.engine import predict
+from lumbar.infer.settings import PredictConfig
+from lumbar.metric import labels_to_array, submission_to_probs
+from lumbar.scoring import paired_difference
+from lumbar.train.export import export_weights
+from lumbar.train.runner import RunConfig, takes, train
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", required=True, help="a size folder of `lumbar curve` (runs/curve/n00200)")
+    p.add_argument("--test", required=True, help="the folder whose test studies the base predicted")
+    p.add_argument("--name", required=True, help="the variant's name (its folder under --work)")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE", help="the switch (repeatable)")
+    p.add_argument("--retrain", nargs="+", required=True, help="stages to retrain, in order (the ensemble last)")
+    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default="runs/curve/cache")
+    p.add_argument("--work", default="runs/recipe")
+    p.add_argument("--out", default="bench/results/recipe")
+    a = p.parse_args(argv)
+    base, var = Path(a.base), Path(a.work) / a.name
+    overrides: dict[str, list[str]] = {}
+    for item in a.set:
+        stage, _, kv = item.partition(":")
+        overrides.setdefault(stage, []).append(kv)
+    if not (var / "run").exists():
+        shutil.copytree(base / "run", var / "run")
+    data = base / "data"
+    t0 = time.time()
+    for stage in a.retrain:
+        extra = ([f"cache_dir={a.cache}"] if takes(stage, "cache_dir") else []) + overrides.get(stage, [])
+        t = time.time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train(stage, data, var / "run", RunConfig(n_folds=a.folds, seed=a.seed), extra)
+        print(f"recipe {a.name}: {stage} retrained in {time.time() - t:.0f}s", flush=True)
+    export_weights(var / "run", data, var / "weights")
+    predict(data, var / "weights", var / "submission.csv",
+            PredictConfig(workers=1, cache_dir=a.cache, per_model_dir=str(var / "per_model")))
+    labels = pd.read_csv(Path(a.test) / "test_labels.csv")
+    ids, y = labels["study_id"].tolist(), labels_to_array(labels)
+    rows = []
+    for model in ["ensemble"] + sorted(q.stem for q in (var / "per_model").glob("*.csv")):
+        rel = "submission.csv" if model == "ensemble" else f"per_model/{model}.csv"
+        if not (base / rel).exists():
+            continue
+        new, old = (submission_to_probs(pd.read_csv(d / rel), ids) for d in (var, base))
+        diff, lo, hi = paired_difference(y, new, old)
+        rows.append({"model": model, "difference": diff, "low": lo, "high": hi})
+    head = (f"{a.name}: {' '.join(a.set) or '(no switch)'}; retrained {', '.join(a.retrain)} on {base} "
+            f"({len(ids)} test studies of {a.test}; {time.time() - t0:.0f}s)")
+    table = "\n".join(f"| {a.name} | {r['model']} | {r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}] |"
+                      for r in rows)
+    print(head + "\n" + table)
+    out = Path(a.out)
+    write_text(out / f"{a.name}.md", head + "\n\n| variant | model | minus base (95%) |\n|---|---|---|\n" + table + "\n")
+    (out / f"{a.name}.json").write_text(json.dumps({"head": head, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
