@@ -135,3 +135,43 @@ def test_the_mix_is_the_mean_of_the_blend_and_the_stack_and_round_trips(members,
         assert r["chosen"].startswith("only") == (r["only prior"] <= r["cv_mix"]), r
     with pytest.raises(ValueError, match="candidates"):
         fit_ensemble(m, y, folds=folds, candidates=("only", "average"))
+
+
+def test_a_fitted_severe_scale_recovers_how_far_severe_was_underpredicted(tmp_path):
+    from lumbar.infer.ensemble import scale_severe
+    from lumbar.train.ensemble import fit_severe_scale
+
+    rng = np.random.default_rng(0)
+    truth = rng.dirichlet([4.0, 2.0, 1.0], (4000, 5))  # spinal: 5 levels per study
+    yy = (rng.random((4000, 5, 1)) > np.cumsum(truth, -1)).sum(-1).clip(0, 2)
+    best = truth * np.array(schema.SEVERITY_WEIGHTS)  # what the weighted rows alone want (p ~ weight x truth)
+    best /= best.sum(-1, keepdims=True)
+    own = fit_severe_scale(best, yy, "spinal")  # > 1: the any-severe term wants severe higher still
+    assert 1.0 < own < 1.6
+    shy = scale_severe(best, 1 / 1.25)  # a model that says severe 1.25x too rarely
+    np.testing.assert_allclose(shy.sum(-1), 1.0)
+    fitted = fit_severe_scale(shy, yy, "spinal")
+    assert fitted == pytest.approx(1.25 * own, rel=0.03)  # scales compose: it finds the 1.25 back
+    loss = lambda k: group_loss("spinal", scale_severe(shy, k), yy)
+    assert loss(fitted) < min(loss(1.0), loss(fitted * 1.1), loss(fitted / 1.1))
+
+    # shipped in the ensemble's JSON and applied (all members, or the ones that predicted)
+    p = {"a": rng.dirichlet([3, 2, 1], (6, 25)), "b": rng.dirichlet([3, 2, 1], (6, 25))}
+    plain = Ensemble(models=["a", "b"], weights={g: [0.5, 0.5] for g in GROUP_COLUMNS})
+    scaled = Ensemble(models=["a", "b"], weights={g: [0.5, 0.5] for g in GROUP_COLUMNS}, severe_scale={"spinal": 1.3})
+    scaled.save(tmp_path / "e.json")
+    back = Ensemble.load(tmp_path / "e.json")
+    sp, fo = GROUP_COLUMNS["spinal"], GROUP_COLUMNS["foraminal"]
+    for got, ref in ((back.apply(p), plain.apply(p)), (back.apply_available({"a": p["a"]}), plain.apply_available({"a": p["a"]}))):
+        np.testing.assert_allclose(got[:, sp], scale_severe(ref[:, sp], 1.3), atol=1e-6)
+        np.testing.assert_allclose(got[:, fo], ref[:, fo], atol=1e-7)  # other groups untouched
+
+
+def test_fit_ensemble_fits_the_severe_scale_only_where_asked():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, (60, 25))
+    oof = {m: rng.dirichlet([3, 2, 1], (60, 25)) for m in ("a", "b")}
+    ens, report = fit_ensemble(oof, y, severe_scale=["spinal"])
+    assert set(ens.severe_scale) == {"spinal"} and 0.5 <= ens.severe_scale["spinal"] <= 2.0
+    assert report["spinal"]["severe_scale"] == ens.severe_scale["spinal"]
+    assert fit_ensemble(oof, y)[0].severe_scale == {}

@@ -24,6 +24,14 @@ def blend(stack: np.ndarray, w: np.ndarray, t: float) -> np.ndarray:
     return p / p.sum(-1, keepdims=True)
 
 
+def scale_severe(p: np.ndarray, scale: float) -> np.ndarray:
+    """[..., 3] probabilities with the severe one times `scale`, renormalised (the any-severe-spinal term
+    reads the largest severe spinal probability of a study: a scale fitted for it, as the 2nd place did)."""
+    p = np.array(p, np.float64)
+    p[..., 2] *= scale
+    return p / p.sum(-1, keepdims=True)
+
+
 def stack_features(stack: np.ndarray) -> np.ndarray:
     """[M, n, k, 3] members' probabilities -> [n, k, 3M] their log-probabilities side by side."""
     logs = np.log(np.clip(np.asarray(stack, np.float64), EPS, 1.0))
@@ -44,6 +52,7 @@ class Ensemble:
     temperature: dict[str, float] = field(default_factory=dict)
     stack: dict[str, dict] = field(default_factory=dict)  # group -> {"coef": [3][3M], "intercept": [3]}
     stack_share: dict[str, float] = field(default_factory=dict)  # group -> the stack's share (1 if absent)
+    severe_scale: dict[str, float] = field(default_factory=dict)  # group -> its severe probability's factor (1 if absent)
 
     def apply(self, probs: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities [n, 25, 3] from each member's [n, 25, 3]."""
@@ -57,7 +66,7 @@ class Ensemble:
             if g in self.stack:
                 a = self.stack_share.get(g, 1.0)
                 pooled = a * stacked(stack[:, :, cols], self.stack[g]) + (1 - a) * pooled
-            out[:, cols] = pooled
+            out[:, cols] = scale_severe(pooled, self.severe_scale[g]) if g in self.severe_scale else pooled
         return out.astype(np.float32)
 
     def apply_available(self, probs: dict[str, np.ndarray]) -> np.ndarray:
@@ -75,7 +84,8 @@ class Ensemble:
         for g, cols in GROUP_COLUMNS.items():
             w = np.asarray(self.weights[g])[idx]
             w = w / w.sum() if w.sum() > 1e-9 else np.full(len(idx), 1.0 / len(idx))
-            out[:, cols] = blend(stack[:, :, cols], w, self.temperature.get(g, 1.0))
+            pooled = blend(stack[:, :, cols], w, self.temperature.get(g, 1.0))
+            out[:, cols] = scale_severe(pooled, self.severe_scale[g]) if g in self.severe_scale else pooled
         return out.astype(np.float32)
 
     def save(self, path: str | Path) -> None:

@@ -34,7 +34,7 @@ from scipy.optimize import minimize
 from .. import config as cfgmod
 from .. import schema
 from ..files import write_json
-from ..infer.ensemble import Ensemble, blend, stack_features, stacked
+from ..infer.ensemble import Ensemble, blend, scale_severe, stack_features, stacked
 from ..layout import Run
 from ..metric import group_loss, probs_to_submission, score, solution_frame
 from .oof import list_oof, read_oof, write_oof
@@ -50,6 +50,9 @@ class EnsembleConfig:
     # what nested CV chooses from per group: "only" (the best single model), "blend", "stack", "mix" (the
     # mean of the blend's and the stack's probabilities); fewer choices, less noise (module docstring)
     candidates: list[str] = field(default_factory=lambda: ["mix"])
+    # groups whose severe probability gets a fitted factor after pooling (["spinal"]: for the any-severe-
+    # spinal term, the 2nd place's x1.25); fitted on the same OOF, nested like the rest
+    severe_scale: list[str] = field(default_factory=list)
 
 
 def fit_stack(s: np.ndarray, yy: np.ndarray, c: float = 0.1) -> dict | None:
@@ -97,9 +100,19 @@ def _fit_group(s: np.ndarray, yy: np.ndarray, g: str, temperature: bool,
 CANDIDATES = ("only", "blend", "stack", "mix")
 
 
+def fit_severe_scale(p: np.ndarray, yy: np.ndarray, g: str) -> float:
+    """The factor on a group's severe probability [n, k, 3] minimising its metric terms, in [0.5, 2]."""
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(lambda z: group_loss(g, scale_severe(p, float(np.exp(z))), yy),
+                          bounds=(np.log(0.5), np.log(2.0)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
 def fit_ensemble(oof: dict[str, np.ndarray], y: np.ndarray, temperature: bool = True,
                  folds: np.ndarray | None = None, stack: bool = True, stack_c: float = 0.1,
-                 candidates: tuple[str, ...] | list[str] = ("mix",)) -> tuple[Ensemble, dict]:
+                 candidates: tuple[str, ...] | list[str] = ("mix",),
+                 severe_scale: tuple[str, ...] | list[str] = ()) -> tuple[Ensemble, dict]:
     """Weights (and temperatures) per group minimising the metric's terms on OOF predictions.
 
     With `folds` (a fold id per study), each group chooses by cross-validation among `candidates`:
@@ -160,6 +173,12 @@ def fit_ensemble(oof: dict[str, np.ndarray], y: np.ndarray, temperature: bool = 
         ens.temperature[g] = float(t)
         rep["chosen"] = name
         report[g] = rep
+    if severe_scale:
+        pooled = ens.apply(oof)
+        for g in severe_scale:
+            cols = schema.GROUP_COLUMNS[g]
+            ens.severe_scale[g] = round(fit_severe_scale(pooled[:, cols], y[:, cols], g), 4)
+            report[g]["severe_scale"] = ens.severe_scale[g]
     return ens, report
 
 
@@ -167,7 +186,11 @@ def fit_ensemble(oof: dict[str, np.ndarray], y: np.ndarray, temperature: bool = 
 @register("ensemble", order=90, config=EnsembleConfig)
 def train_ensemble(data, run, rc: RunConfig, overrides: list[str]) -> dict:
     cfg = cfgmod.override(EnsembleConfig(), overrides)
-    fit_args = dict(temperature=cfg.temperature, stack=cfg.stack, stack_c=cfg.stack_c, candidates=cfg.candidates)
+    unknown = set(cfg.severe_scale) - set(schema.GROUPS)
+    if unknown:
+        raise ValueError(f"ensemble severe_scale {sorted(unknown)}: choose from {schema.GROUPS}")
+    fit_args = dict(temperature=cfg.temperature, stack=cfg.stack, stack_c=cfg.stack_c, candidates=cfg.candidates,
+                    severe_scale=cfg.severe_scale)
     ids, y, fold = run_folds(data, run, rc)
     members = [m for m in list_oof(run) if m != "ensemble"]
     if not members:
