@@ -20,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lumbar.files import write_text
@@ -31,6 +32,21 @@ from lumbar.train.export import export_weights
 from lumbar.train.runner import RunConfig, takes, train
 
 
+def reapply(base: Path, var: Path, ids: list[int]) -> None:
+    """var/submission.csv: the variant's ensemble over the base's per-model test predictions and prior."""
+    from lumbar.infer.ensemble import Ensemble
+    from lumbar.layout import Run, WeightsLayout
+    from lumbar.metric import probs_to_submission
+    from lumbar.models.prior import load_prior
+
+    ens = Ensemble.load(Run(var / "run").ensemble)
+    prior = load_prior(base / "weights" / WeightsLayout.PRIOR)
+    probs = {q.stem: submission_to_probs(pd.read_csv(q), ids) for q in (base / "per_model").glob("*.csv")}
+    probs["prior"] = np.broadcast_to(prior, (len(ids), 25, 3))
+    shutil.copytree(base / "per_model", var / "per_model", dirs_exist_ok=True)
+    probs_to_submission(ids, ens.apply_available(probs)).to_csv(var / "submission.csv", index=False)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, help="a size folder of `lumbar curve` (runs/curve/n00200)")
@@ -38,6 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--name", required=True, help="the variant's name (its folder under --work)")
     p.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE", help="the switch (repeatable)")
     p.add_argument("--retrain", nargs="+", required=True, help="stages to retrain, in order (the ensemble last)")
+    p.add_argument("--reapply", action="store_true",
+                   help="only the ensemble changed: apply it to the base's per-model test predictions instead "
+                        "of predicting again (what the engine's combine does, in seconds)")
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="runs/curve/cache")
@@ -60,11 +79,16 @@ def main(argv=None) -> int:
             warnings.simplefilter("ignore")
             train(stage, data, var / "run", RunConfig(n_folds=a.folds, seed=a.seed), extra)
         print(f"recipe {a.name}: {stage} retrained in {time.time() - t:.0f}s", flush=True)
-    export_weights(var / "run", data, var / "weights")
-    predict(data, var / "weights", var / "submission.csv",
-            PredictConfig(workers=1, cache_dir=a.cache, per_model_dir=str(var / "per_model")))
     labels = pd.read_csv(Path(a.test) / "test_labels.csv")
     ids, y = labels["study_id"].tolist(), labels_to_array(labels)
+    if a.reapply:
+        if set(a.retrain) != {"ensemble"}:
+            sys.exit("recipe: --reapply is for a change to the ensemble alone (--retrain ensemble)")
+        reapply(base, var, ids)
+    else:
+        export_weights(var / "run", data, var / "weights")
+        predict(data, var / "weights", var / "submission.csv",
+                PredictConfig(workers=1, cache_dir=a.cache, per_model_dir=str(var / "per_model")))
     rows = []
     for model in ["ensemble"] + sorted(q.stem for q in (var / "per_model").glob("*.csv")):
         rel = "submission.csv" if model == "ensemble" else f"per_model/{model}.csv"
