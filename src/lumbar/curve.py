@@ -41,6 +41,7 @@ class CurveConfig:
     folds: int = 2  # CV folds of every stage (5 in `make train`; fewer keeps the largest size affordable)
     seed: int = 0  # which studies each subset holds, and the folds
     target: int = REAL_TRAIN  # the projection's n: the real training set
+    target_folds: int = 5  # `make train`'s folds: each fold model learns from (k-1)/k of the studies
     n_boot: int = 1000
     workers: int = 1  # predict's input workers
     stages: list = field(default_factory=list)  # empty: every registered stage
@@ -218,11 +219,20 @@ class Curve:
             if p is not None:
                 proj = [power(q, self.cfg.target) for q in (fit_power(sizes, b, floor) for b in boot) if q is not None]
                 lo, hi = interval(np.asarray(proj, np.float64))
+                # Each fold model saw (k-1)/k of n: `make train`'s 5 folds at the target are this curve's n_eq.
+                n_eq = self.cfg.target * (1 - 1 / self.cfg.target_folds) / (1 - 1 / self.cfg.folds)
+                proj_eq = [power(q, n_eq) for q in (fit_power(sizes, b, floor) for b in boot) if q is not None]
                 rec.update({"fit": {"a": p[0], "b": p[1], "c": p[2]}, "projected": float(power(p, self.cfg.target)),
-                            "projected_interval": [lo, hi], "fits_converged": len(proj)})
+                            "projected_interval": [lo, hi], "fits_converged": len(proj),
+                            "n_equivalent": round(n_eq), "projected_equivalent": float(power(p, n_eq)),
+                            "projected_equivalent_interval": list(interval(np.asarray(proj_eq, np.float64)))})
                 if oracle is not None:
                     rec["projected_gap_closed"] = (prior - rec["projected"]) / (prior - oracle)
                     rec["projected_gap_closed_interval"] = [(prior - hi) / (prior - oracle), (prior - lo) / (prior - oracle)]
+                    elo, ehi = rec["projected_equivalent_interval"]
+                    rec["projected_equivalent_gap_closed"] = (prior - rec["projected_equivalent"]) / (prior - oracle)
+                    rec["projected_equivalent_gap_closed_interval"] = [(prior - ehi) / (prior - oracle),
+                                                                       (prior - elo) / (prior - oracle)]
             out["models"][m] = rec
         for n in sizes:
             path = self.size_dir(n) / "seconds.json"
@@ -243,8 +253,11 @@ def table(res: dict) -> str:
     """results.md: scores per size with intervals, the fits and projections, stage seconds."""
     sizes, target = res["sizes"], res["config"]["target"]
     gap = res.get("oracle") is not None
-    head = "| model | " + " | ".join(f"n={n}" for n in sizes) + f" | fit a + b·n^-c | projected at {target} |"
-    lines = [head, "|" + "---|" * (len(sizes) + 3)]
+    folds, tfolds = res["config"]["folds"], res["config"].get("target_folds", 5)
+    head = ("| model | " + " | ".join(f"n={n}" for n in sizes) + f" | fit a + b·n^-c | projected at {target} "
+            f"({folds} folds) | {target} with {tfolds} folds (this curve's n ≈ EQ) |")
+    lines = [head, "|" + "---|" * (len(sizes) + 4)]
+    eq = "?"
     for m, r in sorted(res["models"].items(), key=lambda kv: kv[1]["score"][-1]):
         cells = [f"{s:.4f} [{lo:.4f}, {hi:.4f}]" + (f" ({g:.0%})" if gap else "")
                  for s, (lo, hi), g in zip(r["score"], r["interval"], r.get("gap_closed", [0] * len(sizes)))]
@@ -253,12 +266,18 @@ def table(res: dict) -> str:
             fit = f"{f['a']:.3f} + {f['b']:.3f}·n^-{f['c']:.2f}"
             lo, hi = r["projected_interval"]
             proj = f"{r['projected']:.4f} [{lo:.4f}, {hi:.4f}]"
+            lo, hi = r["projected_equivalent_interval"]
+            proj_eq = f"{r['projected_equivalent']:.4f} [{lo:.4f}, {hi:.4f}]"
+            eq = str(r["n_equivalent"])
             if gap:
                 glo, ghi = r["projected_gap_closed_interval"]
                 proj += f" ({r['projected_gap_closed']:.0%} [{glo:.0%}, {ghi:.0%}])"
+                glo, ghi = r["projected_equivalent_gap_closed_interval"]
+                proj_eq += f" ({r['projected_equivalent_gap_closed']:.0%} [{glo:.0%}, {ghi:.0%}])"
         else:
-            fit, proj = "(needs 3 sizes)", ""
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {fit} | {proj} |")
+            fit, proj, proj_eq = "(needs 3 sizes)", "", ""
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {fit} | {proj} | {proj_eq} |")
+    lines[0] = lines[0].replace("EQ", eq)
     lines += ["", f"prior {res['prior']:.4f}" + (f", oracle {res['oracle']:.4f} (gap closed in parentheses)" if gap else "")
               + f"; {res['test_studies']} test studies; 95% intervals over study resamples.", "",
               "| stage | " + " | ".join(f"n={n}, s" for n in sizes) + f" | exponent | projected at {target}, s |",
