@@ -181,7 +181,8 @@ def _cmd_curve(a) -> int:
             raise SystemExit(f"curve: --set {item!r}: expected STAGE:KEY=VALUE, e.g. multitask:epochs=3")
         overrides.setdefault(stage, []).append(kv)
     main(a.data, a.test, a.work, a.out, CurveConfig(sizes=a.sizes, folds=a.folds, seed=a.seed, target=a.target,
-                                                    workers=a.workers, overrides=overrides), fit_only=a.fit_only)
+                                                    workers=a.workers, overrides=overrides, fit_from=a.fit_from),
+         fit_only=a.fit_only)
     return 0
 
 
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("--seed", type=int, default=0, help="the subsets' and the folds' seed")
     cu.add_argument("--target", type=int, default=1975, help="the n to project to")
     cu.add_argument("--workers", type=int, default=1, help="predict's input workers")
+    cu.add_argument("--fit-from", type=int, default=0, help="fit only the sizes from this n on (below where the "
+                                                           "models start to learn the score is flat)")
     cu.add_argument("--work", default="runs/curve", help="per size: data view, run, weights, submissions (resumed)")
     cu.add_argument("--out", default="bench/results/learning-curve", help="curve.json, results.md, curve.png")
     cu.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",

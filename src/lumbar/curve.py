@@ -42,6 +42,8 @@ class CurveConfig:
     seed: int = 0  # which studies each subset holds, and the folds
     target: int = REAL_TRAIN  # the projection's n: the real training set
     target_folds: int = 5  # `make train`'s folds: each fold model learns from (k-1)/k of the studies
+    fit_from: int = 0  # fit the sizes from this n on: below where a model starts to learn its score is flat at
+    # the prior's, which no power law describes (the CPU presets on the real profile: below ~100 studies)
     n_boot: int = 1000
     workers: int = 1  # predict's input workers
     stages: list = field(default_factory=list)  # empty: every registered stage
@@ -214,17 +216,19 @@ class Curve:
             if oracle is not None:
                 rec["gap_closed"] = ((prior - full) / (prior - oracle)).tolist()
             floor = oracle or 0.0
+            use = [i for i, n in enumerate(sizes) if n >= self.cfg.fit_from]
+            fn = [sizes[i] for i in use]
             # The prior is class frequencies: it converges to them, not toward the oracle; no curve.
-            p = fit_power(sizes, full, floor) if len(sizes) >= 3 and m != "prior" else None
+            p = fit_power(fn, full[use], floor) if len(use) >= 3 and m != "prior" else None
             if p is not None:
-                proj = [power(q, self.cfg.target) for q in (fit_power(sizes, b, floor) for b in boot) if q is not None]
+                proj = [power(q, self.cfg.target) for q in (fit_power(fn, b[use], floor) for b in boot) if q is not None]
                 lo, hi = interval(np.asarray(proj, np.float64))
                 # Each fold model saw (k-1)/k of n: `make train`'s 5 folds at the target are this curve's n_eq.
                 n_eq = self.cfg.target * (1 - 1 / self.cfg.target_folds) / (1 - 1 / self.cfg.folds)
-                proj_eq = [power(q, n_eq) for q in (fit_power(sizes, b, floor) for b in boot) if q is not None]
+                proj_eq = [power(q, n_eq) for q in (fit_power(fn, b[use], floor) for b in boot) if q is not None]
                 rec.update({"fit": {"a": p[0], "b": p[1], "c": p[2]}, "projected": float(power(p, self.cfg.target)),
                             "projected_interval": [lo, hi], "fits_converged": len(proj),
-                            "n_equivalent": round(n_eq), "projected_equivalent": float(power(p, n_eq)),
+                            "fitted_sizes": fn, "n_equivalent": round(n_eq), "projected_equivalent": float(power(p, n_eq)),
                             "projected_equivalent_interval": list(interval(np.asarray(proj_eq, np.float64)))})
                 if oracle is not None:
                     rec["projected_gap_closed"] = (prior - rec["projected"]) / (prior - oracle)
