@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lumbar.curve import stage_overrides
 from lumbar.files import write_text
 from lumbar.infer.engine import predict
 from lumbar.infer.settings import PredictConfig
@@ -64,10 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench/results/recipe")
     a = p.parse_args(argv)
     base, var = Path(a.base), Path(a.work) / a.name
-    overrides: dict[str, list[str]] = {}
-    for item in a.set:
-        stage, _, kv = item.partition(":")
-        overrides.setdefault(stage, []).append(kv)
+    overrides = stage_overrides(a.set)
     if not (var / "run").exists():
         shutil.copytree(base / "run", var / "run")
     data = base / "data"

@@ -14,6 +14,14 @@ def small_config(out, **kw) -> SynthConfig:
     return SynthConfig(**base)
 
 
+def real_folder(out, **kw) -> Path:
+    """A real-profile folder at a quarter of the real matrix sizes (8 train + 5 test studies unless told)."""
+    base = dict(out=str(out), studies=8, test_studies=5, seed=3, profile="real", size_scale=0.25, workers=1)
+    base.update(kw)
+    generate(SynthConfig(**base), progress=False)
+    return Path(out)
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "competition"

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from lumbar.data.synth import SynthConfig, generate
+from conftest import real_folder
 from lumbar.data.volumes import normalise
 from lumbar.infer.engine import predict
 from lumbar.infer.settings import PredictConfig
@@ -55,10 +55,7 @@ def test_normalise_is_float32_under_both_rules(monkeypatch):
 
 @pytest.fixture(scope="module")
 def real_test_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("real_promotion") / "competition"
-    generate(SynthConfig(out=str(out), studies=2, test_studies=3, seed=5, profile="real", size_scale=0.25,
-                         workers=1), progress=False)
-    return out
+    return real_folder(tmp_path_factory.mktemp("real_promotion") / "competition", studies=2, test_studies=3, seed=5)
 
 
 @needs_weak_and_warn

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lumbar.data.synth import SynthConfig, generate
+from conftest import real_folder
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +43,7 @@ def readme_recipe() -> list[str]:
 
 def test_the_readme_real_data_recipe_runs_as_written(tmp_path):
     data = tmp_path / "rsna"
-    generate(SynthConfig(out=str(data), studies=10, test_studies=3, seed=11, profile="real", size_scale=0.25,
-                         workers=1), progress=False)
+    real_folder(data, studies=10, test_studies=3, seed=11)
     preset = tmp_path / "preset"
     preset.mkdir()
     for path in sorted((ROOT / "configs" / "gpu").glob("*.json")):

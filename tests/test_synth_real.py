@@ -6,17 +6,14 @@ import pytest
 
 from lumbar import schema
 from lumbar.data.catalog import validate
-from lumbar.data.synth import SynthConfig, generate
+from conftest import real_folder
 
 SIZES = {96, 128, 152, 160}  # 384, 512, 608, 640 at size_scale 0.25
 
 
 @pytest.fixture(scope="module")
 def real_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("real") / "competition"
-    generate(SynthConfig(out=str(out), studies=8, test_studies=5, seed=3, profile="real", size_scale=0.25,
-                         workers=1), progress=False)
-    return out
+    return real_folder(tmp_path_factory.mktemp("real") / "competition")
 
 
 def headers(root, split):

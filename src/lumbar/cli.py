@@ -173,13 +173,8 @@ def _cmd_predict(a) -> int:
 
 
 def _cmd_curve(a) -> int:
-    from .curve import CurveConfig, main
-    overrides: dict[str, list[str]] = {}
-    for item in a.set:
-        stage, sep, kv = item.partition(":")
-        if not sep or "=" not in kv:
-            raise SystemExit(f"curve: --set {item!r}: expected STAGE:KEY=VALUE, e.g. multitask:epochs=3")
-        overrides.setdefault(stage, []).append(kv)
+    from .curve import CurveConfig, main, stage_overrides
+    overrides = stage_overrides(a.set)
     main(a.data, a.test, a.work, a.out, CurveConfig(sizes=a.sizes, folds=a.folds, seed=a.seed, target=a.target,
                                                     workers=a.workers, overrides=overrides, fit_from=a.fit_from),
          fit_only=a.fit_only)

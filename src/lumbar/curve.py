@@ -50,6 +50,23 @@ class CurveConfig:
     overrides: dict = field(default_factory=dict)  # {stage: ["key=value", ...]} over the tiny presets
 
 
+def stage_overrides(items: list[str]) -> dict[str, list[str]]:
+    """["multitask:epochs=3", ...] (the command line's --set) as {stage: ["key=value", ...]}."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        stage, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            raise SystemExit(f"--set {item!r}: expected STAGE:KEY=VALUE, e.g. multitask:epochs=3")
+        out.setdefault(stage, []).append(kv)
+    return out
+
+
+def equivalent_n(target: int, target_folds: int, folds: int) -> float:
+    """The n of a `folds`-fold curve whose fold models learn from as many studies as `target_folds` folds
+    of `target` studies do ((k-1)/k of them each)."""
+    return target * (1 - 1 / target_folds) / (1 - 1 / folds)
+
+
 def nested_subsets(study_ids, sizes, seed: int) -> dict[int, list[int]]:
     """{n: the first n studies of one seeded permutation}: each subset contains every smaller one."""
     ids = sorted(int(s) for s in study_ids)
@@ -224,7 +241,7 @@ class Curve:
                 proj = [power(q, self.cfg.target) for q in (fit_power(fn, b[use], floor) for b in boot) if q is not None]
                 lo, hi = interval(np.asarray(proj, np.float64))
                 # Each fold model saw (k-1)/k of n: `make train`'s 5 folds at the target are this curve's n_eq.
-                n_eq = self.cfg.target * (1 - 1 / self.cfg.target_folds) / (1 - 1 / self.cfg.folds)
+                n_eq = equivalent_n(self.cfg.target, self.cfg.target_folds, self.cfg.folds)
                 proj_eq = [power(q, n_eq) for q in (fit_power(fn, b[use], floor) for b in boot) if q is not None]
                 rec.update({"fit": {"a": p[0], "b": p[1], "c": p[2]}, "projected": float(power(p, self.cfg.target)),
                             "projected_interval": [lo, hi], "fits_converged": len(proj),
@@ -259,9 +276,8 @@ def table(res: dict) -> str:
     gap = res.get("oracle") is not None
     folds, tfolds = res["config"]["folds"], res["config"].get("target_folds", 5)
     head = ("| model | " + " | ".join(f"n={n}" for n in sizes) + f" | fit a + b·n^-c | projected at {target} "
-            f"({folds} folds) | {target} with {tfolds} folds (this curve's n ≈ EQ) |")
+            f"({folds} folds) | {target} with {tfolds} folds (this curve's n ≈ {equivalent_n(target, tfolds, folds):.0f}) |")
     lines = [head, "|" + "---|" * (len(sizes) + 4)]
-    eq = "?"
     for m, r in sorted(res["models"].items(), key=lambda kv: kv[1]["score"][-1]):
         cells = [f"{s:.4f} [{lo:.4f}, {hi:.4f}]" + (f" ({g:.0%})" if gap else "")
                  for s, (lo, hi), g in zip(r["score"], r["interval"], r.get("gap_closed", [0] * len(sizes)))]
@@ -272,7 +288,6 @@ def table(res: dict) -> str:
             proj = f"{r['projected']:.4f} [{lo:.4f}, {hi:.4f}]"
             lo, hi = r["projected_equivalent_interval"]
             proj_eq = f"{r['projected_equivalent']:.4f} [{lo:.4f}, {hi:.4f}]"
-            eq = str(r["n_equivalent"])
             if gap:
                 glo, ghi = r["projected_gap_closed_interval"]
                 proj += f" ({r['projected_gap_closed']:.0%} [{glo:.0%}, {ghi:.0%}])"
@@ -281,7 +296,6 @@ def table(res: dict) -> str:
         else:
             fit, proj, proj_eq = "(needs 3 sizes)", "", ""
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {fit} | {proj} | {proj_eq} |")
-    lines[0] = lines[0].replace("EQ", eq)
     lines += ["", f"prior {res['prior']:.4f}" + (f", oracle {res['oracle']:.4f} (gap closed in parentheses)" if gap else "")
               + f"; {res['test_studies']} test studies; 95% intervals over study resamples.", "",
               "| stage | " + " | ".join(f"n={n}, s" for n in sizes) + f" | exponent | projected at {target}, s |",

@@ -24,8 +24,6 @@ def config_hash(*parts) -> str:
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
-
-
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     """All arrays of an npz file, fully read (so a truncated member fails here, not later)."""
     with np.load(path, allow_pickle=False) as z:

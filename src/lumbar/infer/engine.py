@@ -331,7 +331,7 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
 
 
 def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, timings, failures, done,
-         write, model_probs: dict | None = None) -> None:
+         write, model_probs: dict) -> None:
     from ..progress import bar
 
     if plan.should_stop(cfg.batch_size):
@@ -370,7 +370,7 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, 
         per_model = _models_on(batch, bundle, plan, timings, failures, cfg, fold_seconds)
         for i, it in enumerate(batch):
             got = {m: p[i] for m, p in per_model.items() if p[i] is not None}
-            if cfg.per_model_dir and model_probs is not None:
+            if cfg.per_model_dir:
                 for m, p in got.items():
                     model_probs[m][it["study_id"]] = p
             if got:

@@ -54,6 +54,9 @@ class Ensemble:
     stack_share: dict[str, float] = field(default_factory=dict)  # group -> the stack's share (1 if absent)
     severe_scale: dict[str, float] = field(default_factory=dict)  # group -> its severe probability's factor (1 if absent)
 
+    def _scaled(self, g: str, pooled: np.ndarray) -> np.ndarray:
+        return scale_severe(pooled, self.severe_scale[g]) if g in self.severe_scale else pooled
+
     def apply(self, probs: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities [n, 25, 3] from each member's [n, 25, 3]."""
         missing = [m for m in self.models if m not in probs]
@@ -66,7 +69,7 @@ class Ensemble:
             if g in self.stack:
                 a = self.stack_share.get(g, 1.0)
                 pooled = a * stacked(stack[:, :, cols], self.stack[g]) + (1 - a) * pooled
-            out[:, cols] = scale_severe(pooled, self.severe_scale[g]) if g in self.severe_scale else pooled
+            out[:, cols] = self._scaled(g, pooled)
         return out.astype(np.float32)
 
     def apply_available(self, probs: dict[str, np.ndarray]) -> np.ndarray:
@@ -85,7 +88,7 @@ class Ensemble:
             w = np.asarray(self.weights[g])[idx]
             w = w / w.sum() if w.sum() > 1e-9 else np.full(len(idx), 1.0 / len(idx))
             pooled = blend(stack[:, :, cols], w, self.temperature.get(g, 1.0))
-            out[:, cols] = scale_severe(pooled, self.severe_scale[g]) if g in self.severe_scale else pooled
+            out[:, cols] = self._scaled(g, pooled)
         return out.astype(np.float32)
 
     def save(self, path: str | Path) -> None:
