@@ -1,29 +1,25 @@
 # lumbar: make setup · test · data · train · local-score · predict · kernel · demo · bench
-PYTHON ?= python3
-VENV ?= .venv
-PY := $(VENV)/bin/python
-# The torch pair of the main venv (this machine's Python; its wheels lie on disk here); installed first so
-# pip does not pick another build.
-TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
-# The Kaggle image whose library versions the main venv trains and tests under (constraints/NAME.txt):
-# kaggle-2026, the image a kernel pushed today runs on; kaggle-2024, the competition-period image (pin the
-# kernel to it with KAGGLE_DOCKER_IMAGE, docs/kaggle.md). Weights load in either (their probes decide).
+# The Kaggle image whose library versions the main venv trains and tests under (constraints/NAME.txt, with
+# PYTHON_NAME and TORCH_NAME): kaggle-2026, the image a kernel pushed today runs on (Python 3.12, torch 2.10);
+# kaggle-2024, the competition-period image (pin the kernel to it with KAGGLE_DOCKER_IMAGE, docs/kaggle.md).
+# Weights load in either (their probes decide).
 KAGGLE_IMAGE ?= kaggle-2026
 CONSTRAINTS := constraints/$(KAGGLE_IMAGE).txt
-# Each image as its own venv, for running the built kernel in it (the slow tests in tests/test_images.py):
-# its Python, its torch, its pins. The 2026 image's Python 3.12 and torch 2.10 come from the package
-# registry (7.3 GB in the venv with its CUDA libraries); the 2024 image had Python 3.10 and torch 2.4: its
-# venv keeps this machine's Python and the pins that matter for what is serialised (numpy, scikit-learn,
-# xgboost), and borrows torch from the main venv (BASE_*): a .pth puts the main venv's site-packages
-# after its own, so every pinned library is its own and torch's 5.5 GB is not written twice.
-# CI's disk is not ours to size: pip keeps no cache (3 GB of torch wheels), and each venv checks first
-# that the disk has NEED_GB_* free, so a full disk is named before pip half-installs.
 PYTHON_kaggle-2026 ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
 TORCH_kaggle-2026 ?= torch==2.10.0 torchvision==0.25.0
-NEED_GB_kaggle-2026 ?= 8
-PYTHON_kaggle-2024 ?= $(PYTHON)
-BASE_kaggle-2024 ?= $(VENV)
-NEED_GB_kaggle-2024 ?= 1
+# The 2024 image had Python 3.10 and torch 2.4: nothing serialised depends on either (torch saves tensors), so
+# it keeps this machine's Python and the 2026 torch; its pins that matter are numpy, scikit-learn and xgboost.
+PYTHON_kaggle-2024 ?= python3
+TORCH_kaggle-2024 ?= torch==2.10.0 torchvision==0.25.0
+PYTHON ?= $(PYTHON_$(KAGGLE_IMAGE))
+TORCH_PKGS ?= $(TORCH_$(KAGGLE_IMAGE))
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Disk (docs/kaggle.md): torch 2.10 with its CUDA libraries is 7 GB of a venv, and pip holds its 3.5 GB of
+# wheels until it has installed them; pip keeps no cache. Each venv checks first that the disk has what it
+# needs free, so that a full disk is named before pip half-installs.
+NEED_GB ?= 12
+NEED_GB_IMAGE ?= 5
 export PIP_NO_CACHE_DIR := 1
 IMAGES := kaggle-2026 kaggle-2024
 DEFAULT_DATA := data/synthetic
@@ -41,7 +37,14 @@ CACHE ?= cache
 
 setup: $(VENV)/.installed
 
+define need_disk
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge "$(2)" ] || \
+	  { echo "setup: $(1) needs about $(2) GB free here, the disk has $$free GB (df -h .)"; exit 2; }
+endef
+
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	@test -n "$(PYTHON)" || { echo "setup: no Python for $(KAGGLE_IMAGE) (set PYTHON_$(KAGGLE_IMAGE)=/path/to/python)"; exit 2; }
+	$(call need_disk,$(VENV),$(NEED_GB))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install $(TORCH_PKGS) -c $(CONSTRAINTS)
@@ -49,24 +52,36 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip check
 	echo $(KAGGLE_IMAGE) > $@
 
-# The image venvs (.venv-kaggle-2026, .venv-kaggle-2024) that the kernel tests run the notebook in.
+# One venv per Kaggle image in IMAGES, for running the built kernel in it (the slow tests in tests/test_images.py).
+# The main venv's image is the main venv itself (.venv-NAME links to it). Another image gets its own Python and
+# pins; where its torch is the main venv's, it borrows the main venv's NVIDIA libraries (pure-Python wheels, the
+# same for every Python) through a .pth, so their 3.9 GB are not written twice.
 images: $(foreach i,$(IMAGES),.venv-$(i)/.installed)
 
-.venv-%/.installed: pyproject.toml constraints/%.txt
-	@test -n "$(PYTHON_$*)" || { echo "images: no Python for $* (set PYTHON_$*=/path/to/python)"; exit 2; }
-	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge "$(NEED_GB_$*)" ] || \
-	  { echo "images: .venv-$* needs about $(NEED_GB_$*) GB free here, the disk has $$free GB (df -h .)"; exit 2; }
-	$(PYTHON_$*) -m venv .venv-$*
-	.venv-$*/bin/python -m pip install --upgrade pip >/dev/null
-	$(if $(BASE_$*),$(BASE_$*)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))" \
-	  > $$(.venv-$*/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/lumbar-base.pth)
-	$(if $(TORCH_$*),.venv-$*/bin/python -m pip install $(TORCH_$*) -c constraints/$*.txt)
-	.venv-$*/bin/python -m pip install -e '.[dev]' -c constraints/$*.txt
-	.venv-$*/bin/python -m pip check
-	echo $* > $@
+define same_venv
+	rm -rf .venv-$(1) && ln -s $(VENV) .venv-$(1)
+endef
+define own_venv
+	@test -n "$(PYTHON_$(1))" || { echo "images: no Python for $(1) (set PYTHON_$(1)=/path/to/python)"; exit 2; }
+	$(call need_disk,.venv-$(1),$(if $(call same_torch,$(1)),$(NEED_GB_IMAGE),$(NEED_GB)))
+	$(PYTHON_$(1)) -m venv .venv-$(1)
+	.venv-$(1)/bin/python -m pip install --upgrade pip >/dev/null
+	$(if $(call same_torch,$(1)),$(call borrow_cuda,$(1)))
+	.venv-$(1)/bin/python -m pip install $(TORCH_$(1)) -c constraints/$(1).txt
+	.venv-$(1)/bin/python -m pip install -e '.[dev]' -c constraints/$(1).txt
+	.venv-$(1)/bin/python -m pip check
+endef
+same_torch = $(if $(filter-out $(TORCH_PKGS),$(TORCH_$(1)))$(filter-out $(TORCH_$(1)),$(TORCH_PKGS)),,yes)
+# pip counts the linked distributions as installed and never removes them: they lie outside its environment.
+define borrow_cuda
+	mkdir -p .venv-$(1)/borrowed
+	ln -sfn $$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))")/nvidia* .venv-$(1)/borrowed/
+	echo $(CURDIR)/.venv-$(1)/borrowed > $$(.venv-$(1)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/lumbar-borrowed.pth
+endef
 
-# A venv that borrows the main venv's torch needs the main venv first.
-.venv-kaggle-2024/.installed: | $(VENV)/.installed
+.venv-%/.installed: pyproject.toml constraints/%.txt | $(VENV)/.installed
+	$(if $(filter $*,$(KAGGLE_IMAGE)),$(call same_venv,$*),$(call own_venv,$*))
+	echo $* > $@
 
 test: setup images
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 (kaggle-2026, today's image, by default; kaggle-2024 with KAGGLE_IMAGE=kaggle-2024)."""
 import os
 import re
+import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -71,3 +72,26 @@ def test_make_setup_defaults_to_todays_image_and_keeps_the_2024_one():
     assert (then["numpy"], then["scikit-learn"], then["xgboost"]) == ("1.26.4", "1.2.2", "2.0.3")
     assert set(today) == set(then), "both images pin the same libraries"
     assert "TORCH_kaggle-2026 ?= torch==2.10.0 torchvision==0.25.0" in make
+    assert re.search(r"^PYTHON_kaggle-2026 \?= .*python3\.12", make, re.M)
+
+
+def _dry_run(*args: str) -> str:
+    """What make would run to build a venv from nothing (-B: as if none were built), without running it."""
+    r = subprocess.run(["make", "-n", "-B", *args], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_the_main_venvs_image_is_the_main_venv_and_another_image_borrows_only_a_same_torchs_libraries():
+    """Disk is what CI runs out of (docs/kaggle.md): one full torch, not three."""
+    default = _dry_run(".venv-kaggle-2026/.installed", ".venv-kaggle-2024/.installed")
+    assert "ln -s .venv .venv-kaggle-2026" in default  # today's image is the main venv itself
+    assert "python3.12 -m venv .venv\n" in default
+    assert "nvidia* .venv-kaggle-2024/borrowed/" in default and "lumbar-borrowed.pth" in default
+    # another torch in the other image: its own CUDA libraries, and the full disk check
+    other = _dry_run(".venv-kaggle-2024/.installed", "TORCH_kaggle-2024=torch==2.9.1 torchvision==0.24.1")
+    assert "borrowed" not in other and "torch==2.9.1" in other
+    assert re.search(r"\.venv-kaggle-2024 needs about 12 GB", other)
+    # the 2024 image as the main one: 2026 gets its own venv, 2024 is the main venv
+    swapped = _dry_run(".venv-kaggle-2026/.installed", ".venv-kaggle-2024/.installed", "KAGGLE_IMAGE=kaggle-2024")
+    assert "ln -s .venv .venv-kaggle-2024" in swapped and "python3.12 -m venv .venv-kaggle-2026" in swapped

@@ -100,8 +100,8 @@ def test_weights_exported_in_the_2024_image_predict_the_same_today(image_kernel,
 
 @pytest.mark.parametrize("name", IMAGES)
 def test_every_pinned_library_is_the_image_venvs_own(name):
-    """The 2024 venv borrows torch from the main venv (Makefile BASE_*): a pinned library found there
-    instead of in the image's own site-packages would run the kernel in the wrong versions."""
+    """The 2024 venv borrows the main venv's NVIDIA libraries (Makefile, borrow_cuda): a pinned library found
+    outside the image's own site-packages would run the kernel in the wrong versions."""
     wanted = dict(line.split("==") for line in (ROOT / "constraints" / f"{name}.txt").read_text().splitlines()
                   if "==" in line and not line.startswith("#"))
     code = ("import json, sys; from importlib.metadata import distribution as d; "
@@ -110,3 +110,17 @@ def test_every_pinned_library_is_the_image_venvs_own(name):
                                       check=True).stdout)
     assert {n: v for n, (v, _) in found.items()} == wanted
     assert [n for n, (_, own) in found.items() if not own] == [], f"{name}: pinned but borrowed"
+
+
+def test_an_image_venv_borrows_nothing_but_nvidias_libraries_and_its_torch_runs():
+    """What the 2024 venv sees outside itself is only the NVIDIA wheels (the same files for every Python);
+    its torch is its own build for its Python, and imports with them."""
+    code = ("import json, sys, torch; from importlib.metadata import distributions; "
+            "print(json.dumps({'torch': [torch.__version__, torch.__file__.startswith(sys.prefix)], "
+            "'outside': sorted({d.metadata['Name'] for d in distributions() "
+            "if not str(d.locate_file('')).startswith(sys.prefix)})}))")
+    r = subprocess.run([str(image_python("kaggle-2024")), "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    found = json.loads(r.stdout)
+    assert found["torch"][1], "torch is the image venv's own"
+    assert all(n.lower().startswith("nvidia") for n in found["outside"]), found["outside"]
