@@ -28,8 +28,8 @@ def test_the_label_mirror_swaps_left_and_right_and_keeps_the_canal():
     np.testing.assert_array_equal(mirror_labels(mirror_labels(probs, axis=1), axis=1), probs)
 
 
-def _random_crops(rng, s=16, sa=12):
-    return {"sag_image": rng.random((3, 3, s, s)).astype(np.float16), "axial_image": rng.random((5, 3, sa, sa)).astype(np.float16),
+def _random_crops(rng, s=16, sa=12, c=3):
+    return {"sag_image": rng.random((3, c, s, s)).astype(np.float16), "axial_image": rng.random((5, c, sa, sa)).astype(np.float16),
             "sag_points": rng.random((3, 5, 2)).astype(np.float32) * s, "axial_points": rng.random((5, 2, 2)).astype(np.float32) * sa,
             "present": rng.random(8) > 0.3, "boxes": rng.random((8, 4))}
 
@@ -240,7 +240,7 @@ def _tiny_multitask(**over):
     torch.manual_seed(0)
     cfg = config.override(MultitaskTraining(), TINY_MULTITASK + [f"{k}={v}" for k, v in over.items()])
     rng = np.random.default_rng(3)
-    e = _random_crops(rng, s=64, sa=48)  # the sizes the tiny network is tested at (test_models.random_batch)
+    e = _random_crops(rng, s=64, sa=48, c=int(over.get("slices", 3)))  # the tiny network's sizes (test_models)
     e["present"][:] = True
     e["sag_points"][:] = np.nan
     e["axial_points"][:] = np.nan
@@ -250,15 +250,17 @@ def _tiny_multitask(**over):
     return net, cfg, e, rng
 
 
-def test_the_test_time_mirror_makes_a_prediction_mirror_equivariant():
+@pytest.mark.parametrize("slices", [3, 5])
+def test_the_test_time_mirror_makes_a_prediction_mirror_equivariant(slices):
     """With the mirror on (no shifts), the model's answer for a study's mirror is its answer with left
     and right swapped (exactly: the average of both passes), and off it is not; the held-out (OOF)
-    predictions the ensemble is fitted on are the engine's."""
+    predictions the ensemble is fitted on are the engine's. Three slices per crop or five (their order
+    reverses in the mirror)."""
     from lumbar.train.datasets import mirrored
     from lumbar.train.folds import held_out_probs, held_out_views
     from lumbar.train.multitask import CropDataset
 
-    net, cfg, e, rng = _tiny_multitask(tta_shift=0)
+    net, cfg, e, rng = _tiny_multitask(tta_shift=0, slices=slices)
     p, pm = _engine_probs(net, cfg, e, True), _engine_probs(net, cfg, mirror_crops(e), True)
     np.testing.assert_allclose(pm, mirror_labels(p, axis=0), atol=1e-5)
     q, qm = _engine_probs(net, cfg, e, False), _engine_probs(net, cfg, mirror_crops(e), False)
@@ -392,3 +394,56 @@ def test_a_finished_fold_is_not_retrained_for_a_field_that_only_changes_its_held
     base = MultitaskTraining()
     assert ident(replace(base, tta_shift=5)) == ident(base) == ident(replace(base, tta=False))
     assert ident(replace(base, lr=base.lr / 2))["config"] != ident(base)["config"]
+
+
+def test_five_slice_crops_hold_the_three_slice_ones_at_their_centre(mirrored_patient):
+    """slices=5 with a spare slice each side builds seven neighbouring slices; the centre three are the
+    three-slice crop exactly, and the window read one slice off centre is the neighbours' crop."""
+    from lumbar.preprocess.crops import slice_window
+
+    study, _ = mirrored_patient
+    vols = study_volumes(study, None)
+    sel = true_selection(study, study_features(study, None, vols))
+    three = build_crops(study, vols, sel, CropRegions(), PreprocessConfig(sag_size=48, axial_size=40))
+    seven = build_crops(study, vols, sel, CropRegions(), PreprocessConfig(sag_size=48, axial_size=40, slices=5, spare=1))
+    assert seven["sag_image"].shape == (3, 7, 48, 48) and seven["axial_image"].shape == (5, 7, 40, 40)
+    for key in ("sag_image", "axial_image"):
+        np.testing.assert_array_equal(slice_window(seven[key], 3), three[key])
+        assert not np.array_equal(slice_window(seven[key], 3, 1), three[key])  # really other slices
+    np.testing.assert_array_equal(seven["sag_points"], three["sag_points"])  # the points are the plane's
+    with pytest.raises(ValueError, match="slices must be odd"):
+        PreprocessConfig(slices=4)
+    with pytest.raises(ValueError, match="no window of 5 slices -2 off"):
+        slice_window(seven["sag_image"], 5, -2)
+
+
+def test_the_slice_shift_reads_every_window_within_the_spare_slices_and_none_without_augmenting():
+    """Each crop of a training example is read up to slice_shift slices off its centre, drawn per crop;
+    held out (no augmentation) it is read at its centre."""
+    import torch
+
+    from lumbar.train.multitask import CropDataset
+
+    rng = np.random.default_rng(4)
+    e = _random_crops(rng, c=7)
+    e["sag_image"][:] = np.arange(7, dtype=np.float16)[None, :, None, None]  # each channel holds its index
+    e["axial_image"][:] = np.arange(7, dtype=np.float16)[None, :, None, None]
+    labels = rng.integers(0, 3, (1, 25))
+    shifted = CropDataset([e], labels, augment=True, seed=0, max_shift=0, slices=5, slice_shift=1)
+    offsets, per_example = [], []
+    for epoch in range(12):
+        shifted.set_epoch(epoch)
+        item = shifted[0]
+        drawn = []
+        for key in ("sag_image", "axial_image"):
+            v = item[key][:, :, 0, 0].double()  # [crops, 5]: channel index s + k as (s + k) ** gamma * gain
+            assert torch.equal(v.argsort(dim=1), torch.arange(5).expand(len(v), 5))  # consecutive, in order
+            # the window's first slice: 0 reads 0; else the first two's ratio is 2 ** gamma or 1.5 ** gamma
+            ratio = v[:, 1] / v[:, 0].clamp_min(1e-9)
+            drawn += torch.where(v[:, 0] == 0, 0, torch.where(ratio > 1.7, 1, 2)).sub(1).tolist()
+        offsets += drawn
+        per_example.append(len(set(drawn)))
+    assert set(offsets) == {-1, 0, 1}
+    assert max(per_example) > 1  # drawn per crop, not once per study
+    plain = CropDataset([e], labels, slices=5, slice_shift=1)[0]
+    assert plain["sag_image"][:, :, 0, 0].tolist() == [[1, 2, 3, 4, 5]] * 3  # the centre, untouched

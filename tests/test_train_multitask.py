@@ -233,3 +233,45 @@ def test_oof_floor_leaves_out_exactly_the_labels_the_first_pass_found_unlikely(t
     write_oof(tmp_path / "run", "multitask", ids, rng.dirichlet(np.ones(3), (4, 25)))
     assert (filter_labels(tmp_path / "run", ids, y, 0.2) == expect).all()
     assert first_pass_oof(tmp_path / "run").parent == Run(tmp_path / "run").stage("multitask")
+
+
+def test_five_slice_crops_with_spare_slices_train_shifted_and_predict_from_their_centre(trained, synth_dir, tmp_path):
+    """The 1st place's recipe as switches: crops of five slices with one spare on each side (seven in the
+    cache), training reading them up to one slice off centre; the CNNs take five channels, and the
+    exported weights predict through the engine, which builds five-slice crops and no spare ones."""
+    import torch
+
+    from lumbar.infer.engine import PredictConfig, predict
+    from lumbar.layout import Run
+    from lumbar.train.export import export_weights
+    from lumbar.train.stage_one import load_crop_entries
+    from test_inference import assert_complete
+
+    run, cache, _, _ = trained
+    fresh = _fresh_run(run, tmp_path)
+    rc = RunConfig(n_folds=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train("crops", synth_dir, fresh, rc, [f"cache_dir={cache}", "sag_size=64", "axial_size=48", "slices=5", "spare=1"])
+        with pytest.raises(SystemExit, match="slice_shift=2 needs crops with spare >= 2"):
+            train("multitask", synth_dir, fresh, rc, [f"cache_dir={cache}", *TINY, "slice_shift=2"])
+        train("prior", synth_dir, fresh, rc, [])
+        res = train("multitask", synth_dir, fresh, rc, [f"cache_dir={cache}", *TINY, "epochs=1", "slice_shift=1"])
+    _, entries = load_crop_entries(synth_dir, fresh, rc, str(cache))
+    assert entries[0]["sag_image"].shape[:2] == (3, 7) and entries[0]["axial_image"].shape[:2] == (5, 7)
+    saved = json.loads(Run(fresh).config("multitask").read_text())
+    assert (saved["slices"], saved["slice_shift"]) == (5, 1)
+    assert np.isfinite(res["oof_score"])
+    state = torch.load(Run(fresh).fold_weights("multitask", 0), map_location="cpu", weights_only=True)["model"]
+    convs = {k: v.shape[1] for k, v in state.items() if v.ndim == 4 and k.startswith(("kp_backbone", "cls_backbone"))}
+    first = {net: next(c for k, c in convs.items() if k.startswith(net)) for net in ("kp_backbone", "cls_backbone")}
+    assert first == {"kp_backbone": 5, "cls_backbone": 5}  # each CNN's first convolution reads five slices
+    export_weights(fresh, synth_dir, tmp_path / "weights")
+    weights = tmp_path / "weights"
+    pcache = tmp_path / "predict-cache"
+    summary = predict(synth_dir, weights, tmp_path / "submission.csv", PredictConfig(workers=0, cache_dir=str(pcache)))
+    assert_complete(tmp_path / "submission.csv", synth_dir)
+    assert summary["active"].get("multitask") and summary["failed"] == 0, summary
+    assert not [d for d in summary["dropped"] if "multitask" in d], summary["dropped"]
+    built = [np.load(f) for f in pcache.rglob("crops*.npz")]
+    assert built and all(b["sag_image"].shape[1] == 5 for b in built)  # inference builds no spare slices

@@ -23,6 +23,7 @@ import time
 import traceback
 import warnings
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,7 @@ class Bundle:
         try:
             self.regions = CropRegions.load(w.file(W.REGIONS))
             w.file(W.CROPS_CONFIG)
-            self.pcfg = read_preprocess_config(w.folder)
+            self.pcfg = replace(read_preprocess_config(w.folder), spare=0)  # spare slices serve training only
         except Exception as e:
             self.regions = self.pcfg = None
             self.dropped.append(f"crop regions ({type(e).__name__}: {e}); models that read crops cannot run")

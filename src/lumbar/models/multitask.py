@@ -1,8 +1,9 @@
 """Model one: keypoints on the stage-one crops, patches around them, super-resolved, per-column heads.
 
 Shapes for a batch of B studies (tiny config: S = 128 sagittal, Sa = 96 axial crops):
-  sag_image [B, 3, 3, S, S] (T2; T1 left; T1 right — each three slices as channels)
-  axial_image [B, 5, 3, Sa, Sa] (one crop per level)
+  sag_image [B, 3, C, S, S] (T2; T1 left; T1 right — each C = `slices` neighbouring slices as channels;
+  crops built with spare slices are read at their centre C)
+  axial_image [B, 5, C, Sa, Sa] (one crop per level)
   -> all 8 crops resized to kp_input, one timm backbone (features_only, stride 8) -> heatmaps:
      5 per sagittal crop (one per level), 2 per axial crop (left, right) -> soft-argmax points
   -> 25 patches, one per label column, cut around its point from the crop at native resolution
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from .. import schema
 from .backbones import create_backbone
 from .losses import class_weighted_ce
+from ..preprocess.crops import slice_window
 from ..preprocess.mirror import mirror_crops
 from ..preprocess.shift import shift_crops
 from .registry import register_model
@@ -69,6 +71,7 @@ class MultitaskConfig:
     patch_input: int = 48  # classifier input side after super-resolution
     sr_scale: int = 2  # the frozen super-resolution net's factor (set from the run's superres)
     sr_channels: int = 16  # its channels (set from the run's superres)
+    slices: int = 3  # neighbouring slices per crop, the CNNs' input channels (set from the run's crops)
     teacher_forcing: float = 0.5  # share of training studies whose patches are cut at the labelled points
     kp_weight: float = 2.0  # weight of the keypoints' loss against the labels'
     dropout: float = 0.2  # before the classifier head
@@ -104,14 +107,15 @@ class MultitaskModel(nn.Module):
         self.cfg = cfg
         self.force_points = False  # patches at the labelled points, not the predicted ones (attribution)
         self.kp_backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_checkpoint,
-                                           out_indices=(cfg.kp_level,))
+                                           out_indices=(cfg.kp_level,), in_chans=cfg.slices)
         ch = self.kp_backbone.feature_info.channels()[-1]
         self.kp_heads = nn.ModuleDict({"sag_t2": nn.Conv2d(ch, 5, 1), "sag_t1": nn.Conv2d(ch, 5, 1),
                                        "axial": nn.Conv2d(ch, 2, 1)})
         self.sr = ESPCN(cfg.sr_scale, cfg.sr_channels)
         for p in self.sr.parameters():
             p.requires_grad_(False)  # its own training stage; frozen here
-        self.cls_backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_checkpoint, num_classes=0)
+        self.cls_backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_checkpoint, num_classes=0,
+                                            in_chans=cfg.slices)
         nf = self.cls_backbone.num_features
         self.drop = nn.Dropout(cfg.dropout)
         self.head_w = nn.Parameter(torch.randn(schema.N_LABELS, nf, 3) * 0.01)
@@ -138,7 +142,8 @@ class MultitaskModel(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         cfg = self.cfg
-        sag, axial = batch["sag_image"].float(), batch["axial_image"].float()
+        sag = slice_window(batch["sag_image"], cfg.slices).float()
+        axial = slice_window(batch["axial_image"], cfg.slices).float()
         b, s, sa = sag.shape[0], sag.shape[-1], axial.shape[-1]
         sag_kp, ax_kp = self.keypoints(sag, axial)
         true_sag = (batch["sag_points"] + 0.5) / s
@@ -171,8 +176,8 @@ class MultitaskModel(nn.Module):
             p_sag = F.interpolate(p_sag, size=size, mode="bilinear", align_corners=False)
         if p_ax.shape[-1] != cfg.patch_input:
             p_ax = F.interpolate(p_ax, size=size, mode="bilinear", align_corners=False)
-        p_sag = p_sag.reshape(b, 3, 5, 3, *size)
-        p_ax = p_ax.reshape(b, 5, 2, 3, *size)
+        p_sag = p_sag.reshape(b, 3, 5, cfg.slices, *size)
+        p_ax = p_ax.reshape(b, 5, 2, cfg.slices, *size)
         # Label-column order: spinal (T2), left / right foraminal (T1), left / right subarticular (axial).
         patches = torch.cat([p_sag[:, 0], p_sag[:, 1], p_sag[:, 2], p_ax[:, :, 0], p_ax[:, :, 1]], 1)
         feats = self.drop(self.cls_backbone(patches.flatten(0, 1)).unflatten(0, (b, schema.N_LABELS)))
@@ -205,11 +210,12 @@ def example_input(cfg: MultitaskConfig, crops: dict, seed: int = 0) -> dict:
     """One study's crops (sizes from the crops config), points inside them, every crop present."""
     rng = np.random.default_rng(seed)
     s, a = int(crops.get("sag_size", 128)), int(crops.get("axial_size", 96))
+    c = int(crops.get("slices", 3)) + 2 * int(crops.get("spare", 0))
 
     def img(*shape):
         return rng.random(shape).astype(np.float16).astype(np.float32)
 
-    return {"sag_image": img(1, 3, 3, s, s), "axial_image": img(1, 5, 3, a, a),
+    return {"sag_image": img(1, 3, c, s, s), "axial_image": img(1, 5, c, a, a),
             "sag_points": np.round(rng.uniform(0, s - 1, (1, 3, 5, 2))).astype(np.float32),
             "axial_points": np.round(rng.uniform(0, a - 1, (1, 5, 2, 2))).astype(np.float32),
             "present": np.ones((1, 8), bool)}

@@ -171,3 +171,14 @@ def crop_resize(stack: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     return np.stack([cv2.warpAffine(np.ascontiguousarray(c, np.float32), m, (size, size), flags=flags,
                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) for c in stack]).astype(np.float32)
+
+
+def slice_window(stack: np.ndarray, slices: int, offset: int = 0):
+    """The `slices` channels of crops [..., C, S, S] centred `offset` slices off the middle one: what the
+    model reads of crops built with spare slices (offset 0), or a training view shifted along the normal.
+    Works on numpy arrays and torch tensors alike."""
+    c = stack.shape[-3]
+    start = (c - slices) // 2 + offset
+    if slices > c or start < 0 or start + slices > c:
+        raise ValueError(f"crops of {c} slices have no window of {slices} slices {offset:+d} off their middle")
+    return stack[..., start:start + slices, :, :]

@@ -1,4 +1,4 @@
-"""Stage one of the multitask model, per study: features -> chosen slices -> three-slice crops.
+"""Stage one of the multitask model, per study: features -> chosen slices -> crops of a few neighbouring slices.
 
 Everything goes through the per-study cache. A study's crops are keyed by a hash of the config, its
 selection and the crop regions, so a second run over the same data is a file read per study.
@@ -29,6 +29,19 @@ class PreprocessConfig:
     sag_size: int = 128  # a sagittal crop's side in pixels
     axial_size: int = 96  # an axial crop's side in pixels
     margin: float = 0.04  # room added on each side of a crop's box around its points (a share of the image side)
+    slices: int = 3  # neighbouring slices per crop, centred on the chosen one (its channels; odd). 1st place: 5
+    spare: int = 0  # slices more on each side, kept for training's slice-shift augmentation (the model reads
+    # the centre `slices`; inference builds none)
+
+    @property
+    def channels(self) -> int:
+        """What a crop holds: its slices and the spare ones."""
+        return self.slices + 2 * self.spare
+
+    def __post_init__(self):
+        if self.slices < 1 or self.slices % 2 == 0 or self.spare < 0:
+            raise ValueError(f"crops: slices={self.slices}, spare={self.spare}: slices must be odd and >= 1 "
+                             "(centred on the chosen slice), spare >= 0")
 
 
 def cache_version() -> str:
@@ -43,8 +56,15 @@ def read_preprocess_config(run) -> PreprocessConfig:
     path = Run(run).config("crops")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no crops in this run; run `python -m lumbar train --model crops` first")
-    d = json.loads(path.read_text())
-    return PreprocessConfig(sag_size=d["sag_size"], axial_size=d["axial_size"], margin=d["margin"])
+    return preprocess_config(json.loads(path.read_text()))
+
+
+def preprocess_config(d: dict) -> PreprocessConfig:
+    """The crop geometry among a config's fields (a crops config, or its json; weights from before
+    `slices` and `spare` existed read as the three slices they were built with)."""
+    from dataclasses import fields
+
+    return PreprocessConfig(**{f.name: d.get(f.name, f.default) for f in fields(PreprocessConfig)})
 
 
 def _reference_extent(by_type: dict[str, list]) -> tuple[float, float] | None:
@@ -289,11 +309,12 @@ def labels_for(study: Study, name: str, series_id: int, v: Volume,
 
 def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selection: Selection,
                 regions: CropRegions, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
-    """The cache entry of a study's crops: sagittal [3, 3, S, S] and axial [5, 3, S, S] images
-    (float16), points in crop pixels (NaN unknown), presence, boxes, series and slices."""
-    n = len(CROP_NAMES)
-    sag = np.zeros((3, 3, cfg.sag_size, cfg.sag_size), np.float16)
-    axial = np.zeros((5, 3, cfg.axial_size, cfg.axial_size), np.float16)
+    """The cache entry of a study's crops: sagittal [3, C, S, S] and axial [5, C, S, S] images (float16;
+    C = cfg.channels neighbouring slices), points in crop pixels (NaN unknown), presence, boxes, series
+    and slices."""
+    n, c = len(CROP_NAMES), cfg.channels
+    sag = np.zeros((3, c, cfg.sag_size, cfg.sag_size), np.float16)
+    axial = np.zeros((5, c, cfg.axial_size, cfg.axial_size), np.float16)
     sag_pts = np.full((3, 5, 2), np.nan, np.float32)
     ax_pts = np.full((5, 2, 2), np.nan, np.float32)
     present = np.zeros(n, bool)
@@ -316,7 +337,7 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
         px = pixels[sid]
         size = cfg.sag_size if i < 3 else cfg.axial_size
         box, from_image[i] = regions.box(name, px[idx], centre_of(selection[name]))  # centre: from the level points
-        img = banded(px, v, idx, per_level(selection[name]), box, size)
+        img = banded(px, v, idx, per_level(selection[name]), box, size, c)
         same_type = {s: o for s, o in vols.get(CROPS[name][0], []) if s != sid}
         raw_pts, labelled = labels_for(study, name, sid, v, same_type)
         pts = map_points(raw_pts, box, size).astype(np.float32)
@@ -335,11 +356,11 @@ def build_crops(study: Study, vols: dict[str, list[tuple[int, Volume]]], selecti
 
 
 def banded(px: np.ndarray, v: Volume, idx: int, levels: tuple[list[int], list[float]] | None,
-           box: np.ndarray, size: int) -> np.ndarray:
-    """The crop [3, S, S] of slice idx and its neighbours; where each level has its own slice (and its
+           box: np.ndarray, size: int, count: int = 3) -> np.ndarray:
+    """The crop [count, S, S] of slice idx and its neighbours; where each level has its own slice (and its
     row on it), the crop's rows nearest a level come from that level's slice and its neighbours (the
     bands meet halfway between consecutive levels' rows)."""
-    img = crop_resize(px[v.neighbours(idx)], box, size)
+    img = crop_resize(px[v.neighbours(idx, count)], box, size)
     if levels is None:
         return img
     slices, rows = levels
@@ -351,7 +372,7 @@ def banded(px: np.ndarray, v: Volume, idx: int, levels: tuple[list[int], list[fl
     out = img.copy()
     for s in {s for _, s in known} - {idx}:
         mine = np.isin(owner, [k for k, (_, t) in enumerate(known) if t == s])
-        out[:, mine] = crop_resize(px[v.neighbours(s)], box, size)[:, mine]
+        out[:, mine] = crop_resize(px[v.neighbours(s, count)], box, size)[:, mine]
     return out
 
 

@@ -17,7 +17,9 @@ from ..files import write_json, write_text
 from ..metric import probs_to_submission, score, solution_frame, submission_to_probs
 from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.registry import create_model
+from ..preprocess.crops import slice_window
 from ..preprocess.mirror import mirror_crops, mirror_labels
+from ..preprocess.stage_one import read_preprocess_config
 from ..preprocess.shift import shift_crops
 from ..layout import Run
 from .datasets import EpochSeeded, collate, cutout, random_affine
@@ -31,18 +33,24 @@ from .superres import superres_config
 
 
 class CropDataset(EpochSeeded, Dataset):
-    """One study per item: its 8 three-slice crops, points (NaN unknown), presence, labels (-1 unknown).
+    """One study per item: its 8 crops of `slices` slices, points (NaN unknown), presence, labels (-1 unknown).
 
     Augmentation keeps points and labels consistent: with probability `mirror` the study's left-right
     mirror with its left and right labels swapped (preprocess/mirror.py; no other flip has an
-    anatomical counterpart), a small rotation and scaling (`rotate` degrees, `scale`) and translation of
-    each crop that move its points with it, `cutout` zeroed squares per crop, intensity gain/gamma.
+    anatomical counterpart), each crop's slices read up to `slice_shift` slices off the chosen one (the
+    crops' spare slices: a slice selector's miss, labels kept; 1st place's ±2), a small rotation and
+    scaling (`rotate` degrees, `scale`) and translation of each crop that move its points with it,
+    `cutout` zeroed squares per crop, intensity gain/gamma. Without augmentation every crop is read at
+    its centre.
     """
 
     def __init__(self, entries: list[dict], labels: np.ndarray | None = None, augment: bool = False, seed: int = 0,
-                 max_shift: int = 6, mirror: float = 0.0, rotate: float = 0.0, scale: float = 0.0, cutout: int = 0):
+                 max_shift: int = 6, mirror: float = 0.0, rotate: float = 0.0, scale: float = 0.0, cutout: int = 0,
+                 slices: int | None = None, slice_shift: int = 0):
         self.entries = entries
         self.mirror, self.rotate, self.scale, self.cutout = mirror, rotate, scale, cutout
+        self.slices = slices if slices is not None else (entries[0]["sag_image"].shape[1] if entries else 3)
+        self.slice_shift = slice_shift
         self.labels = labels if labels is not None else np.full((len(entries), schema.N_LABELS), -1, np.int64)
         self.augment = augment
         self.max_shift = max_shift
@@ -58,6 +66,11 @@ class CropDataset(EpochSeeded, Dataset):
         img = np.roll(img, (int(dy), int(dx)), axis=(-2, -1))
         return img, pts + np.array([dx, dy], dtype=pts.dtype)
 
+    def _slice_offset(self) -> int:
+        if not (self.augment and self.slice_shift > 0):
+            return 0
+        return int(self.rng.integers(-self.slice_shift, self.slice_shift + 1))
+
     def __getitem__(self, i: int) -> dict:
         e, labels = self.entries[i], self.labels[i]
         if self.view is not None:
@@ -65,8 +78,8 @@ class CropDataset(EpochSeeded, Dataset):
             labels = mirror_labels(labels) if self.view.mirror else labels
         if self.augment and self.mirror > 0 and self.rng.random() < self.mirror:
             e, labels = mirror_crops(e), mirror_labels(labels)
-        sag = e["sag_image"].astype(np.float32)
-        axial = e["axial_image"].astype(np.float32)
+        sag = np.stack([slice_window(c, self.slices, self._slice_offset()) for c in e["sag_image"]]).astype(np.float32)
+        axial = np.stack([slice_window(c, self.slices, self._slice_offset()) for c in e["axial_image"]]).astype(np.float32)
         sag_pts = e["sag_points"].astype(np.float32).copy()
         ax_pts = e["axial_points"].astype(np.float32).copy()
         if self.augment:
@@ -124,6 +137,8 @@ class MultitaskTraining(MultitaskConfig, TrainConfig):
     rotate: float = 0.0  # with augment: each crop turned by up to this many degrees (its points with it)
     scale: float = 0.0  # with augment: each crop scaled by up to this fraction either way
     cutout: int = 0  # with augment: squares (a fifth of the side) zeroed per crop
+    slice_shift: int = 0  # with augment: each crop's slices read up to this many off the chosen one (needs the
+    # crops built with spare >= it: `train --model crops spare=2`; 1st place's ±2)
     cache_dir: str = "cache"  # the per-study cache of crops
     only_fold: int = -1  # >= 0: train that fold alone (a quick look; no OOF file is written)
     # > 0: a second pass that trains without each label whose probability in the run's first-pass multitask
@@ -163,6 +178,11 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         cfg = cfgmod.override(cfg, [f"sr_scale={sr_cfg.scale}", f"sr_channels={sr_cfg.channels}"])
     elif is_main():
         print(f"multitask: no trained super-resolution in {Run(run).superres_net}; patches are upscaled bicubically")
+    crops = read_preprocess_config(run)
+    if cfg.slice_shift > crops.spare:
+        raise SystemExit(f"multitask: slice_shift={cfg.slice_shift} needs crops with spare >= {cfg.slice_shift}; "
+                         f"{Run(run).config('crops')} has spare={crops.spare} (train --model crops spare=N)")
+    cfg = cfgmod.override(cfg, [f"slices={crops.slices}"])  # the CNNs read what the crops hold
     studies, entries = load_crop_entries(data, run, rc, cfg.cache_dir)
     ids = np.array([s.study_id for s in studies])
     y = np.stack([s.labels for s in studies])
@@ -179,8 +199,9 @@ def train_multitask(data, run, rc: RunConfig, overrides: list[str]) -> dict:
 
     def make_sets(tr, va):
         return (CropDataset(take(entries, tr), y_fit[tr], augment=cfg.augment, seed=cfg.seed, mirror=cfg.mirror,
-                            rotate=cfg.rotate, scale=cfg.scale, cutout=cfg.cutout),
-                CropDataset(take(entries, va), y[va]))
+                            rotate=cfg.rotate, scale=cfg.scale, cutout=cfg.cutout, slices=cfg.slices,
+                            slice_shift=cfg.slice_shift),
+                CropDataset(take(entries, va), y[va], slices=cfg.slices))
 
     def on_fold(model, val_set, va, device):
         return keypoint_errors(model, val_set, take(entries, va), device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ from ..preprocess.evidence import Scorer, acquisition_kind, candidates, features
 from ..preprocess.ranker import Ranker, candidate_patches
 from ..preprocess.placement import METHODS, N_LEVELS, Geometry, fit_offsets, labelled_points, make_choice, place, slice_for
 from ..preprocess.stage_one import (PreprocessConfig, Selection, cache_version, crops_key, geometric, labelled_slices, labels_for, level_points, sagittal_thumbs, series_items, series_probas,
-                                   read_preprocess_config, select, study_crops, study_features, training_rows,
+                                   preprocess_config, read_preprocess_config, select, study_crops, study_features, training_rows,
                                    true_selection)
 from ..preprocess.slice_select import MEMBERS, SliceSelector
 from ..progress import bar
@@ -557,7 +557,7 @@ class CropsConfig(PreprocessConfig):
 
 
 def _preprocess_config(cfg: CropsConfig) -> PreprocessConfig:
-    return PreprocessConfig(sag_size=cfg.sag_size, axial_size=cfg.axial_size, margin=cfg.margin)
+    return preprocess_config(asdict(cfg))
 
 
 @register("crops", order=20, config=CropsConfig)
