@@ -8,7 +8,10 @@ ensemble, with paired bootstrap intervals (`scoring.paired_difference`):
     python bench/recipe.py --base runs/curve/n00200 --test data/rtest100 --name oof_floor_0.05 \\
         --set multitask:oof_floor=0.05 --retrain multitask ensemble
 
-Results: `<out>/<name>.md` and a line in `<out>/results.md` (negative differences are better).
+`--against FOLDER --score-only` scores a trained variant against another one instead (the same switch at
+another seed: `--set multitask:seed=1` on both), into `<name>_vs_<folder>.md`.
+
+Results: `<out>/<name>.md` (negative differences are better).
 """
 from __future__ import annotations
 
@@ -58,6 +61,9 @@ def main(argv=None) -> int:
     p.add_argument("--reapply", action="store_true",
                    help="only the ensemble changed: apply it to the base's per-model test predictions instead "
                         "of predicting again (what the engine's combine does, in seconds)")
+    p.add_argument("--against", default=None,
+                   help="score against this folder (another variant: the same switch at another seed) instead of --base")
+    p.add_argument("--score-only", action="store_true", help="the variant is trained and predicted: only score it")
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="runs/curve/cache")
@@ -66,11 +72,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     base, var = Path(a.base), Path(a.work) / a.name
     overrides = stage_overrides(a.set)
-    if not (var / "run").exists():
+    if not a.score_only and not (var / "run").exists():
         shutil.copytree(base / "run", var / "run")
     data = base / "data"
     t0 = time.time()
-    for stage in a.retrain:
+    for stage in ([] if a.score_only else a.retrain):
         extra = ([f"cache_dir={a.cache}"] if takes(stage, "cache_dir") else []) + overrides.get(stage, [])
         t = time.time()
         with warnings.catch_warnings():
@@ -79,7 +85,9 @@ def main(argv=None) -> int:
         print(f"recipe {a.name}: {stage} retrained in {time.time() - t:.0f}s", flush=True)
     labels = pd.read_csv(Path(a.test) / "test_labels.csv")
     ids, y = labels["study_id"].tolist(), labels_to_array(labels)
-    if a.reapply:
+    if a.score_only:
+        pass
+    elif a.reapply:
         if set(a.retrain) != {"ensemble"}:
             sys.exit("recipe: --reapply is for a change to the ensemble alone (--retrain ensemble)")
         reapply(base, var, ids)
@@ -87,22 +95,24 @@ def main(argv=None) -> int:
         export_weights(var / "run", data, var / "weights")
         predict(data, var / "weights", var / "submission.csv",
                 PredictConfig(workers=1, cache_dir=a.cache, per_model_dir=str(var / "per_model")))
-    rows = []
+    ref, rows = Path(a.against) if a.against else base, []
     for model in ["ensemble"] + sorted(q.stem for q in (var / "per_model").glob("*.csv")):
         rel = "submission.csv" if model == "ensemble" else f"per_model/{model}.csv"
-        if not (base / rel).exists():
+        if not (ref / rel).exists():
             continue
-        new, old = (submission_to_probs(pd.read_csv(d / rel), ids) for d in (var, base))
+        new, old = (submission_to_probs(pd.read_csv(d / rel), ids) for d in (var, ref))
         diff, lo, hi = paired_difference(y, new, old)
         rows.append({"model": model, "difference": diff, "low": lo, "high": hi})
-    head = (f"{a.name}: {' '.join(a.set) or '(no switch)'}; retrained {', '.join(a.retrain)} on {base} "
+    head = (f"{a.name}: {' '.join(a.set) or '(no switch)'}; retrained {', '.join(a.retrain)} on {base}"
+            f"{f', scored against {ref}' if a.against else ''} "
             f"({len(ids)} test studies of {a.test}; {time.time() - t0:.0f}s)")
     table = "\n".join(f"| {a.name} | {r['model']} | {r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}] |"
                       for r in rows)
     print(head + "\n" + table)
     out = Path(a.out)
-    write_text(out / f"{a.name}.md", head + "\n\n| variant | model | minus base (95%) |\n|---|---|---|\n" + table + "\n")
-    (out / f"{a.name}.json").write_text(json.dumps({"head": head, "rows": rows}, indent=1))
+    stem = a.name + (f"_vs_{ref.name}" if a.against else "")
+    write_text(out / f"{stem}.md", head + "\n\n| variant | model | minus base (95%) |\n|---|---|---|\n" + table + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"head": head, "rows": rows}, indent=1))
     return 0
 
 

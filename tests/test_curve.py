@@ -1,6 +1,7 @@
 """The learning curve (lumbar.curve): nested subsets, the folder views, the power-law fit and its
 projection, and the whole command on a small folder (slow)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,8 @@ from lumbar.curve import Curve, CurveConfig, fit_power, figure, nested_subsets, 
 from lumbar.data.catalog import load_studies
 from test_inference import assert_complete
 from tiny_stack import TINY_MULTITASK
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_subsets_are_nested_and_seeded():
@@ -80,3 +83,40 @@ def test_the_curve_trains_predicts_fits_and_resumes(synth_dir, tmp_path):
     png = figure(res, tmp_path / "curve.png")
     assert png.stat().st_size > 10_000
     assert json.loads((tmp_path / "work" / "curve.json").read_text())["sizes"] == [6, 8, 10]
+
+
+def test_recipe_scores_a_variant_against_the_base_or_another_variant(synth_dir, tmp_path):
+    """bench/recipe.py --score-only: the paired difference per model is the metric's difference of the two
+    submissions (oracle against uniform: negative), and a variant against an identical one is 0 exactly."""
+    import importlib.util
+
+    from lumbar.metric import labels_to_array, probs_to_submission, score, solution_frame, submission_to_probs
+
+    spec = importlib.util.spec_from_file_location("recipe", ROOT / "bench" / "recipe.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    labels = pd.read_csv(synth_dir / "test_labels.csv")
+    ids, y = labels["study_id"].tolist(), labels_to_array(labels)
+    oracle = submission_to_probs(pd.read_csv(synth_dir / "oracle.csv"), ids)
+    uniform = np.full_like(oracle, 1 / 3)
+
+    def folder(name, probs):
+        (tmp_path / name / "per_model").mkdir(parents=True)
+        for rel in ("submission.csv", "per_model/multitask.csv"):
+            probs_to_submission(ids, probs).to_csv(tmp_path / name / rel, index=False)
+        return tmp_path / name
+
+    base, _, _ = folder("base", uniform), folder("work/oracle", oracle), folder("work/same", uniform)
+    args = ["--base", str(base), "--test", str(synth_dir), "--work", str(tmp_path / "work"), "--out",
+            str(tmp_path / "out"), "--retrain", "multitask", "ensemble", "--score-only"]
+    assert recipe.main([*args, "--name", "oracle"]) == 0
+    rows = json.loads((tmp_path / "out" / "oracle.json").read_text())["rows"]
+    want = score(solution_frame(ids, y), probs_to_submission(ids, oracle)) - \
+        score(solution_frame(ids, y), probs_to_submission(ids, uniform))
+    assert {r["model"] for r in rows} == {"ensemble", "multitask"} and want < 0
+    for r in rows:
+        assert abs(r["difference"] - want) < 1e-9 and r["low"] <= r["difference"] <= r["high"] < 0
+    assert recipe.main([*args, "--name", "same", "--against", str(base)]) == 0
+    same = json.loads((tmp_path / "out" / "same_vs_base.json").read_text())
+    assert [(r["difference"], r["low"], r["high"]) for r in same["rows"]] == [(0.0, 0.0, 0.0)] * 2
+    assert "scored against" in same["head"]
