@@ -142,7 +142,7 @@ class Volume:
         return np.abs((d * normals).sum(1)), xy, inside
 
     def neighbours(self, i: int, count: int = 3) -> list[int]:
-        """`count` slices centred on slice i, within its block: a crop's three slices, a level's frames
+        """`count` slices centred on slice i, within its block: a crop's slices, a level's frames
         (the block's edge slice repeated where there is no neighbour; never another block's slice)."""
         lo, hi = np.flatnonzero(self.blocks == self.blocks[i])[[0, -1]]
         return [int(min(max(i + o, lo), hi)) for o in range(-((count - 1) // 2), count // 2 + 1)]

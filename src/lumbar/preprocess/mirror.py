@@ -4,7 +4,7 @@ study (augmentation) and a second look at test time (TTA).
 
 In the canonical frame (data/volumes: LPS, sagittal slices ordered right to left, axial columns running
 right to left of the patient) a mirror is exact bookkeeping, no resampling:
-- sagittal crops: the T2 crop stays, the T1 left and right crops swap; each crop's three slices (its
+- sagittal crops: the T2 crop stays, the T1 left and right crops swap; each crop's slices (its
   channels, ordered along the normal) reverse; points stay (a sagittal image's plane is the mirror's);
 - axial crops and frames: columns reverse (x -> S - 1 - x) and the left and right points swap;
 - sagittal frames: their order along the normal reverses, and so do their positions in [0, 1].
