@@ -30,7 +30,7 @@ from lumbar.curve import stage_overrides
 from lumbar.files import write_text
 from lumbar.infer.engine import predict
 from lumbar.infer.settings import PredictConfig
-from lumbar.metric import labels_to_array, submission_to_probs
+from lumbar.metric import labels_to_array, probs_to_submission, score_groups, solution_frame, submission_to_probs
 from lumbar.scoring import paired_difference
 from lumbar.train.export import export_weights
 from lumbar.train.runner import RunConfig, takes, train
@@ -96,22 +96,29 @@ def main(argv=None) -> int:
         predict(data, var / "weights", var / "submission.csv",
                 PredictConfig(workers=1, cache_dir=a.cache, per_model_dir=str(var / "per_model")))
     ref, rows = Path(a.against) if a.against else base, []
+    solution = solution_frame(ids, y)
     for model in ["ensemble"] + sorted(q.stem for q in (var / "per_model").glob("*.csv")):
         rel = "submission.csv" if model == "ensemble" else f"per_model/{model}.csv"
         if not (ref / rel).exists():
             continue
         new, old = (submission_to_probs(pd.read_csv(d / rel), ids) for d in (var, ref))
         diff, lo, hi = paired_difference(y, new, old)
-        rows.append({"model": model, "difference": diff, "low": lo, "high": hi})
+        # the metric's groups of each (where a difference comes from: spinal, foraminal, subarticular)
+        groups = {k: score_groups(solution, probs_to_submission(ids, q)) for k, q in (("reference", old), ("variant", new))}
+        rows.append({"model": model, "difference": diff, "low": lo, "high": hi, "groups": groups})
     head = (f"{a.name}: {' '.join(a.set) or '(no switch)'}; retrained {', '.join(a.retrain)} on {base}"
             f"{f', scored against {ref}' if a.against else ''} "
             f"({len(ids)} test studies of {a.test}; {time.time() - t0:.0f}s)")
     table = "\n".join(f"| {a.name} | {r['model']} | {r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}] |"
                       for r in rows)
-    print(head + "\n" + table)
+    names = list(rows[0]["groups"]["reference"]) if rows else []
+    by_group = "\n".join(f"| {r['model']} | {who} | " + " | ".join(f"{r['groups'][who][g]:.4f}" for g in names) + " |"
+                          for r in rows for who in ("reference", "variant"))
+    print(head + "\n" + table + "\n" + by_group)
     out = Path(a.out)
     stem = a.name + (f"_vs_{ref.name}" if a.against else "")
-    write_text(out / f"{stem}.md", head + "\n\n| variant | model | minus base (95%) |\n|---|---|---|\n" + table + "\n")
+    write_text(out / f"{stem}.md", head + "\n\n| variant | model | minus base (95%) |\n|---|---|---|\n" + table + "\n\n"
+               + "| model | | " + " | ".join(names) + " |\n|" + "---|" * (len(names) + 2) + "\n" + by_group + "\n")
     (out / f"{stem}.json").write_text(json.dumps({"head": head, "rows": rows}, indent=1))
     return 0
 

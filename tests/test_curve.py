@@ -116,6 +116,9 @@ def test_recipe_scores_a_variant_against_the_base_or_another_variant(synth_dir, 
     assert {r["model"] for r in rows} == {"ensemble", "multitask"} and want < 0
     for r in rows:
         assert abs(r["difference"] - want) < 1e-9 and r["low"] <= r["difference"] <= r["high"] < 0
+        groups = r["groups"]  # the metric's groups of each side, the overall one its score
+        assert abs(groups["variant"]["overall"] - groups["reference"]["overall"] - want) < 1e-9
+        assert set(groups["variant"]) == {"spinal", "foraminal", "subarticular", "any_severe_spinal", "overall"}
     assert recipe.main([*args, "--name", "same", "--against", str(base)]) == 0
     same = json.loads((tmp_path / "out" / "same_vs_base.json").read_text())
     assert [(r["difference"], r["low"], r["high"]) for r in same["rows"]] == [(0.0, 0.0, 0.0)] * 2

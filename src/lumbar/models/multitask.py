@@ -209,8 +209,10 @@ def predicted_points(net: "MultitaskModel", entry: dict) -> dict:
 def example_input(cfg: MultitaskConfig, crops: dict, seed: int = 0) -> dict:
     """One study's crops (sizes from the crops config), points inside them, every crop present."""
     rng = np.random.default_rng(seed)
-    s, a = int(crops.get("sag_size", 128)), int(crops.get("axial_size", 96))
-    c = int(crops.get("slices", 3)) + 2 * int(crops.get("spare", 0))
+    from ..preprocess.stage_one import preprocess_config
+
+    geometry = preprocess_config(crops)
+    s, a, c = int(geometry.sag_size), int(geometry.axial_size), geometry.channels
 
     def img(*shape):
         return rng.random(shape).astype(np.float16).astype(np.float32)

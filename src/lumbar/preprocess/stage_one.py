@@ -60,7 +60,7 @@ def read_preprocess_config(run) -> PreprocessConfig:
 
 
 def preprocess_config(d: dict) -> PreprocessConfig:
-    """The crop geometry among a config's fields (a crops config, or its json; weights from before
+    """The crop geometry among a crops config's fields (its json, or `asdict` of it; weights from before
     `slices` and `spare` existed read as the three slices they were built with)."""
     from dataclasses import fields
 
