@@ -33,7 +33,7 @@ PYTEST_ARGS ?=
 REPORTS ?= reports
 CACHE ?= cache
 
-.PHONY: rehearsal demo setup images test test-fast data train export predict kernel train-stage-one local-score validate bench show clean curve
+.PHONY: real-scale rehearsal demo setup images test test-fast data train export predict kernel train-stage-one local-score validate bench show clean curve
 
 setup: $(VENV)/.installed
 
@@ -115,11 +115,14 @@ PRESET ?= tiny
 PRESET_DIR ?= configs/$(PRESET)
 DEVICE ?=
 BACKBONES ?=
+# A stage that finished for the same data, folds and overrides (after the stages before it) is reused: make
+# train run again resumes where it stopped. RETRAIN=1 trains every stage again.
+RETRAIN ?=
 # The stages in the order the data flows (a test keeps this list equal to the trainers' registry).
 STAGES := prior slice_select crops superres multitask sequence ensemble
 TRAIN_STAGES := $(if $(filter all,$(MODEL)),$(STAGES),$(MODEL))
 define train_stage
-	$(PY) -m lumbar train --model $(1) --data $(DATA) --run $(RUN)$(if $(wildcard $(PRESET_DIR)/$(1).json), --config $(PRESET_DIR)/$(1).json)$(if $(DEVICE), --device $(DEVICE))$(if $(BACKBONES), --backbones $(BACKBONES))$(if $(filter all,$(MODEL)),, $(ARGS))
+	$(PY) -m lumbar train --model $(1) --data $(DATA) --run $(RUN)$(if $(RETRAIN), --retrain)$(if $(wildcard $(PRESET_DIR)/$(1).json), --config $(PRESET_DIR)/$(1).json)$(if $(DEVICE), --device $(DEVICE))$(if $(BACKBONES), --backbones $(BACKBONES))$(if $(filter all,$(MODEL)),, $(ARGS))
 
 endef
 train: data
@@ -171,6 +174,13 @@ CURVE_SIZES ?= 25 50 100 200 400
 CURVE_TEST ?= $(DATA)
 curve: setup
 	$(PY) -m lumbar curve --data $(DATA) --test $(CURVE_TEST) --sizes $(CURVE_SIZES) --work runs/curve --out bench/results/learning-curve
+
+# The competition's counts run end to end (bench/real_scale.py): 1,975 + 700 real-profile studies, make train,
+# local-score, kernel, the notebook offline, every stage measured. Hours on a CPU: run it detached; the same
+# command resumes it. Its folder is outside the clone, the code it trains pinned to the commit it started from.
+REAL_SCALE_ROOT ?= $(abspath ../lumbar-real-scale)
+real-scale: setup
+	$(PY) bench/real_scale.py --root $(REAL_SCALE_ROOT) --venv $(abspath $(VENV)) $(ARGS)
 
 local-score: setup
 	$(PY) -m lumbar score --data $(DATA) --run $(RUN) --reports $(REPORTS) --cache $(CACHE) --attribution

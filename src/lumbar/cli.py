@@ -97,14 +97,20 @@ def _cmd_validate(a) -> int:
 
 def _cmd_train(a) -> int:
     from .config import file_overrides
-    from .train.runner import RunConfig, takes, train
+    from .train.runner import RunConfig, finished, takes, train
     t = time.time()
     overrides = (file_overrides(a.config) if a.config else []) + a.overrides
     if a.device and takes(a.model, "device"):  # the crops, the prior and the ensemble have no device
         overrides.append(f"device={a.device}")
     if a.backbones and takes(a.model, "backbone_checkpoint"):
         overrides.append(f"backbone_checkpoint={a.backbones}")
-    result = train(a.model, a.data, a.run, RunConfig(n_folds=a.folds, seed=a.seed), overrides)
+    rc = RunConfig(n_folds=a.folds, seed=a.seed)
+    done = None if a.retrain or a.model == "all" else finished(a.model, a.data, a.run, rc, overrides)
+    if done is not None:
+        print(f"train {a.model}: reused: {done} was written for the same data, folds and overrides, after the "
+              "stages before it (--retrain trains it again)")
+        return 0
+    result = train(a.model, a.data, a.run, rc, overrides)
     print(f"train {a.model}: done in {time.time() - t:.0f}s; " + ", ".join(f"{k}={v}" for k, v in result.items()))
     return 0
 
@@ -346,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "ignored by stages without one")
     t.add_argument("--backbones", default="", help="a pretrained backbone file or folder (models/backbones.py) for "
                                                    "the models that take backbone_checkpoint; ignored by the others")
+    t.add_argument("--retrain", action="store_true", help="train the stage even where an earlier run of the same "
+                                                          "request finished it (by default it is reused)")
     t.add_argument("--options", action=_StageOptions, help="list every stage's key=value overrides, their defaults "
                                                            "and what each does, and exit")
     t.add_argument("overrides", nargs="*", help="config overrides, key=value (`train --options` lists them)")

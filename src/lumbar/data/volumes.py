@@ -94,16 +94,33 @@ def fill_orientation(vols: dict[str, list[tuple[int, Volume]]], study_id: int | 
     return vols
 
 
+def _decoded(study: Study, rec, stype: str, cache: StudyCache | None) -> dict[str, np.ndarray]:
+    def build():
+        return volume_to_arrays(read_series(rec.path, plane_of(stype)))
+    return cache.get(study.study_id, f"vol_{rec.series_id}", build) if cache else build()
+
+
+def series_arrays(study: Study, series_id: int, cache: StudyCache | None = None) -> dict[str, np.ndarray] | None:
+    """One series' cache arrays (volume_to_arrays), decoded through the cache; None if the study has no
+    such series or it cannot be read."""
+    for stype, records in study.series.items():
+        for rec in records:
+            if rec.series_id == series_id:
+                try:
+                    return _decoded(study, rec, stype, cache)
+                except DicomError:
+                    return None
+    return None
+
+
 def study_volumes(study: Study, cache: StudyCache | None = None) -> dict[str, list[tuple[int, Volume]]]:
     """Series type -> [(series_id, Volume)], decoded through the cache. A series that cannot be read
     is left out with a warning naming it; the study goes on with what remains."""
     out: dict[str, list[tuple[int, Volume]]] = {}
     for stype, records in study.series.items():
         for rec in records:
-            def build(rec=rec, stype=stype):
-                return volume_to_arrays(read_series(rec.path, plane_of(stype)))
             try:
-                arrays = cache.get(study.study_id, f"vol_{rec.series_id}", build) if cache else build()
+                arrays = _decoded(study, rec, stype, cache)
             except DicomError as e:
                 warnings.warn(f"study {study.study_id}: {e}; series skipped", stacklevel=2)
                 continue

@@ -313,7 +313,8 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
     try:
         if bundle is not None and plan.models() and studies:
             _run(studies, bundle, plan, cache, cfg, probs, timings, failures, done,
-                 lambda: write_atomic(submission_frame(row_ids, probs, prior), out), model_probs)
+                 lambda: write_atomic(submission_frame(row_ids, probs, prior), out), model_probs,
+                 transient=tmp is not None)
     finally:
         write_atomic(submission_frame(row_ids, probs, prior), out)
         if cfg.per_model_dir:
@@ -332,7 +333,9 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
 
 
 def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, timings, failures, done,
-         write, model_probs: dict) -> None:
+         write, model_probs: dict, transient: bool = False) -> None:
+    """`transient`: the cache is the run's temporary folder, and a study's entries leave it as soon as its
+    inputs are back in memory, so the disk holds a few studies' entries whatever the number of studies."""
     from ..progress import bar
 
     if plan.should_stop(cfg.batch_size):
@@ -394,6 +397,8 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, 
 
     try:
         for i, item, error in pool.run(next_task):
+            if transient:
+                cache.drop(studies[i].study_id)
             if item is None:
                 item = {"study_id": studies[i].study_id, "errors": [f"inputs: {error}"], "seconds": {}}
             batch.append(item)

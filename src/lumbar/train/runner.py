@@ -1,6 +1,7 @@
 """`python -m lumbar train --model NAME`: a registry of trainers, each writing OOF predictions."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -75,6 +76,30 @@ def train_prior(data: str | Path, run: str | Path, rc: RunConfig, overrides: lis
     return {"oof": str(path)}
 
 
+def request_of(data: str | Path, rc: RunConfig, overrides: list[str]) -> dict:
+    """What a stage was asked to train on: the data folder, the split and the overrides (done.json keeps it)."""
+    return {"data": str(Path(data).resolve()), "n_folds": rc.n_folds, "seed": rc.seed, "overrides": list(overrides)}
+
+
+def finished(model: str, data: str | Path, run: str | Path, rc: RunConfig, overrides: list[str]) -> Path | None:
+    """The stage's done.json where its earlier result still stands: written for the same request, after
+    every earlier stage's (a stage trained again invalidates what follows it). None: train it.
+    `make train` run again thus resumes where it stopped instead of training finished stages anew."""
+    done = Run(run).done(model)
+    if not done.exists():
+        return None
+    try:
+        if json.loads(done.read_text()).get("request") != request_of(data, rc, overrides):
+            return None
+    except (OSError, ValueError):
+        return None
+    order = stages()
+    before = order[:order.index(model)] if model in order else []
+    newer = [Run(run).done(m) for m in before if Run(run).done(m).exists()
+             and Run(run).done(m).stat().st_mtime > done.stat().st_mtime]
+    return None if newer else done
+
+
 def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = None,
           overrides: list[str] | None = None) -> dict:
     if model == "all":
@@ -83,9 +108,10 @@ def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = 
         return {name: train(name, data, run, rc, []) for name in stages()}
     if model not in TRAINERS:
         raise ValueError(f"unknown model {model!r}; known: all, {', '.join(stages())}")
-    result = TRAINERS[model](data, run, rc or RunConfig(), overrides or [])
+    rc, overrides = rc or RunConfig(), overrides or []
+    result = TRAINERS[model](data, run, rc, overrides)
     if result:  # ranks other than the main one of a distributed run return nothing
-        write_json(Run(run).done(model), result)
+        write_json(Run(run).done(model), {**result, "request": request_of(data, rc, overrides)})
     return result
 
 

@@ -15,7 +15,7 @@ from ..data.cache import CachedEntries, StudyCache
 from ..files import write_figure, write_json
 from ..layout import Run
 from ..data.catalog import load_studies
-from ..data.volumes import arrays_to_volume, normalise, normalised, study_volumes
+from ..data.volumes import arrays_to_volume, normalise, normalised, series_arrays, study_volumes
 from ..preprocess.crops import CROP_NAMES, CROPS, CropRegions, slice_summary
 from ..preprocess.levels import FINE_JITTER_MM, FINE_MM, LevelConfig, LevelLocaliser, stack_at, to_thumb
 from ..preprocess.evidence import Scorer, acquisition_kind, candidates, features
@@ -369,8 +369,8 @@ def level_samples(study, f, thumbs: dict[int, np.ndarray]):
 
 
 def series_pixels(study, series_id: int, cache: StudyCache) -> np.ndarray | None:
-    """One series' normalised pixels [n, h, w] read back from the cache (None if it is not there)."""
-    a = cache.load(study.study_id, f"vol_{series_id}")
+    """One series' normalised pixels [n, h, w], decoded through the cache (None if it cannot be read)."""
+    a = series_arrays(study, series_id, cache)
     return None if a is None else normalised(arrays_to_volume(a))
 
 

@@ -1,0 +1,301 @@
+"""The real scale, run instead of projected: 1,975 training + 700 test real-profile studies (half size)
+through exactly what a competitor runs, every stage measured.
+
+    make real-scale        # = python bench/real_scale.py --root ../lumbar-real-scale: starts or resumes
+
+Steps, each done once and recorded in ROOT/state.json (a rerun skips what is done and resumes the rest):
+  checkout   ROOT/repo: a clone of this repository at the commit the run started from (pinned in state.json,
+             so that moving code in the work tree cannot change what a resumed run trains)
+  data       ROOT/data/real1975 (synth --profile real --size-scale 0.5, 1,975 + 700 studies, seed 21) and
+             ROOT/data/rtest100 (the learning curve's 100 unseen studies, seed 11)
+  train      make train DATA=ROOT/data/real1975 (its defaults: 5 folds, every stage, tiny presets) in ROOT/repo
+  score      make local-score
+  kernel     make kernel
+  notebook   the built notebook run offline on the 700 test studies as Kaggle runs it, then on rtest100;
+             its temporary folder (TMPDIR) polled every second for the peak disk
+Every step and every training stage gets: wall seconds, CPU seconds of its processes (sampled), peak RSS
+(largest process, and all of its processes together), the machine's CPU share that was the run's (other
+jobs on the 2 cores show here), and the disk of each folder after it. ROOT/measure.json holds them,
+ROOT/events.log what happened (starts, kills, resumes). The steps' output goes to ROOT/log/<step>.log.
+
+Nothing here imports lumbar: the run's own code is the pinned checkout's (PYTHONPATH=ROOT/repo/src).
+`--kill STAGE:SECONDS` kills the run's processes that long into a stage, on purpose (the resume test).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+TRAIN, TEST, SEED = 1975, 700, 21
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class State:
+    """ROOT/state.json: the pinned commit and the steps done; written atomically."""
+
+    def __init__(self, root: Path):
+        self.path = root / "state.json"
+        self.d = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.d, indent=1))
+        os.replace(tmp, self.path)
+
+
+def event(root: Path, text: str) -> None:
+    line = f"{now()} {text}"
+    print(line, flush=True)
+    with open(root / "events.log", "a") as f:
+        f.write(line + "\n")
+
+
+def du(path: Path) -> int:
+    """Bytes under path (0 if absent)."""
+    if not path.exists():
+        return 0
+    r = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True)
+    return int(r.stdout.split()[0]) if r.returncode == 0 and r.stdout else 0
+
+
+def proc_table(sid: int) -> list[tuple[int, str, int, float]]:
+    """(pid, cmdline, rss bytes, cpu seconds) of every process in session sid."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[3]) != sid:  # field 6 (session) counted from after the name
+                continue
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            out.append((int(d), cmd, int(fields[21]) * PAGE, (int(fields[11]) + int(fields[12])) / TICK))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def machine_busy() -> float:
+    """Busy CPU seconds of the whole machine since boot (all cores)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(v) - v[3] - v[4]) / TICK
+
+
+def stage_of(cmd: str) -> str | None:
+    parts = cmd.split()
+    if "lumbar" in parts and "train" in parts and "--model" in parts:
+        return parts[parts.index("--model") + 1]
+    for name in ("preset", "export", "score", "predict"):
+        if "lumbar" in parts and name in parts:
+            return name
+    if "build_kernel.py" in cmd:
+        return "build"
+    return None
+
+
+class Monitor(threading.Thread):
+    """Samples a process session every second: which stage runs (from the command lines), its processes'
+    RSS and CPU, the machine's busy CPU, and polls the disk of `poll` (the notebook's TMPDIR)."""
+
+    def __init__(self, sid: int, folders: dict[str, Path], poll: Path | None = None, kill: tuple[str, float] | None = None):
+        super().__init__(daemon=True)
+        self.sid, self.folders, self.poll, self.kill = sid, folders, poll, kill
+        self.stages: dict[str, dict] = {}
+        self.current: str | None = None
+        self.stop = threading.Event()
+        self.killed: str | None = None
+        self.peak_poll = 0
+        self.cpu_seen: dict[int, tuple[str, float]] = {}  # pid -> (stage, last cpu seconds)
+
+    def _enter(self, name: str, t: float) -> None:
+        if self.current and self.current in self.stages:
+            self._leave(t)
+        self.current = name
+        self.stages.setdefault(name, {"start": t, "peak_rss_gb": 0.0, "peak_rss_sum_gb": 0.0, "busy0": machine_busy()})
+        self.stages[name]["start_wall"] = t
+
+    def _leave(self, t: float) -> None:
+        s = self.stages[self.current]
+        s["end"] = t
+        s["seconds"] = round(t - s["start"], 1)
+        s["cpu_s"] = round(sum(c for st, c in self.cpu_seen.values() if st == self.current), 1)
+        busy = machine_busy() - s.pop("busy0", machine_busy())
+        s["run_share_of_busy_cpu"] = round(s["cpu_s"] / busy, 3) if busy > 0 else None
+        s["disk_after"] = {k: du(p) for k, p in self.folders.items()}
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            t = time.time()
+            procs = proc_table(self.sid)
+            names = [n for _, c, _, _ in procs if (n := stage_of(c))]
+            if names and names[-1] != self.current:
+                self._enter(names[-1], t)
+            if self.current:
+                s = self.stages[self.current]
+                if procs:
+                    s["peak_rss_gb"] = max(s["peak_rss_gb"], round(max(r for _, _, r, _ in procs) / 2 ** 30, 3))
+                    s["peak_rss_sum_gb"] = max(s["peak_rss_sum_gb"], round(sum(r for _, _, r, _ in procs) / 2 ** 30, 3))
+                for pid, _, _, cpu in procs:
+                    self.cpu_seen[pid] = (self.current, cpu)
+                if self.kill and self.current == self.kill[0] and t - s["start_wall"] >= self.kill[1] and not self.killed:
+                    self.killed = f"{self.current} after {t - s['start_wall']:.0f}s"
+                    os.killpg(self.sid, signal.SIGKILL)
+            if self.poll is not None:
+                self.peak_poll = max(self.peak_poll, du(self.poll))
+            self.stop.wait(1.0)
+        if self.current:
+            self._leave(time.time())
+
+
+def run_step(root: Path, name: str, cmd: list[str], env: dict, folders: dict[str, Path], cwd: Path,
+             kill: tuple[str, float] | None = None, poll: Path | None = None) -> dict:
+    """One step's command in its own session, measured; raises SystemExit if it failed or was killed."""
+    log = root / "log" / f"{name}.log"
+    event(root, f"{name}: start: {' '.join(cmd)} (log {log})")
+    t0, busy0 = time.time(), machine_busy()
+    with open(log, "a") as f:
+        f.write(f"\n===== {now()} {' '.join(cmd)}\n")
+        f.flush()
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        mon = Monitor(p.pid, folders, poll, kill)
+        mon.start()
+        rc = p.wait()
+        mon.stop.set()
+        mon.join()
+    rec = {"command": " ".join(cmd), "rc": rc, "seconds": round(time.time() - t0, 1),
+           "machine_busy_cpu_s": round(machine_busy() - busy0, 1), "stages": mon.stages,
+           "disk_after": {k: du(p) for k, p in folders.items()}, "finished": now()}
+    if poll is not None:
+        rec["peak_tmp_bytes"] = mon.peak_poll
+    measure = root / "measure.json"
+    m = json.loads(measure.read_text()) if measure.exists() else {}
+    m.setdefault(name, []).append(rec)
+    tmp = measure.with_suffix(".tmp")
+    tmp.write_text(json.dumps(m, indent=1))
+    os.replace(tmp, measure)
+    if mon.killed:
+        event(root, f"{name}: killed on purpose ({mon.killed}); run the same command again to resume")
+        raise SystemExit(3)
+    if rc != 0:
+        event(root, f"{name}: failed (exit {rc}); see {log}")
+        raise SystemExit(rc)
+    event(root, f"{name}: done in {rec['seconds']:.0f}s")
+    return rec
+
+
+NOTEBOOK = """
+import sys, time
+from pathlib import Path
+from lumbar.kaggle import kaggle_layout, run_notebook
+data, weights, where, kernel = map(Path, sys.argv[1:5])
+inp, working = kaggle_layout(data, weights, where)
+t = time.time()
+res = run_notebook(kernel / "lumbar-inference.ipynb", inp, working, timeout=9 * 3600)
+print(f"notebook: exit {res.returncode} in {time.time() - t:.0f}s"); print(res.stderr[-3000:])
+sys.exit(res.returncode)
+"""
+SCORE = """
+import json, sys
+from lumbar.demo import test_scores, format_test_scores
+s = test_scores(sys.argv[1], sys.argv[2], sys.argv[3]); print(format_test_scores(s)); print(json.dumps(s))
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", default=str(HERE.parent / "lumbar-real-scale"),
+                    help="the run's folder, outside the work tree (found again by the next session)")
+    ap.add_argument("--venv", default=str(HERE / ".venv"), help="the venv whose Python runs every step")
+    ap.add_argument("--commit", default="HEAD", help="the commit a new run pins (a resumed run keeps its own)")
+    ap.add_argument("--kill", default="", help="STAGE:SECONDS: kill the run that long into STAGE, on purpose")
+    ap.add_argument("--studies", type=int, nargs=2, default=(TRAIN, TEST), metavar=("TRAIN", "TEST"),
+                    help="the folder's training and test studies (a smaller run: tests)")
+    ap.add_argument("--until", default="", help="stop after this step (data, train, score, kernel, notebook)")
+    a = ap.parse_args(argv)
+    root = Path(a.root)
+    (root / "log").mkdir(parents=True, exist_ok=True)
+    st = State(root)
+    repo, py = root / "repo", Path(a.venv) / "bin" / "python"
+    if not py.exists():
+        raise SystemExit(f"{py}: no venv there (make setup first)")
+    kill = (a.kill.split(":")[0], float(a.kill.split(":")[1])) if a.kill else None
+    if "commit" not in st.d:
+        if repo.exists():
+            raise SystemExit(f"{repo} exists but {st.path} names no commit: move it away or pass a fresh --root")
+        commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", a.commit], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        subprocess.run(["git", "clone", "-q", str(HERE), str(repo)], check=True)
+        subprocess.run(["git", "-C", str(repo), "checkout", "-q", commit], check=True)
+        st.d["commit"], st.d["started"] = commit, now()
+        st.save()
+        event(root, f"new run at {commit} in {root} (no earlier run found there)")
+    else:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        if head != st.d["commit"]:
+            raise SystemExit(f"{repo} is at {head}, the run is pinned to {st.d['commit']}")
+        done = [k for k, v in st.d["steps"].items() if v == "done"]
+        event(root, f"resuming the run pinned at {st.d['commit'][:10]}; done: {', '.join(done) or 'nothing yet'}")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update({"PYTHONPATH": str(repo / "src"), "PYTHONUNBUFFERED": "1", "LUMBAR_PROGRESS": "0"})
+    data, rtest = root / "data" / "real1975", root / "data" / "rtest100"
+    folders = {"data": data, "rtest100": rtest, "cache": repo / "cache", "run": repo / "runs", "weights": repo / "weights",
+               "kernel": repo / "kernel", "reports": repo / "reports", "notebook": root / "notebook"}
+    make = ["make", "-o", f"{a.venv}/.installed", f"VENV={a.venv}", f"DATA={data}"]
+
+    def step(name: str, fn) -> None:
+        if st.d["steps"].get(name) == "done":
+            return
+        fn()
+        st.d["steps"][name] = "done"
+        st.save()
+        if a.until == name:
+            raise SystemExit(0)
+
+    def synth(out: Path, train: int, test: int, seed: int, name: str) -> None:
+        if out.exists():  # renamed into place only when complete
+            event(root, f"{name}: {out} exists (complete); kept")
+            return
+        part = out.with_name(out.name + ".partial")
+        subprocess.run(["rm", "-rf", str(part)], check=True)
+        run_step(root, name, [str(py), "-m", "lumbar", "synth", "--out", str(part), "--studies", str(train),
+                              "--test-studies", str(test), "--profile", "real", "--size-scale", "0.5",
+                              "--seed", str(seed)], env, folders, repo)
+        part.rename(out)
+
+    step("data", lambda: (synth(data, *a.studies, SEED, "data"), synth(rtest, 8, 100, 11, "rtest100")))
+    step("train", lambda: run_step(root, "train", make + ["train"], env, folders, repo, kill))
+    step("score", lambda: run_step(root, "score", make + ["local-score"], env, folders, repo))
+    step("kernel", lambda: run_step(root, "kernel", make + ["kernel"], env, folders, repo))
+
+    def notebook() -> None:
+        for name, folder in (("notebook700", data), ("notebook_rtest100", rtest)):
+            where, tmp = root / "notebook" / name, root / "notebook" / f"{name}.tmp"
+            subprocess.run(["rm", "-rf", str(where), str(tmp)], check=True)
+            tmp.mkdir(parents=True)
+            e = dict(env, TMPDIR=str(tmp))
+            run_step(root, name, [str(py), "-c", NOTEBOOK, str(folder), str(repo / "weights"), str(where),
+                                  str(repo / "kernel")], e, folders, repo, poll=tmp)
+            run_step(root, f"{name}_score", [str(py), "-c", SCORE, str(folder), str(where / "working" / "submission.csv"),
+                                             str(repo / "weights")], env, folders, repo)
+    step("notebook", notebook)
+    event(root, "the run is complete: measure.json, log/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
