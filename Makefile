@@ -11,6 +11,10 @@ TORCH_kaggle-2026 ?= torch==2.10.0 torchvision==0.25.0
 # it keeps this machine's Python and the 2026 torch; its pins that matter are numpy, scikit-learn and xgboost.
 PYTHON_kaggle-2024 ?= python3
 TORCH_kaggle-2024 ?= torch==2.10.0 torchvision==0.25.0
+# kaggle-next, the image a first push meets once Kaggle moves its base (constraints/kaggle-next.txt): Python
+# 3.13 and torch 2.11, whose PyPI wheel brings CUDA 13 libraries of its own (nothing to borrow: a full venv).
+PYTHON_kaggle-next ?= $(firstword $(wildcard /root/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13))
+TORCH_kaggle-next ?= torch==2.11.0 torchvision==0.26.0
 PYTHON ?= $(PYTHON_$(KAGGLE_IMAGE))
 TORCH_PKGS ?= $(TORCH_$(KAGGLE_IMAGE))
 VENV ?= .venv
@@ -21,7 +25,7 @@ PY := $(VENV)/bin/python
 NEED_GB ?= 12
 NEED_GB_IMAGE ?= 5
 export PIP_NO_CACHE_DIR := 1
-IMAGES := kaggle-2026 kaggle-2024
+IMAGES := kaggle-2026 kaggle-2024 kaggle-next
 DEFAULT_DATA := data/synthetic
 DATA ?= $(DEFAULT_DATA)
 RUN ?= runs/default

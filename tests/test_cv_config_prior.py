@@ -1,3 +1,4 @@
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,3 +115,36 @@ def test_an_unpredicted_oof_row_is_an_error_not_nan(tmp_path):
         write_oof(tmp_path, "m2", [1, 2, 3], probs)
     from lumbar.layout import Run
     assert Run(tmp_path).oof("m").exists() and not Run(tmp_path).oof("m2").exists()
+
+
+def test_train_again_reuses_a_finished_stage_until_its_request_or_an_earlier_stage_changes(synth_dir, tmp_path, capsys):
+    """What makes `make train` resumable: a stage finished for the same data, folds and overrides is
+    reused; other overrides, --retrain, or an earlier stage trained after it train it again."""
+    import os
+    import time
+
+    run = tmp_path / "run"
+    args = ["train", "--model", "prior", "--data", str(synth_dir), "--run", str(run), "--folds", "2"]
+    assert main(args) == 0
+    done = run / "prior" / "done.json"
+    first = done.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "reused" in capsys.readouterr().out and done.stat().st_mtime_ns == first
+    time.sleep(0.01)
+    assert main(args + ["smoothing=1.0"]) == 0
+    assert "reused" not in capsys.readouterr().out and done.stat().st_mtime_ns > first
+    assert main(args + ["smoothing=1.0", "--retrain"]) == 0
+    assert "reused" not in capsys.readouterr().out
+    assert main(args + ["smoothing=1.0"]) == 0
+    assert "reused" in capsys.readouterr().out
+
+    from lumbar.train.runner import RunConfig, finished
+    later = run / "slice_select" / "done.json"  # a stage after the prior: stale once the prior is newer
+    later.parent.mkdir(parents=True)
+    later.write_text(json.dumps({"request": {"data": str(synth_dir.resolve()), "n_folds": 2, "seed": 42, "overrides": []}}))
+    os.utime(later, ns=(first, first))
+    assert finished("slice_select", synth_dir, run, RunConfig(n_folds=2), []) is None
+    os.utime(later, ns=(time.time_ns() + 10 ** 9,) * 2)
+    assert finished("slice_select", synth_dir, run, RunConfig(n_folds=2), []) == later
+    assert finished("slice_select", synth_dir, run, RunConfig(n_folds=2, seed=1), []) is None

@@ -337,3 +337,63 @@ def test_predict_scores_a_synthetic_folders_test_split_when_asked(trained_weight
                         str(trained_weights), "--out", str(tmp_path / "sub2.csv"), "--score"], capture_output=True, text=True)
     assert r.returncode == 0 and "no test_labels.csv" in r.stdout, r.stderr[-2000:]
     assert_complete(tmp_path / "sub2.csv", real)
+
+
+def test_the_kernels_temporary_cache_holds_one_study_at_a_time_and_predicts_the_same(trained_weights, synth_dir,
+                                                                                    tmp_path, monkeypatch):
+    """Each study's entries leave the temporary cache once its inputs are back: the folder never holds more
+    than the study in hand (workers=0), whatever the number of studies, and the submission is the one a
+    persistent cache gives."""
+    import tempfile
+
+    from lumbar.data.cache import StudyCache
+
+    seen: list[int] = []
+    save = StudyCache.save
+
+    def counting(self, study_id, name, arrays):
+        save(self, study_id, name, arrays)
+        if self.root is not None and self.root.exists():
+            seen.append(sum(1 for p in self.root.iterdir() if p.is_dir()))
+    monkeypatch.setattr(StudyCache, "save", counting)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    n = len(pd.read_csv(synth_dir / "test_series_descriptions.csv")["study_id"].unique())
+    assert n >= 3
+    _run(synth_dir, trained_weights, tmp_path / "transient.csv")
+    assert seen and max(seen) == 1
+    assert not list((tmp_path / "tmp").iterdir())  # the temporary folder is gone at the end
+    seen.clear()
+    _run(synth_dir, trained_weights, tmp_path / "kept.csv", cache_dir=str(tmp_path / "cache"))
+    assert max(seen) == n  # a cache folder the user names keeps every study
+    a, b = pd.read_csv(tmp_path / "transient.csv"), pd.read_csv(tmp_path / "kept.csv")
+    assert np.abs(a[list(schema.PROB_COLUMNS)].to_numpy() - b[list(schema.PROB_COLUMNS)].to_numpy()).max() == 0
+
+
+def test_the_input_probe_agrees_here_and_names_the_model_and_array_that_drift(trained_weights, synth_dir, tmp_path,
+                                                                             monkeypatch):
+    """Export stores one study's reduced volumes and every model's inputs; predict re-makes them, reports
+    no drift where nothing changed, and names model and array where one preprocessing step computes
+    otherwise (here the crops' resampling, shifted by a tenth of a pixel)."""
+    from lumbar.infer import probes
+    from lumbar.preprocess import stage_one
+
+    manifest = json.loads((trained_weights / "manifest.json").read_text())
+    assert any(a["path"] == probes.INPUTS and a["kind"] == "input_probe" for a in manifest["artefacts"])
+    inputs, expected, kind = probes.load_probe(trained_weights / probes.INPUTS)
+    assert kind == "inputs" and any(k.startswith("vol/") for k in inputs)
+    assert {k.partition("/")[0] for k in expected} == {"multitask", "sequence"}
+    res = _run(synth_dir, trained_weights, tmp_path / "sub.csv")
+    assert set(res["input_probe"]) == {"multitask", "sequence"}
+    assert all(r["ok"] and r["max_abs"] <= 1e-5 for r in res["input_probe"].values())
+    assert not [line for line in res["log"] if "INPUT DRIFT" in line]
+
+    resize = stage_one.crop_resize  # the multitask model's crops (the frames and the rankers have their own)
+    monkeypatch.setattr(stage_one, "crop_resize", lambda stack, box, size: resize(stack, np.asarray(box) + 0.1, size))
+    res = _run(synth_dir, trained_weights, tmp_path / "sub2.csv")
+    drift = res["input_probe"]
+    assert not drift["multitask"]["ok"] and drift["multitask"]["max_abs"] > 1e-3
+    assert drift["sequence"]["ok"]  # its frames do not go through the crops
+    said = [line for line in res["log"] if "INPUT DRIFT" in line]
+    assert len(said) == 1 and "multitask" in said[0] and drift["multitask"]["array"] in said[0]
+    assert "cv2" in said[0]  # the preprocessing's libraries, on both sides

@@ -347,3 +347,32 @@ def test_folds_fitted_in_worker_processes_give_the_serial_result(synth_dir, tmp_
         got[w].append(sorted(p.name for p in (out / "model").iterdir()))
     assert got[1] == got[2]
     assert len(json.loads(got[2][3])) == 10  # every study held out once
+
+
+def test_decoded_volumes_stay_in_memory_unless_asked_and_read_the_same(synth_dir, tmp_path, monkeypatch):
+    """The cache writes a study's features but not its decoded volumes (as large as its DICOM) by default;
+    LUMBAR_CACHE_VOLUMES=1 writes them. The volumes are the same arrays either way, and a stage that reads
+    one series' pixels (train/stage_one.series_pixels) decodes it when it is not on disk."""
+    from lumbar.data.cache import volumes_kept
+    from lumbar.data.volumes import study_volumes
+    from lumbar.train.stage_one import series_pixels
+
+    study = load_studies(synth_dir, "train")[0]
+    lean = StudyCache(tmp_path / "lean", cache_version())
+    vols = study_volumes(study, lean)
+    study_features(study, lean, vols)
+    written = {p.name for p in lean.root.rglob("*.npz")}
+    assert written and not [n for n in written if n.startswith("vol_")]
+    monkeypatch.setenv("LUMBAR_CACHE_VOLUMES", "1")
+    assert volumes_kept()
+    full = StudyCache(tmp_path / "full", cache_version())
+    kept = study_volumes(study, full)
+    assert len([p for p in full.root.rglob("vol_*.npz")]) == sum(len(v) for v in study.series.values())
+    reread = study_volumes(study, StudyCache(tmp_path / "full", cache_version()))  # from disk now
+    for stype, items in vols.items():
+        for (sid, a), (_, b), (_, c) in zip(items, kept[stype], reread[stype]):
+            assert np.array_equal(a.pixels, b.pixels) and np.array_equal(a.pixels, c.pixels)
+            assert np.array_equal(series_pixels(study, sid, lean), series_pixels(study, sid, full))
+    monkeypatch.setenv("LUMBAR_CACHE_VOLUMES", "yes")
+    with pytest.raises(ValueError, match="LUMBAR_CACHE_VOLUMES"):
+        StudyCache(tmp_path, "v")

@@ -265,7 +265,8 @@ try:
         for _line in summary["dropped"]:
             print(f"DROPPED: {_line}")
         write_versions(predicted=summary["predicted"], studies=summary["studies"], device=summary["device"],
-                       dropped=summary["dropped"], loaded=summary["loaded"], probes_agreed=len(summary["probed"]))
+                       dropped=summary["dropped"], loaded=summary["loaded"], probes_agreed=len(summary["probed"]),
+                       input_probe=summary.get("input_probe", {}))
 except BaseException:
     traceback.print_exc()
     print("predict raised; the last submission.csv it wrote stands")

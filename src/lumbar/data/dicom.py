@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .resample import warp_affine
+
 
 class DicomError(RuntimeError):
     """A series that cannot be read; the message names the folder or file and what is wrong."""
@@ -250,12 +252,9 @@ def _read_slice(path: Path):
 def _resample(img: np.ndarray, spacing: np.ndarray, shape: tuple[int, int], ref_spacing: np.ndarray) -> np.ndarray:
     """Resample a slice onto the reference matrix in physical space: the top-left corner (its
     ImagePositionPatient) stays put and pixels take the reference spacing."""
-    import cv2
-
     sy, sx = np.asarray(ref_spacing, dtype=np.float64) / np.asarray(spacing, dtype=np.float64)
     m = np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0]])  # output pixel -> input pixel
-    return cv2.warpAffine(np.ascontiguousarray(img, np.float32), m, (int(shape[1]), int(shape[0])),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return warp_affine(img, m, (int(shape[0]), int(shape[1])), border="replicate")
 
 
 # The orientation a series without ImageOrientationPatient is assumed to have, by its plane (LPS, as

@@ -13,7 +13,8 @@ from .dicom import DicomError, Volume, plane_of, plane_of_normal, read_series
 # 3: every block of a series kept, canonical orientation, per-slice and source geometry
 # 4: tags some files lack taken from the series' other files; a series without PixelSpacing marked
 # 5: a series without ImageOrientationPatient marked (its rows come from the study's other series)
-DECODE_VERSION = 5
+# 6: a mixed-shape series resampled by data/resample.py (the same pixels under every OpenCV)
+DECODE_VERSION = 6
 
 # The field of view (mm) a series without any PixelSpacing is given when its study has no other series of
 # its plane to take one from: lumbar sagittal ~300 mm, axial ~200 mm (REAL_DATA.md: 512-640 px at 0.4-0.7 mm).

@@ -36,7 +36,7 @@ from ..data.catalog import SAMPLE_CSV, read_csv, find_root, load_studies
 from ..devices import FAULT as DEVICE_FAULT, inference_devices
 from ..layout import WeightsLayout as W
 from ..models.prior import load_prior
-from ..models.registry import ModelSpec, create_model, for_inference, get_spec, predictors
+from ..models.registry import ModelSpec, create_model, for_inference, get_spec, model_inputs, predictors
 from ..preprocess.crops import CropRegions
 from ..models.views import AS_IS, View, levels as view_levels, model_views
 from ..preprocess.stage_one import PreprocessConfig, cache_version, read_preprocess_config
@@ -47,7 +47,7 @@ from .inputs import StudyInputs
 from .ensemble import Ensemble
 from . import probes
 from .submission import required_row_ids, submission_frame, write_atomic
-from .weights import Weights, version_report, versions_said
+from .weights import PREPROCESSING_LIBRARIES, Weights, version_report, versions_said
 from .workers import StudyPool
 
 
@@ -99,6 +99,24 @@ class Bundle:
                 if why:
                     self.ensemble = None
                     self.dropped.append(f"ensemble weights: {why}; models are averaged")
+
+    def check_inputs(self) -> dict[str, dict]:
+        """The input probe (infer/probes.py) re-made here: per loaded model, the largest difference
+        between the inputs its preprocessing makes in this image and those made at export. {} where the
+        weights carry no input probe; {"error": ...} where it could not run."""
+        if not self.weights.has(probes.INPUTS) or not self.configs:
+            return {}
+        try:
+            inputs, expected, _ = probes.load_probe(self.weights.file(probes.INPUTS))
+            study, vols = probes.inputs_volumes(inputs)
+            wanted = model_inputs(self.configs)
+            prepare = StudyInputs(self.selector, self.regions, self.pcfg, wanted, StudyCache(None, "input-probe"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = probes.run_inputs(prepare, study, vols, wanted)
+            return probes.input_drift({k: v for k, v in expected.items() if k.partition("/")[0] in wanted}, got)
+        except Exception as e:
+            return {"error": {"message": f"the input probe could not run ({type(e).__name__}: {str(e)[:200]})"}}
 
     def _probe(self, rel: str, run) -> str | None:
         """None where the artefact's probe agrees with its export (or it has no probe), else why not:
@@ -296,6 +314,9 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
             _say(cfg, f"dropped: {d}")
         for line in bundle.describe():
             _say(cfg, f"loaded: {line}")
+    drift = bundle.check_inputs() if bundle is not None else {}
+    for line in input_lines(drift, w.manifest.get("libraries", {}) if w is not None else {}):
+        _say(cfg, line)
     folds = {m: sorted(nets) for m, nets in bundle.models.items()} if bundle else {}
     views = {m: view_levels(bundle.views[m]) for m in folds} if cfg.tta else {}
     plan = Plan(folds, cfg.time_budget, len(studies), cfg.workers, weight_of=bundle.model_weight if bundle else
@@ -329,7 +350,25 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
             "timings": dict(timings), "failures": failures, "log": list(cfg.log), "device": ",".join(map(str, devices)),
             "active": {m: list(ks) for m, ks in plan.active.items()},
             "dropped": list(bundle.dropped) if bundle else ["weights"],
-            "loaded": bundle.describe() if bundle else [], "probed": list(bundle.probed) if bundle else []}
+            "loaded": bundle.describe() if bundle else [], "probed": list(bundle.probed) if bundle else [],
+            "input_probe": drift}
+
+
+def input_lines(drift: dict[str, dict], exported_with: dict) -> list[str]:
+    """The input probe's report, a line per model; a drift over tolerance said plainly."""
+    lines = []
+    for model, r in drift.items():
+        if "message" in r:
+            lines.append(f"input probe: {r['message']}")
+        elif r["ok"]:
+            lines.append(f"input probe: {model}'s inputs as at export (largest difference {r['max_abs']:.3g} in "
+                         f"'{r['array']}', tolerance {r['tolerance']:g})")
+        else:
+            lines.append(f"INPUT DRIFT: {model}'s inputs differ from those made at export by up to {r['max_abs']:.3g} "
+                         f"in '{r['array']}' (tolerance {r['tolerance']:g}): preprocessing computes otherwise in "
+                         f"this image; it cannot be repaired here, and its predictions may move. "
+                         f"{versions_said(exported_with, names=PREPROCESSING_LIBRARIES)}")
+    return lines
 
 
 def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, timings, failures, done,
@@ -341,11 +380,7 @@ def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, 
     if plan.should_stop(cfg.batch_size):
         _say(cfg, f"time budget {cfg.time_budget:.0f}s spent before the first study; every study keeps its prior")
         return
-    wanted = {}  # model -> (input kind, its settings): what the workers prepare for it
-    for name, mcfg in bundle.configs.items():
-        spec = get_spec(name)
-        wanted[name] = (spec.inputs, spec.input_config(mcfg) if spec.input_config else None)
-    prepare = StudyInputs(bundle.selector, bundle.regions, bundle.pcfg, wanted, cache, cfg.fault)
+    prepare = StudyInputs(bundle.selector, bundle.regions, bundle.pcfg, model_inputs(bundle.configs), cache, cfg.fault)
     pool = StudyPool(prepare, cfg.workers, cfg.study_timeout)
     order = iter(range(len(studies)))
     state = {"stop": False, "batches": 0, "last_write": time.perf_counter(), "batch_start": time.perf_counter()}

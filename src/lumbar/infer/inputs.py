@@ -54,6 +54,11 @@ class StudyInputs:
             item["errors"].append(f"decode: {type(e).__name__}: {e}")
             return item
         item["seconds"]["decode"] = time.perf_counter() - t
+        return self.prepare(st, vols, need, item)
+
+    def prepare(self, st: Study, vols: dict, need, item: dict | None = None) -> dict:
+        """The item from decoded volumes: each needed model's input (what the input probe re-makes too)."""
+        item = item if item is not None else {"study_id": st.study_id, "errors": [], "seconds": {}, "inputs": {}}
         if not vols:
             item["errors"].append("no readable series")
             return item

@@ -17,7 +17,14 @@ What each kind's probe input is, and its tolerance (|got - expected| <= atol + r
 - a slice ranker (in levels.json): random features and patches of its shapes; its scores, as above;
 - the ensemble (ensemble.json): random probabilities for every member; its output, 1e-9;
 - a torch fold: a random input of the model's shapes (ModelSpec.example, the crops' sizes from the
-  weights' crops config); every float output, 1e-3 + 1e-3 relative.
+  weights' crops config); every float output, 1e-3 + 1e-3 relative;
+- the input probe (`probes/inputs.npz`, not an artefact's): one training study's decoded volumes, reduced
+  to ~160 px, and every model's input that stage one, the crops and the frames made from them at export;
+  1e-5 (float32 rounding: the preprocessing is meant to give the same bits in every image). Nothing can
+  be dropped for it, since preprocessing is code, not a file: the kernel re-makes the inputs at start and
+  reports the largest difference per model and array, in its log and in lumbar_versions.json, saying
+  plainly where it is over tolerance (OpenCV 5's warpAffine moved the crops by 0.025 before
+  data/resample.py; no artefact probe could see it).
 Probes run on the CPU in fp32 whatever device predicts, so the comparison is of the artefact, not of a GPU.
 """
 from __future__ import annotations
@@ -37,8 +44,10 @@ class Tolerance:
 
 
 TOLERANCES = {"member": Tolerance(1e-6), "xgb": Tolerance(1e-5), "levels": Tolerance(1e-3, 1e-3),
-              "ranker": Tolerance(1e-3, 1e-3), "ensemble": Tolerance(1e-9, 1e-9), "fold": Tolerance(1e-3, 1e-3)}
+              "ranker": Tolerance(1e-3, 1e-3), "ensemble": Tolerance(1e-9, 1e-9), "fold": Tolerance(1e-3, 1e-3),
+              "inputs": Tolerance(1e-5)}
 DIR = "probes"
+INPUTS = f"{DIR}/inputs.npz"  # the input probe's file in the weights folder
 
 
 def probe_rel(artefact: str) -> str:
@@ -86,7 +95,7 @@ def difference(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], tol:
         if have.shape != want.shape:
             return float("inf"), False
         fin = np.isfinite(want)
-        if not np.array_equal(fin, np.isfinite(have)) or (want[~fin] != have[~fin]).any():
+        if not np.array_equal(fin, np.isfinite(have)) or not np.array_equal(want[~fin], have[~fin], equal_nan=True):
             return float("inf"), False
         d = np.abs(have[fin] - want[fin])
         if d.size:
@@ -190,3 +199,84 @@ def ensemble_inputs(ensemble, seed: int = 0, studies: int = 4) -> dict[str, np.n
 def check(kind: str, expected: dict, got: dict) -> tuple[float, bool]:
     """difference() under the kind's tolerance."""
     return difference(expected, got, TOLERANCES[kind])
+
+
+# The input probe: a study's volumes, and every model's inputs made from them.
+
+VOLUME_FIELDS = ("q", "lo", "scale", "positions", "normal", "pixel_spacing", "instance_numbers", "orientation",
+                 "thickness", "orientations", "blocks", "source_geometry", "spacing_known", "orientation_known")
+
+
+def reduced(vols: dict, side: int = 160) -> dict:
+    """Every series with every f-th pixel of its rows and columns (f brings the larger side near `side`),
+    its pixel spacing f times larger: the same anatomy in patient space, a fraction of the bytes."""
+    from dataclasses import replace
+
+    out = {}
+    for stype, items in vols.items():
+        out[stype] = []
+        for sid, v in items:
+            f = max(1, int(round(max(v.pixels.shape[1:]) / side)))
+            source = v.source_geometry.copy() if v.source_geometry is not None else None
+            if source is not None:
+                source[:, 9:11] *= f
+            out[stype].append((sid, replace(v, pixels=np.ascontiguousarray(v.pixels[:, ::f, ::f]),
+                                            pixel_spacing=v.pixel_spacing * f, source_geometry=source)))
+    return out
+
+
+def volumes_inputs(study_id: int, vols: dict) -> dict[str, np.ndarray]:
+    """The probe's inputs: each series' cache arrays (data/volumes.volume_to_arrays) under
+    vol/<series type>/<series id>/<field>, and the study id."""
+    from ..data.volumes import volume_to_arrays
+
+    out = {"study_id": np.int64(study_id)}
+    for stype, items in vols.items():
+        for sid, v in items:
+            for k, a in volume_to_arrays(v).items():
+                out[f"vol/{stype}/{sid}/{k}"] = np.asarray(a)
+    return out
+
+
+def inputs_volumes(inputs: dict) -> tuple[object, dict]:
+    """(a Study with the probe's series, series type -> [(series id, Volume)]) back from volumes_inputs."""
+    from ..data.catalog import SeriesRecord, Study
+    from ..data.volumes import arrays_to_volume
+
+    series: dict[str, dict[int, dict]] = {}
+    for key, a in inputs.items():
+        if key.startswith("vol/"):
+            stype, sid, field = key[len("vol/"):].rsplit("/", 2)  # a series type may hold "/" (T2/STIR)
+            series.setdefault(stype, {}).setdefault(int(sid), {})[field] = a
+    vols = {stype: [(sid, arrays_to_volume(d, "input probe")) for sid, d in sorted(items.items())]
+            for stype, items in series.items()}
+    study = Study(int(inputs["study_id"]), {t: [SeriesRecord(sid, t, Path("input probe")) for sid, _ in items]
+                                            for t, items in vols.items()})
+    return study, vols
+
+
+def run_inputs(prepare, study, vols: dict, models) -> dict[str, np.ndarray]:
+    """Every model's input made from the volumes by `prepare` (infer/inputs.StudyInputs), flattened to
+    <model>/<array>; a model whose input could not be made is absent."""
+    item = prepare.prepare(study, vols, frozenset(models))
+    out = {}
+    for model, entry in item["inputs"].items():
+        for k, a in entry.items():
+            if isinstance(a, np.ndarray) or np.isscalar(a):
+                out[f"{model}/{k}"] = np.asarray(a)
+    return out
+
+
+def input_drift(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per model: the largest difference over its arrays, the array it is in, and whether every array is
+    within the inputs' tolerance (a missing array or another shape: infinite)."""
+    tol = TOLERANCES["inputs"]
+    out: dict[str, dict] = {}
+    for key in sorted(expected):
+        model, _, name = key.partition("/")
+        worst, ok = difference({name: expected[key]}, {name: got[key]} if key in got else {}, tol)
+        r = out.setdefault(model, {"max_abs": 0.0, "array": "", "ok": True, "tolerance": tol.atol})
+        if worst >= r["max_abs"] and (worst > 0 or not r["array"]):
+            r["max_abs"], r["array"] = worst, name
+        r["ok"] &= ok
+    return out

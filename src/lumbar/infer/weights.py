@@ -96,11 +96,15 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def versions_said(recorded: dict[str, str], installed: dict[str, str] | None = None) -> str:
+ARTEFACT_LIBRARIES = ("python", "numpy", "sklearn", "xgboost", "torch", "timm")
+PREPROCESSING_LIBRARIES = ("python", "numpy", "cv2", "skimage", "scipy", "pydicom")
+
+
+def versions_said(recorded: dict[str, str], installed: dict[str, str] | None = None,
+                  names: tuple[str, ...] = ARTEFACT_LIBRARIES) -> str:
     """'exported with python 3.11.7, numpy 1.26.4, ...; here python 3.12.1, numpy 2.0.2, ...' over the
-    libraries a model artefact's arithmetic depends on."""
+    libraries a model artefact's arithmetic depends on (or `names`: the preprocessing's)."""
     installed = installed if installed is not None else library_versions()
-    names = ("python", "numpy", "sklearn", "xgboost", "torch", "timm")
 
     def said(v: dict) -> str:
         return ", ".join(f"{n} {v.get(n, '?')}" for n in names)

@@ -93,3 +93,13 @@ def for_inference(cfg):
     them, and an offline machine (Kaggle) must not try to download or read a checkpoint."""
     off = {k: v for k, v in (("pretrained", False), ("backbone_checkpoint", "")) if hasattr(cfg, k)}
     return dataclasses.replace(cfg, **off)
+
+
+def model_inputs(configs: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """model -> (its input kind, the input's settings from its config): what infer/inputs.StudyInputs
+    prepares for each model (the engine's workers, the input probe at export and at load)."""
+    out = {}
+    for name, cfg in configs.items():
+        spec = get_spec(name)
+        out[name] = (spec.inputs, spec.input_config(cfg) if spec.input_config else None)
+    return out

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from .. import schema
+from ..data.resample import warp_affine
 from ..files import write_json
 
 # name -> (series type, selector class, label columns of its points)
@@ -164,13 +165,9 @@ def unmap_points(pts: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
 def crop_resize(stack: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """[C, h, w] -> [C, S, S] sampling box bilinearly;
     outside the image is 0. Output pixel u samples x0 + (u + 0.5) * (x1 - x0) / S - 0.5."""
-    import cv2
-
     sx, sy = (box[2] - box[0]) / size, (box[3] - box[1]) / size
     m = np.array([[sx, 0.0, box[0] + 0.5 * sx - 0.5], [0.0, sy, box[1] + 0.5 * sy - 0.5]])  # output -> input
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    return np.stack([cv2.warpAffine(np.ascontiguousarray(c, np.float32), m, (size, size), flags=flags,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) for c in stack]).astype(np.float32)
+    return warp_affine(stack, m, (size, size))
 
 
 def slice_window(stack: np.ndarray, slices: int, offset: int = 0):

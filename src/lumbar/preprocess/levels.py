@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..data.dicom import Volume
+from ..data.resample import rotation_matrix, warp_affine
 from ..data.volumes import normalised
 from ..files import atomic_path, write_json
 from ..progress import bar
@@ -146,13 +147,11 @@ def heatmap_loss(logits, points, sigma: float = 1.0):
 
 def _augment(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A small random affine (rotation ±10°, scale 0.85-1.15, shift ±10 px) and contrast change."""
-    import cv2
-
     angle, scale = rng.uniform(-10, 10), rng.uniform(0.85, 1.15)
     c = (THUMB - 1) / 2
-    m = cv2.getRotationMatrix2D((c, c), angle, scale)
+    m = rotation_matrix((c, c), angle, scale)
     m[:, 2] += rng.uniform(-10, 10, 2)
-    out = np.stack([cv2.warpAffine(ch, m, (THUMB, THUMB), flags=cv2.INTER_LINEAR, borderValue=0.0) for ch in img])
+    out = warp_affine(img, m, (THUMB, THUMB), inverse=False)
     pts = pts @ m[:, :2].T + m[:, 2]
     gamma = rng.uniform(0.7, 1.4)
     out = np.clip(out, 0, None) ** gamma * rng.uniform(0.8, 1.2)

@@ -21,7 +21,7 @@ from .levels import thumbnails
 from .placement import N_LEVELS, canal_points, centre_of, make_choice, per_level, place, with_levels
 from .slice_select import FEATURE_VERSION, SliceSelector, naive_choice, sagittal_extent, slice_features, slice_targets
 
-PREPROCESS_VERSION = 2  # 2: labelled points through each slice's geometry, neighbours within a block
+PREPROCESS_VERSION = 3  # 2: labelled points through each slice's geometry, neighbours within a block; 3: crops by data/resample.py
 
 
 @dataclass

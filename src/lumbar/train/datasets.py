@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import torch
 
+from ..data.resample import rotation_matrix, warp_affine
 from ..models.views import MIRRORED, View
 
 
@@ -61,17 +62,14 @@ def random_affine(stack: np.ndarray, points: np.ndarray, rng: np.random.Generato
     """A stack [C, S, S] turned by up to ±max_deg degrees and scaled by up to ±max_scale about its centre
     (one draw for all channels: they are neighbouring slices), and its points [..., 2] moved with it
     (NaN stays NaN). Outside the source reads 0, as the crops do."""
-    import cv2
-
     if max_deg <= 0 and max_scale <= 0:
         return stack, points
     size = stack.shape[-1]
     angle = rng.uniform(-max_deg, max_deg) if max_deg > 0 else 0.0
     scale = 1.0 + (rng.uniform(-max_scale, max_scale) if max_scale > 0 else 0.0)
     centre = ((size - 1) / 2, (size - 1) / 2)  # pixel centres at integers, as everywhere
-    m = cv2.getRotationMatrix2D(centre, angle, scale)
-    out = np.stack([cv2.warpAffine(np.ascontiguousarray(c, np.float32), m, (size, size), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) for c in stack])
+    m = rotation_matrix(centre, angle, scale)
+    out = warp_affine(stack, m, (size, size), inverse=False)
     pts = points @ m[:, :2].T + m[:, 2]
     return out.astype(stack.dtype), pts.astype(points.dtype)
 

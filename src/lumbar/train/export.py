@@ -90,7 +90,7 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
         add(run.regions(), W.REGIONS, "crops")
         add(run.config("crops"), W.CROPS_CONFIG, "crops")
         _probe_stage_one(run, out, probe)
-    models = {}
+    models, configs = {}, {}
     for name in (spec.name for spec in predictors()):
         cfg_path = run.config(name)
         folds = run.trained_folds(name)
@@ -114,6 +114,9 @@ def export_weights(run: str | Path, data: str | Path, out: str | Path = "weights
                 inputs = spec.example(net_cfg, crops, k)
                 probe(W.fold(name, k), "fold", inputs, P.run_fold(net, inputs))
         models[name] = {"folds": len(folds), "oof_score": report.get("oof_score"), "config": config}
+        configs[name] = net_cfg
+    if _probe_inputs(out, data, configs):
+        record(P.INPUTS, "input_probe")
     if run.ensemble.exists():
         rep = _report(run, "ensemble")
         add(run.ensemble, W.ENSEMBLE, "ensemble", cv_score=rep.get("ensemble_nested_oof"))
@@ -165,6 +168,44 @@ def _probe_stage_one(run: Run, out: Path, probe) -> None:
         if sel.geometry.rankers:
             inputs = P.ranker_inputs(sel.geometry)
             probe(f"{W.SELECTOR}/levels.json", "ranker", inputs, P.run_rankers(sel.geometry, inputs))
+
+
+def _probe_inputs(out: Path, data, configs: dict) -> bool:
+    """The input probe (infer/probes.py): the first training study with every series type, its volumes
+    reduced, and each model's input made from them by the exported stage one, as the kernel makes them.
+    False (and nothing written) where no model's input could be made."""
+    import warnings
+    from dataclasses import replace
+
+    from ..data.cache import StudyCache
+    from ..data.catalog import load_studies
+    from ..data.volumes import study_volumes
+    from ..infer.inputs import StudyInputs
+    from ..models.registry import model_inputs
+    from ..preprocess.crops import CropRegions
+    from ..preprocess.stage_one import read_preprocess_config
+
+    W = WeightsLayout
+    if not configs:
+        return False
+    sel = SliceSelector.load(out / W.SELECTOR) if (out / W.SELECTOR_INDEX).exists() else None
+    regions = CropRegions.load(out / W.REGIONS) if (out / W.REGIONS).exists() else None
+    pcfg = replace(read_preprocess_config(out), spare=0) if (out / W.CROPS_CONFIG).exists() else None
+    wanted = model_inputs(configs)
+    prepare = StudyInputs(sel, regions, pcfg, wanted, StudyCache(None, "input-probe"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        studies = load_studies(data, "train")
+        study = next((st for st in studies if not st.missing_types), studies[0] if studies else None)
+        if study is None:
+            return False
+        inputs = P.volumes_inputs(study.study_id, P.reduced(study_volumes(study)))
+        study, vols = P.inputs_volumes(inputs)  # from the arrays the kernel will read, not the originals
+        outputs = P.run_inputs(prepare, study, vols, wanted)
+    if not outputs:
+        return False
+    P.save_probe(out / P.INPUTS, inputs, outputs, "inputs")
+    return True
 
 
 PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
