@@ -1,9 +1,11 @@
 """The built kernel in each Kaggle image it may meet (docs/kaggle.md), with weights exported in the other.
 
 Each image is a venv of its own (`make images`): kaggle-2026, today's image (Python 3.12, torch 2.10, numpy
-2.0.2, scikit-learn 1.6.1, xgboost 3.2.0, ...), and kaggle-2024, the competition's (numpy 1.26.4,
-scikit-learn 1.2.2, xgboost 2.0.3, ...). Weights are exported in one and the notebook runs offline in both:
-no member is dropped, every probe agrees, and the two submissions agree to 1e-4."""
+2.0.2, scikit-learn 1.6.1, xgboost 3.2.0, ...), kaggle-2024, the competition's (numpy 1.26.4,
+scikit-learn 1.2.2, xgboost 2.0.3, ...), and kaggle-next, the one a first push meets once Kaggle moves its
+base (Python 3.13, torch 2.11, numpy 2.4.6, opencv 5.0.0.93, xgboost 3.4.1). Weights are exported in one and
+the notebook runs offline in each: no member is dropped, every probe agrees, the input probe finds the
+inputs made as at export, and the submissions agree to 1e-4."""
 import json
 import os
 import subprocess
@@ -18,7 +20,7 @@ from test_kernel import build_kernel, run_kernel
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ("kaggle-2026", "kaggle-2024")
+IMAGES = ("kaggle-2026", "kaggle-2024", "kaggle-next")
 
 
 def image_python(name: str) -> Path:
@@ -31,9 +33,9 @@ def image_python(name: str) -> Path:
 
 
 def versions(python: Path) -> dict:
-    code = ("import json, platform, numpy, sklearn, xgboost, torch; print(json.dumps({'python': "
+    code = ("import json, platform, numpy, sklearn, xgboost, torch, cv2; print(json.dumps({'python': "
             "platform.python_version(), 'numpy': numpy.__version__, 'sklearn': sklearn.__version__, "
-            "'xgboost': xgboost.__version__, 'torch': torch.__version__}))")
+            "'xgboost': xgboost.__version__, 'torch': torch.__version__, 'cv2': cv2.__version__}))")
     return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -61,6 +63,10 @@ def _kernel_in_each_image(kernel: Path, weights: Path, data: Path, tmp: Path) ->
         info = json.loads((tmp / name / "working" / "lumbar_versions.json").read_text())
         assert info["libraries"]["sklearn"] == versions(image_python(name))["sklearn"]  # the image it met, written
         assert info["predicted"] == 3 and info["dropped"] == []
+        drift = info["input_probe"]
+        assert set(drift) == {"multitask", "sequence"}, f"{name}: {drift}"
+        assert all(r["ok"] and r["max_abs"] <= 1e-5 for r in drift.values()), f"{name}: {drift}"
+        assert "INPUT DRIFT" not in text and "input probe: multitask's inputs as at export" in text, name
     return out
 
 
@@ -73,17 +79,20 @@ def _same_everywhere(runs: dict, weights: Path) -> None:
             assert f"slice selector {stype}: 4 members (rf, svm, mlp, xgb)" in text, name
         assert f"probes: {n_probes} artefacts compute what they computed at export" in text, name
         assert "'predicted': 3" in text
-    (a_name, (_, a)), (b_name, (_, b)) = runs.items()
-    assert list(a.index) == list(b.index)
-    diff = np.abs(a.to_numpy() - b.to_numpy()).max()
-    assert diff <= 1e-4, f"{a_name} and {b_name} submissions differ by {diff}"
+    (a_name, (_, a)), *others = runs.items()
+    for b_name, (_, b) in others:
+        assert list(a.index) == list(b.index)
+        diff = np.abs(a.to_numpy() - b.to_numpy()).max()
+        assert diff <= 1e-4, f"{a_name} and {b_name} submissions differ by {diff}"
 
 
 def test_the_image_venvs_hold_each_images_versions():
-    new, old = versions(image_python("kaggle-2026")), versions(image_python("kaggle-2024"))
+    new, old, nxt = (versions(image_python(n)) for n in ("kaggle-2026", "kaggle-2024", "kaggle-next"))
     assert new["python"].startswith("3.12") and new["torch"].startswith("2.10")
-    assert (new["numpy"], new["sklearn"], new["xgboost"]) == ("2.0.2", "1.6.1", "3.2.0")
+    assert (new["numpy"], new["sklearn"], new["xgboost"], new["cv2"]) == ("2.0.2", "1.6.1", "3.2.0", "4.13.0")
     assert (old["numpy"], old["sklearn"], old["xgboost"]) == ("1.26.4", "1.2.2", "2.0.3")
+    assert nxt["python"].startswith("3.13") and nxt["torch"].startswith("2.11")
+    assert (nxt["numpy"], nxt["sklearn"], nxt["xgboost"], nxt["cv2"]) == ("2.4.6", "1.6.1", "3.4.1", "5.0.0")
 
 
 def test_weights_exported_today_predict_the_same_in_the_2024_image(image_kernel, trained_weights, synth_dir, tmp_path):

@@ -222,3 +222,25 @@ def test_an_altered_member_with_its_sha256_updated_is_dropped_and_the_notebook_e
     assert re.search(r"DROPPED: selector member rf for Axial T2: .*axial_rf\.npz: computes up to [0-9.]+ away from "
                      r"its export on its probe", out)
     assert "slice selector Axial T2: 3 members (svm, mlp, xgb)" in out and "'predicted': 3" in out
+
+
+def test_a_preprocessing_step_altered_in_the_kernel_is_reported_by_model_and_array(trained_weights, synth_dir,
+                                                                                  tmp_path):
+    """The input probe in the notebook itself: with the crops' resampling moved by a tenth of a pixel in the
+    kernel's own copy of preprocess/crops.py, it says INPUT DRIFT for each model (both read crops), writes
+    it to lumbar_versions.json, and still ends normally with a complete submission."""
+    kernel = build_kernel(trained_weights, tmp_path / "kernel")
+    nb_path = kernel / "lumbar-inference.ipynb"
+    nb = json.loads(nb_path.read_text())
+    needle = "m = np.array([[sx, 0.0, box[0] + 0.5 * sx - 0.5]"
+    hits = [c for c in nb["cells"] if needle in "".join(c["source"])]
+    assert len(hits) == 1
+    src = "".join(hits[0]["source"]).replace(needle, "m = np.array([[sx, 0.0, box[0] + 0.6 * sx - 0.5]")
+    hits[0]["source"] = src.splitlines(keepends=True)
+    nb_path.write_text(json.dumps(nb))
+    text, sub = run_kernel(kernel, trained_weights, synth_dir, tmp_path / "run")
+    assert_complete(sub, synth_dir)
+    drift = json.loads((tmp_path / "run" / "working" / "lumbar_versions.json").read_text())["input_probe"]
+    for model in ("multitask", "sequence"):
+        assert not drift[model]["ok"] and drift[model]["max_abs"] > 1e-3, drift
+        assert re.search(rf"INPUT DRIFT: {model}'s inputs differ .* in '{drift[model]['array']}'", text)
