@@ -2,10 +2,10 @@
 
 OpenCV's warpAffine rounds each sample's coordinates to 1/32 of a pixel, and OpenCV 5 changed how: the
 same call on float32 images differs by up to 0.025 (values in [0, 1.2]) between opencv 4.13 and 5.0, and
-the kernel's predictions moved by 5e-3 with it. Here coordinates and weights are float64 and each output
-pixel is one fixed sequence of IEEE operations on its four neighbours (along y first, then x), so every
-numpy from 1.26 to 2.4 gives the same bits, and the separable path (no rotation: crops, rescaling) gives
-the same bits as the general one.
+the kernel's predictions moved by 5e-3 with it. Here coordinates are float64, the weights float32, and each
+output pixel one fixed sequence of float32 IEEE operations on its four neighbours (along y first, then x),
+so every numpy from 1.26 to 2.4 gives the same bits, and the separable path (no rotation: crops,
+rescaling) gives the same bits as the general one.
 """
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def _taps(coord: np.ndarray, n: int, border: str):
         w1 = w1 * ((i1 >= 0) & (i1 < n))
     elif border != "replicate":
         raise ValueError(f"border {border!r}: expected 'constant' (0 outside) or 'replicate'")
-    return np.clip(i0, 0, n - 1), np.clip(i1, 0, n - 1), w0, w1
+    # weights rounded once to float32: the products and sums below are single IEEE operations on float32
+    # arrays (no scalar in them: NEP 50 cannot change their type), the same bits in every numpy
+    return np.clip(i0, 0, n - 1), np.clip(i1, 0, n - 1), w0.astype(np.float32), w1.astype(np.float32)
 
 
 def warp_affine(img: np.ndarray, m: np.ndarray, shape: tuple[int, int], inverse: bool = True,
@@ -61,15 +63,15 @@ def warp_affine(img: np.ndarray, m: np.ndarray, shape: tuple[int, int], inverse:
     if m[0, 1] == 0 and m[1, 0] == 0:  # axis-aligned: rows first, then columns (the same arithmetic)
         y0, y1, wy0, wy1 = _taps(m[1, 1] * y + m[1, 2], h, border)
         x0, x1, wx0, wx1 = _taps(m[0, 0] * x + m[0, 2], w, border)
-        r0, r1 = img[..., y0, :].astype(np.float64), img[..., y1, :].astype(np.float64)
-        along_y = r0 * wy0[:, None] + r1 * wy1[:, None]  # [..., rows, w]
-        out = along_y[..., x0] * wx0 + along_y[..., x1] * wx1
-        return out.astype(np.float32)
+        lo, hi = int(min(x0.min(), x1.min())), int(max(x0.max(), x1.max())) + 1
+        part = img[..., lo:hi]  # only the columns sampled (a crop reads a fraction of its slice)
+        along_y = part[..., y0, :] * wy0[:, None] + part[..., y1, :] * wy1[:, None]  # [..., rows, hi - lo]
+        return along_y[..., x0 - lo] * wx0 + along_y[..., x1 - lo] * wx1
     gx, gy = x[None, :], y[:, None]
     sx = m[0, 0] * gx + m[0, 1] * gy + m[0, 2]
     sy = m[1, 0] * gx + m[1, 1] * gy + m[1, 2]
     x0, x1, wx0, wx1 = _taps(sx, w, border)
     y0, y1, wy0, wy1 = _taps(sy, h, border)
-    left = img[..., y0, x0].astype(np.float64) * wy0 + img[..., y1, x0].astype(np.float64) * wy1
-    right = img[..., y0, x1].astype(np.float64) * wy0 + img[..., y1, x1].astype(np.float64) * wy1
-    return (left * wx0 + right * wx1).astype(np.float32)
+    left = img[..., y0, x0] * wy0 + img[..., y1, x0] * wy1
+    right = img[..., y0, x1] * wy0 + img[..., y1, x1] * wy1
+    return left * wx0 + right * wx1

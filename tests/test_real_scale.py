@@ -1,0 +1,59 @@
+"""bench/real_scale.py, the driver of the run at the competition's counts: what it measures per stage and
+how it kills a stage on purpose (the run itself takes hours: bench/results/real-scale/)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("real_scale", ROOT / "bench" / "real_scale.py")
+rs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rs)
+
+# Two stages as make train runs them: processes whose command lines name `lumbar train --model X`.
+STAGE = ("import sys, time; big = bytearray(int(sys.argv[1]) * 2**20); big[::4096] = b'x' * len(big[::4096]); "
+         "time.sleep(float(sys.argv[2]))")
+
+
+def fake_train(first_mb: int = 300) -> list[str]:
+    py = sys.executable
+    return ["bash", "-c", f"{py} -c \"{STAGE}\" {first_mb} 2.5 lumbar train --model alpha && "
+                          f"{py} -c \"{STAGE}\" 10 2.5 lumbar train --model beta"]
+
+
+def test_stage_names_come_from_the_command_lines():
+    assert rs.stage_of("/v/bin/python -m lumbar train --model slice_select --data d --run r") == "slice_select"
+    assert rs.stage_of("/v/bin/python -m lumbar export --run r") == "export"
+    assert rs.stage_of("python build_kernel.py --weights w --out k") == "build"
+    assert rs.stage_of("make -o x train") is None
+
+
+def test_each_stage_is_timed_and_its_memory_and_disk_measured(tmp_path):
+    (tmp_path / "log").mkdir()
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "f").write_bytes(b"x" * 5000)
+    rec = rs.run_step(tmp_path, "train", fake_train(), {"PATH": "/usr/bin:/bin"}, {"out": folder}, tmp_path)
+    assert rec["rc"] == 0 and list(rec["stages"]) == ["alpha", "beta"]
+    alpha, beta = rec["stages"]["alpha"], rec["stages"]["beta"]
+    # sampled once a second: each stage's seconds to a second or two, together the step's
+    assert 1.0 <= alpha["seconds"] <= 7 and 1.0 <= beta["seconds"] <= 7
+    assert abs(alpha["seconds"] + beta["seconds"] - rec["seconds"]) <= 2.5
+    assert alpha["peak_rss_gb"] >= 0.25 > beta["peak_rss_gb"]  # the 300 MB the first stage touched
+    assert alpha["disk_after"]["out"] >= 5000 and rec["disk_after"]["out"] >= 5000
+    saved = json.loads((tmp_path / "measure.json").read_text())
+    assert saved["train"][0]["stages"]["beta"]["seconds"] == beta["seconds"]
+    assert "train: done" in (tmp_path / "events.log").read_text()
+
+
+def test_a_stage_killed_on_purpose_stops_the_step_and_says_how_to_resume(tmp_path):
+    (tmp_path / "log").mkdir()
+    with pytest.raises(SystemExit) as e:
+        rs.run_step(tmp_path, "train", fake_train(10), {"PATH": "/usr/bin:/bin"}, {}, tmp_path, kill=("beta", 1.0))
+    assert e.value.code == 3
+    events = (tmp_path / "events.log").read_text()
+    assert "killed on purpose (beta after" in events and "run the same command again to resume" in events
+    rec = json.loads((tmp_path / "measure.json").read_text())["train"][0]
+    assert rec["stages"]["beta"]["seconds"] < 2.5  # it did not finish its sleep
