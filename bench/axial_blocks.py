@@ -14,7 +14,7 @@ from lumbar.data.cache import StudyCache
 from lumbar.data.catalog import load_studies
 from lumbar.data.volumes import study_volumes
 from lumbar.layout import Run
-from lumbar.preprocess.stage_one import cache_version
+from lumbar.preprocess.pipeline import cache_version
 
 
 def main() -> None:

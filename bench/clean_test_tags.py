@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-import lumbar.data.synth as synth
+import lumbar.data.synth.folder as synth  # generate() reads _real_irregularities from here
 
 
 def main() -> None:

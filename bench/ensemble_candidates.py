@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 
 from lumbar.metric import score_from_terms, study_terms, term_scores
-from lumbar.scoring import interval, resamples
+from lumbar.commands.scoring import interval, resamples
 from lumbar.train.ensemble import fit_ensemble
 from lumbar.train.oof import list_oof, read_oof
 from lumbar.train.runner import RunConfig, run_folds

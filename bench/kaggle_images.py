@@ -31,7 +31,7 @@ warnings.simplefilter("ignore")
 from pathlib import Path
 from lumbar.infer.engine import PredictConfig, predict
 from lumbar.infer.weights import library_versions
-from lumbar.demo import test_scores
+from lumbar.commands.demo import test_scores
 data, weights, out = sys.argv[1:4]
 res = predict(data, weights, out, PredictConfig(workers=1))
 sc = test_scores(data, Path(out), weights)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PREP = ("decode", "preprocess multitask", "preprocess sequence")
-_SIDE = ("import json, sys, warnings; warnings.simplefilter('ignore'); from lumbar.bench import bench_inference; "
+_SIDE = ("import json, sys, warnings; warnings.simplefilter('ignore')\n"
+         "try:\n    from lumbar.commands.bench import bench_inference\n"
+         "except ImportError:  # a commit from before the commands/ folder\n    from lumbar.bench import bench_inference\n"
          "r = bench_inference(sys.argv[1], sys.argv[2]); print('RESULT', json.dumps(r['per_study']))")
 
 

@@ -201,7 +201,10 @@ def run_step(root: Path, name: str, cmd: list[str], env: dict, folders: dict[str
 NOTEBOOK = """
 import sys, time
 from pathlib import Path
-from lumbar.kaggle import kaggle_layout, run_notebook
+try:
+    from lumbar.commands.kaggle import kaggle_layout, run_notebook
+except ImportError:  # the pinned checkout may be from before the commands/ folder
+    from lumbar.kaggle import kaggle_layout, run_notebook
 data, weights, where, kernel = map(Path, sys.argv[1:5])
 inp, working = kaggle_layout(data, weights, where)
 t = time.time()
@@ -211,7 +214,10 @@ sys.exit(res.returncode)
 """
 SCORE = """
 import json, sys
-from lumbar.demo import test_scores, format_test_scores
+try:
+    from lumbar.commands.demo import test_scores, format_test_scores
+except ImportError:
+    from lumbar.demo import test_scores, format_test_scores
 s = test_scores(sys.argv[1], sys.argv[2], sys.argv[3]); print(format_test_scores(s)); print(json.dumps(s))
 """
 

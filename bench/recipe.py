@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lumbar.curve import stage_overrides
+from lumbar.commands.curve import stage_overrides
 from lumbar.files import write_text
 from lumbar.infer.engine import predict
 from lumbar.infer.settings import PredictConfig
 from lumbar.metric import labels_to_array, probs_to_submission, score_groups, solution_frame, submission_to_probs
-from lumbar.scoring import paired_difference
+from lumbar.commands.scoring import paired_difference
 from lumbar.train.export import export_weights
 from lumbar.train.runner import RunConfig, takes, train
 

@@ -21,7 +21,7 @@ from lumbar.infer.submission import submission_frame
 from lumbar.layout import WeightsLayout
 from lumbar.metric import labels_to_array, score_from_terms, study_terms, submission_to_probs
 from lumbar.models.prior import load_prior
-from lumbar.scoring import gap_closed, interval, resamples
+from lumbar.commands.scoring import gap_closed, interval, resamples
 
 TAGS = {"no_spacing": "PixelSpacing", "no_orientation": "ImageOrientationPatient", "no_thickness": "SliceThickness"}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lumbar.metric import score_from_terms, study_terms
-from lumbar.scoring import interval, resamples
+from lumbar.commands.scoring import interval, resamples
 from lumbar.train.oof import read_oof
 from lumbar.train.runner import RunConfig, run_folds, train
 

@@ -17,8 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lumbar"
 # Lower layers never import higher ones: schema/config/metric/cv -> data -> preprocess -> models ->
 # infer -> train -> commands. Inference never imports training (the kernel ships no training code).
 LAYERS = {"schema": 0, "config": 0, "metric": 0, "cv": 0, "devices": 0, "files": 0, "layout": 0, "progress": 0, "data": 1, "preprocess": 2, "models": 3,
-          "infer": 4, "train": 5}
-COMMANDS = 6  # cli, demo, bench, reports, rehearsal, scoring, plots, kaggle, kernel
+          "infer": 4, "train": 5, "commands": 6}
+COMMANDS = 6  # build_kernel.py
 
 
 def _modules() -> dict[str, Path]:
@@ -52,7 +52,19 @@ def _imports(name: str, path: Path, modules: dict) -> set[str]:
 
 def _rank(module: str) -> int:
     parts = module.split(".")
-    return LAYERS.get(parts[1], COMMANDS) if len(parts) > 1 else 0
+    if len(parts) == 1:
+        return 0
+    return COMMANDS if parts[1] == "__main__" else LAYERS[parts[1]]
+
+
+def test_the_package_root_shows_the_layers_as_folders():
+    """src/lumbar: the base modules, a folder per layer, __init__ and __main__; nothing else (a new module
+    goes into its layer's folder, or is a base module named in LAYERS)."""
+    entries = {p.stem for p in SRC.iterdir() if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())}
+    base = {k for k, v in LAYERS.items() if v == 0}
+    assert entries == base | {k for k, v in LAYERS.items() if v > 0} | {"__init__", "__main__"}
+    assert all((SRC / k).is_dir() for k, v in LAYERS.items() if v > 0)
+    assert all((SRC / f"{k}.py").is_file() for k in base)
 
 
 def test_imports_point_one_way_and_form_no_circle():
@@ -108,7 +120,8 @@ def test_no_model_is_named_by_the_engine_export_demo_bench_or_reports():
 
     words = set(list_models())
     assert {"multitask", "sequence"} <= words
-    files = ["infer/engine.py", "infer/inputs.py", "train/export.py", "demo.py", "bench.py", "reports.py"]
+    files = ["infer/engine.py", "infer/inputs.py", "train/export.py", "commands/demo.py", "commands/bench.py",
+             "commands/reports.py"]
     hits = [h for f in files for h in _named_in_code(SRC / f, words)]
     assert not hits, "\n".join(hits)
 
@@ -129,7 +142,7 @@ def _register_mean_frames():
     from lumbar.models.registry import register_model, unregister
     from lumbar.preprocess.frames import FramesConfig, study_frames, frames_key
     from lumbar.train.oof import write_oof
-    from lumbar.train.stage_one import load_train
+    from lumbar.train.runner import load_train
     from lumbar.train.runner import CONFIGS, TRAINERS, register
     from lumbar.train.sequence import FramesDataset
     from lumbar.train.folds import cross_validate

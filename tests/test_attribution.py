@@ -6,12 +6,12 @@ import warnings
 import numpy as np
 import pytest
 
-from lumbar.attribution import VARIANTS, attribution, model_variants, summarise
+from lumbar.commands.attribution import VARIANTS, attribution, model_variants, summarise
 from lumbar.data.cache import StudyCache
 from lumbar.data.catalog import load_studies
 from lumbar.layout import Run
 from lumbar.preprocess.crops import CROP_NAMES
-from lumbar.preprocess.stage_one import cache_version, study_features, true_selection
+from lumbar.preprocess.pipeline import cache_version, study_features, true_selection
 
 
 @pytest.fixture

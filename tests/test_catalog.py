@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from lumbar import schema
-from lumbar.cli import main
+from lumbar.commands.cli import main
 from lumbar.data.catalog import CatalogError, load_studies, read_labels, validate
 
 

@@ -1,4 +1,4 @@
-"""The learning curve (lumbar.curve): nested subsets, the folder views, the power-law fit and its
+"""The learning curve (lumbar.commands.curve): nested subsets, the folder views, the power-law fit and its
 projection, and the whole command on a small folder (slow)."""
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar.curve import Curve, CurveConfig, fit_power, figure, nested_subsets, power, table, write_view
+from lumbar.commands.curve import Curve, CurveConfig, fit_power, figure, nested_subsets, power, table, write_view
 from lumbar.data.catalog import load_studies
 from test_inference import assert_complete
 from tiny_stack import TINY_MULTITASK

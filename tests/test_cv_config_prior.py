@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from lumbar import config, schema
-from lumbar.cli import main
+from lumbar.commands.cli import main
 from lumbar.cv import ensure_folds, make_folds, read_folds
 from lumbar.data.labelmodel import LabelModel
 from lumbar.metric import labels_to_solution, probs_to_submission, score, score_groups, solution_frame

@@ -7,7 +7,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from lumbar.data.dicom import DicomError, DicomWarning, read_series, read_series_stacks
-from lumbar.data.synth import SliceGeom, write_dicom
+from lumbar.data.synth.dicom import write_dicom
+from lumbar.data.synth.phantom import SliceGeom
 
 VARIANTS = ["MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm",
             "MR_small_RLE.dcm", "MR_small_padded.dcm"]
@@ -161,7 +162,7 @@ def test_synthetic_series_read_back(synth_dir):
 
 
 def test_monochrome1_and_monochrome2_copies_give_the_same_volume(tmp_path):
-    from lumbar.data.synth import SeriesWriter
+    from lumbar.data.synth.dicom import SeriesWriter
 
     rng = np.random.default_rng(0)
     values = rng.integers(0, 3000, size=(4, 24, 24)).astype(np.uint16)
@@ -179,7 +180,7 @@ def test_monochrome1_and_monochrome2_copies_give_the_same_volume(tmp_path):
 
 
 def test_a_series_without_orientation_takes_its_plane_from_the_description(tmp_path):
-    from lumbar.data.synth import SeriesWriter
+    from lumbar.data.synth.dicom import SeriesWriter
 
     ex, ey, ez = np.eye(3)
     values = np.stack([np.full((16, 16), 100 * (k + 1), np.uint16) for k in range(5)])

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from lumbar.scoring import local_score
+from lumbar.commands.scoring import local_score
 
 pytestmark = pytest.mark.slow
 

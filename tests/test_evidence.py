@@ -147,7 +147,7 @@ def test_the_local_method_reads_the_pixels_and_falls_back_to_the_nearest_plane_w
 
 
 def test_selection_arrays_keep_each_levels_slice():
-    from lumbar.preprocess.stage_one import arrays_to_selection, selection_to_arrays
+    from lumbar.preprocess.pipeline import arrays_to_selection, selection_to_arrays
 
     sel = {"sag_t1_left": with_levels(3, 6, (40.5, 60.25), [5, 6, 6, 7, 7], [10.0, 20.0, 30.0, 40.0, 50.0]),
            "sag_t1_right": with_levels(3, 2, None, [2, 2, 1, 2, 2], [np.nan, 20.0, 30.0, np.nan, 50.0]),
@@ -159,7 +159,7 @@ def test_selection_arrays_keep_each_levels_slice():
 
 
 def test_a_crops_rows_around_each_level_come_from_that_levels_slice():
-    from lumbar.preprocess.stage_one import banded
+    from lumbar.preprocess.pipeline import banded
 
     n, size = 6, 64
     v = _sagittal(n, 3.0, size, pixels=np.stack([np.full((size, size), float(j), np.float32) for j in range(n)]))
@@ -177,7 +177,7 @@ def test_a_crops_rows_around_each_level_come_from_that_levels_slice():
 
 
 def test_a_level_is_compared_with_the_slice_its_own_choice_shows_it_on():
-    from lumbar.train.stage_one import _compare
+    from lumbar.train.selection import _compare
 
     choice = {"sag_t1_left": with_levels(3, 6, None, [5, 6, 6, 7, 7], [np.nan] * 5), "axial_l1_l2": (8, 4)}
     truth = [("sag_t1_left", 3, 5, 0), ("sag_t1_left", 3, 6, 4), ("sag_t1_left", 9, 7, 3), ("axial_l1_l2", 8, 4, 0)]

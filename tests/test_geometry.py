@@ -12,11 +12,14 @@ import pytest
 from lumbar import schema
 from lumbar.data.catalog import load_studies
 from lumbar.data.dicom import read_series
-from lumbar.data.synth import SliceGeom, StudySpec, make_real_study, write_dicom
+from lumbar.data.synth.dicom import write_dicom
+from lumbar.data.synth.phantom import SliceGeom
+from lumbar.data.synth.spec import StudySpec
+from lumbar.data.synth.studies import make_real_study
 from lumbar.data.volumes import study_volumes
 from lumbar.preprocess.crops import CropRegions
 from lumbar.preprocess.frames import FramesConfig, build_frames
-from lumbar.preprocess.stage_one import (PreprocessConfig, build_crops, labelled_slices, naive_selection,
+from lumbar.preprocess.pipeline import (PreprocessConfig, build_crops, labelled_slices, naive_selection,
                                         study_features, true_selection)
 
 

@@ -320,7 +320,7 @@ def test_predict_scores_a_synthetic_folders_test_split_when_asked(trained_weight
     """`predict --score`: the submission's score and share of the prior-oracle gap on the folder's test
     labels, the same numbers the demo's kernel run prints (demo.test_scores); a folder without test labels
     (a real one) says so and still writes its submission."""
-    from lumbar.demo import test_scores
+    from lumbar.commands.demo import test_scores
 
     out = tmp_path / "sub.csv"
     r = subprocess.run([sys.executable, "-m", "lumbar", "predict", "--data", str(synth_dir), "--weights",
@@ -376,7 +376,7 @@ def test_the_input_probe_agrees_here_and_names_the_model_and_array_that_drift(tr
     no drift where nothing changed, and names model and array where one preprocessing step computes
     otherwise (here the crops' resampling, shifted by a tenth of a pixel)."""
     from lumbar.infer import probes
-    from lumbar.preprocess import stage_one
+    from lumbar.preprocess import pipeline as stage_one
 
     manifest = json.loads((trained_weights / "manifest.json").read_text())
     assert any(a["path"] == probes.INPUTS and a["kind"] == "input_probe" for a in manifest["artefacts"])

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_kernel(weights: Path, out: Path) -> Path:
     """`make kernel` from `weights` into `out` (skips where the network cannot be cut to run it)."""
-    from lumbar.kaggle import offline_prefix
+    from lumbar.commands.kaggle import offline_prefix
 
     if not offline_prefix():
         pytest.skip("no `unshare -rn` on this machine to cut the network")
@@ -39,7 +39,7 @@ def kernel(trained_weights, tmp_path_factory):
 def run_kernel(kernel: Path, weights: Path, data: Path, root: Path, env: dict | None = None, python=None):
     """Executes the notebook (in another venv's Python where given); returns (the executed notebook's whole
     output text, submission path)."""
-    from lumbar.kaggle import kaggle_layout, run_notebook
+    from lumbar.commands.kaggle import kaggle_layout, run_notebook
 
     inp, working = kaggle_layout(data, weights, root)
     res = run_notebook(kernel / "lumbar-inference.ipynb", inp, working, timeout=600, env=env, python=python)
@@ -94,7 +94,7 @@ def test_kernel_offline_matches_predict_with_every_member_loaded(kernel, trained
     assert list(a.index) == list(b.index)
     np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), atol=1e-5)
 
-    from lumbar.demo import test_scores as demo_scores  # what `make demo` prints of this submission
+    from lumbar.commands.demo import test_scores as demo_scores  # what `make demo` prints of this submission
 
     got = demo_scores(synth_dir, sub, trained_weights)
     assert got["test_studies"] == 3 and got["gap_closed_low"] <= got["gap_closed"] <= got["gap_closed_high"]

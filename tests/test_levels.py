@@ -162,7 +162,7 @@ def test_place_moves_axial_choices_and_centres_every_crop():
 
 
 def test_selection_arrays_keep_centres():
-    from lumbar.preprocess.stage_one import arrays_to_selection, selection_to_arrays
+    from lumbar.preprocess.pipeline import arrays_to_selection, selection_to_arrays
 
     sel = {"sag_t2": (3, 7, 40.5, 60.25), "axial_l1_l2": (4, 2)}
     assert arrays_to_selection(selection_to_arrays(sel)) == sel
@@ -225,7 +225,7 @@ def test_both_looks_survive_save_and_load(tmp_path):
 
 
 def test_the_levels_figure_draws_each_study(tmp_path):
-    from lumbar.train.stage_one import level_points_figure
+    from lumbar.train.levels import level_points_figure
 
     rng = np.random.default_rng(5)
     ex = [{"study_id": i, "image": rng.random((THUMB, THUMB)), "found": rng.uniform(0, THUMB, (5, 2)),

@@ -35,7 +35,7 @@ def test_on_terminal_follows_the_override(monkeypatch):
 def test_the_curves_put_one_quantity_on_each_axis(tmp_path):
     import pandas as pd
 
-    from lumbar.reports import curves_axes
+    from lumbar.commands.reports import curves_axes
 
     run = tmp_path / "run"
     (run / "superres").mkdir(parents=True)
@@ -60,7 +60,7 @@ def test_the_curves_put_one_quantity_on_each_axis(tmp_path):
 def test_every_option_of_every_command_says_what_it_does():
     import argparse
 
-    from lumbar.cli import build_parser
+    from lumbar.commands.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     bare = [f"{name} {a.option_strings or a.dest}" for name, sp in sub.choices.items() for a in sp._actions
@@ -73,7 +73,7 @@ def test_every_option_of_every_command_says_what_it_does():
 def test_train_options_list_every_stage_override_with_what_it_does():
     import dataclasses
 
-    from lumbar.cli import stage_options
+    from lumbar.commands.cli import stage_options
     from lumbar.train.runner import CONFIGS
 
     text = stage_options()

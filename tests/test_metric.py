@@ -161,7 +161,7 @@ def test_study_terms_give_the_score_and_resamples_of_it(seed):
 
 def test_bootstrap_intervals_and_paired_differences():
     from lumbar.metric import score_from_terms, study_terms
-    from lumbar.scoring import bootstrap, format_table
+    from lumbar.commands.scoring import bootstrap, format_table
 
     rng = np.random.default_rng(9)
     n = 120
@@ -191,7 +191,7 @@ def test_bootstrap_intervals_and_paired_differences():
 
 def test_every_column_of_the_score_table_has_its_interval():
     from lumbar.metric import study_terms
-    from lumbar.scoring import COLUMNS, bootstrap, format_table
+    from lumbar.commands.scoring import COLUMNS, bootstrap, format_table
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, size=(80, 25))
@@ -207,7 +207,7 @@ def test_every_column_of_the_score_table_has_its_interval():
 
 
 def test_the_share_of_the_gap_closed_and_its_interval_over_studies():
-    from lumbar.scoring import gap_closed
+    from lumbar.commands.scoring import gap_closed
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, size=(40, 25))

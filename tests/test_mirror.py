@@ -14,7 +14,7 @@ from lumbar.data.volumes import study_volumes
 from lumbar.preprocess.crops import CropRegions
 from lumbar.preprocess.frames import FramesConfig, build_frames
 from lumbar.preprocess.mirror import mirror_crops, mirror_frames, mirror_labels
-from lumbar.preprocess.stage_one import PreprocessConfig, build_crops, study_features, true_selection
+from lumbar.preprocess.pipeline import PreprocessConfig, build_crops, study_features, true_selection
 
 
 def test_the_label_mirror_swaps_left_and_right_and_keeps_the_canal():

@@ -105,7 +105,7 @@ def test_config_presets_are_complete_and_the_tiny_ones_are_the_defaults(tmp_path
     from pathlib import Path
 
     from lumbar import config
-    from lumbar.cli import write_presets
+    from lumbar.commands.cli import write_presets
     from lumbar.train.runner import CONFIGS
 
     root = Path(__file__).parents[1] / "configs"

@@ -7,12 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lumbar import schema
-from lumbar.cli import main
+from lumbar.commands.cli import main
 from lumbar.data.cache import StudyCache
 from lumbar.data.catalog import load_studies
-from lumbar.preprocess import stage_one as pipeline
+from lumbar.preprocess import pipeline
 from lumbar.preprocess.crops import CROP_NAMES, crop_resize, find_spine_column, map_points, unmap_points
-from lumbar.preprocess.stage_one import cache_version, preprocess_study, study_features
+from lumbar.preprocess.pipeline import cache_version, preprocess_study, study_features
 from lumbar.preprocess.slice_select import STYPE_KEY, SliceSelector
 
 boxes = st.tuples(st.floats(-50, 200), st.floats(-50, 200), st.floats(10, 400), st.floats(10, 400))
@@ -330,7 +330,7 @@ def test_folds_fitted_in_worker_processes_give_the_serial_result(synth_dir, tmp_
     import warnings
 
     from lumbar.train.runner import RunConfig, train
-    from lumbar.train.stage_one import SliceSelectConfig, fold_workers
+    from lumbar.train.selector import SliceSelectConfig, fold_workers
 
     assert fold_workers(SliceSelectConfig(device="cpu")) >= 1 and fold_workers(SliceSelectConfig(fold_workers=3)) == 3
     got = {}
@@ -352,10 +352,10 @@ def test_folds_fitted_in_worker_processes_give_the_serial_result(synth_dir, tmp_
 def test_decoded_volumes_stay_in_memory_unless_asked_and_read_the_same(synth_dir, tmp_path, monkeypatch):
     """The cache writes a study's features but not its decoded volumes (as large as its DICOM) by default;
     LUMBAR_CACHE_VOLUMES=1 writes them. The volumes are the same arrays either way, and a stage that reads
-    one series' pixels (train/stage_one.series_pixels) decodes it when it is not on disk."""
+    one series' pixels (data/volumes.series_pixels) decodes it when it is not on disk."""
     from lumbar.data.cache import volumes_kept
     from lumbar.data.volumes import study_volumes
-    from lumbar.train.stage_one import series_pixels
+    from lumbar.data.volumes import series_pixels
 
     study = load_studies(synth_dir, "train")[0]
     lean = StudyCache(tmp_path / "lean", cache_version())

@@ -1,7 +1,7 @@
 """The rehearsal's measuring: a process tree's peak RSS, and the table with its projections."""
 import sys
 
-from lumbar.rehearsal import measured, table
+from lumbar.commands.rehearsal import measured, table
 
 
 def test_peak_rss_of_a_stage_process_is_measured(tmp_path):
@@ -21,7 +21,7 @@ def test_table_projects_every_stage_with_its_formula():
                                     "model multitask": 0.2, "model sequence": 0.1}}}
     text = table(m)
     assert "| train slice_select | 400 | 10.00 | 1.20 | 5.49 h = 10.00 s x 1975 (CPU) |" in text
-    from lumbar.rehearsal import full_epochs
+    from lumbar.commands.rehearsal import full_epochs
 
     epochs = full_epochs()["multitask"]  # multitask: 2 rehearsal epochs projected to its config's epochs
     assert f"{epochs / 2:g} (epochs {epochs}/2)" in text
@@ -29,7 +29,7 @@ def test_table_projects_every_stage_with_its_formula():
 
 
 def test_selector_scaling_projects_with_the_measured_exponent_not_linearly():
-    from lumbar.scaling import exponent, project
+    from lumbar.commands.scaling import exponent, project
 
     # t = 1e-6 n^2 for the SVM, linear for the forest
     records = [{"series_type": "Axial T2", "member": m, "rows": n, "seconds": (1e-6 * n ** 2 if m == "svm" else n / 1e3)}

@@ -10,7 +10,9 @@ from lumbar import schema
 from lumbar.data.catalog import validate
 from lumbar.data.dicom import read_series
 from lumbar.data.labelmodel import LabelModel, real_stats
-from lumbar.data.synth import CSF, FAT, Phantom, SynthConfig, _study_specs, generate
+from lumbar.data.synth import SynthConfig, generate
+from lumbar.data.synth.folder import _study_specs
+from lumbar.data.synth.phantom import CSF, FAT, Phantom
 from lumbar.metric import probs_to_submission, score, solution_frame
 from lumbar.models.prior import fit_prior
 

@@ -93,7 +93,8 @@ def test_real_profile_validates_and_shows_every_irregularity(real_dir):
 
 
 def test_annotator_noise_moves_points_a_few_pixels_and_sometimes_a_slice():
-    from lumbar.data.synth import Phantom, _coordinates, _plane_stack
+    from lumbar.data.synth.phantom import Phantom
+    from lumbar.data.synth.studies import _coordinates, _plane_stack
 
     rng = np.random.default_rng(0)
     ph = Phantom(np.full(25, 0.3), rng, tilt=True)
@@ -109,7 +110,7 @@ def test_annotator_noise_moves_points_a_few_pixels_and_sometimes_a_slice():
 
 
 def test_lordosis_tilts_the_discs_apart():
-    from lumbar.data.synth import Phantom
+    from lumbar.data.synth.phantom import Phantom
 
     ph = Phantom(np.full(25, 0.3), np.random.default_rng(4), tilt=True)
     normals = [ph.disc_axes(k)[0] for k in range(5)]

@@ -244,7 +244,7 @@ def test_five_slice_crops_with_spare_slices_train_shifted_and_predict_from_their
     from lumbar.infer.engine import PredictConfig, predict
     from lumbar.layout import Run
     from lumbar.train.export import export_weights
-    from lumbar.train.stage_one import load_crop_entries
+    from lumbar.train.crops import load_crop_entries
     from test_inference import assert_complete
 
     run, cache, _, _ = trained

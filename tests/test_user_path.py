@@ -140,7 +140,7 @@ def test_feature_extractors_leave_no_parameter_without_a_gradient(backbone):
 
 
 def test_kernel_metadata_takes_the_dataset_id_when_it_is_known(tmp_path, monkeypatch):
-    from lumbar.notebook import dataset_id
+    from lumbar.commands.notebook import dataset_id
 
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -165,7 +165,7 @@ def test_the_demo_never_waits_for_a_kaggle_user_name(tmp_path, monkeypatch):
     import sys as _sys
 
     from lumbar import schema
-    from lumbar.notebook import build
+    from lumbar.commands.notebook import build
 
     weights = tmp_path / "weights"
     weights.mkdir()

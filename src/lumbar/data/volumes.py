@@ -129,6 +129,23 @@ def study_volumes(study: Study, cache: StudyCache | None = None) -> dict[str, li
     return fill_orientation(fill_spacing(out, study.study_id), study.study_id)
 
 
+def series_pixels(study: Study, series_id: int, cache: StudyCache | None) -> np.ndarray | None:
+    """One series' normalised pixels [n, h, w], decoded through the cache (None if it cannot be read)."""
+    a = series_arrays(study, series_id, cache)
+    return None if a is None else normalised(arrays_to_volume(a))
+
+
+def pixels_reader(study: Study, cache: StudyCache | None):
+    """series id -> its normalised pixels, each series decoded once."""
+    memo: dict[int, np.ndarray | None] = {}
+
+    def pixels_of(sid: int):
+        if sid not in memo:
+            memo[sid] = series_pixels(study, sid, cache)
+        return memo[sid]
+    return pixels_of
+
+
 def normalise(pixels: np.ndarray) -> np.ndarray:
     """Robust per-volume scaling to ~[0, 1] (1st/99.5th percentiles): scanners differ in range. The
     percentiles come from a strided grid of ~256k pixels: at 512² a full sort took most of the input

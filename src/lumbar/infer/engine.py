@@ -39,7 +39,7 @@ from ..models.prior import load_prior
 from ..models.registry import ModelSpec, create_model, for_inference, get_spec, model_inputs, predictors
 from ..preprocess.crops import CropRegions
 from ..models.views import AS_IS, View, levels as view_levels, model_views
-from ..preprocess.stage_one import PreprocessConfig, cache_version, read_preprocess_config
+from ..preprocess.pipeline import PreprocessConfig, cache_version, read_preprocess_config
 from ..preprocess.slice_select import SliceSelector, member_path
 from .budget import Plan
 from .settings import DEFAULT_BUDGET_S, PredictConfig  # noqa: F401  (the engine's public names)

@@ -12,7 +12,7 @@ from ..data.catalog import Study
 from ..data.volumes import study_volumes
 from ..preprocess.crops import CropRegions
 from ..preprocess.frames import build_frames
-from ..preprocess.stage_one import PreprocessConfig, preprocess_study, select_slices
+from ..preprocess.pipeline import PreprocessConfig, preprocess_study, select_slices
 from ..preprocess.slice_select import SliceSelector
 
 INPUT_KINDS = ("crops", "frames")

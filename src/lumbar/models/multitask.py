@@ -209,7 +209,7 @@ def predicted_points(net: "MultitaskModel", entry: dict) -> dict:
 def example_input(cfg: MultitaskConfig, crops: dict, seed: int = 0) -> dict:
     """One study's crops (sizes from the crops config), points inside them, every crop present."""
     rng = np.random.default_rng(seed)
-    from ..preprocess.stage_one import preprocess_config
+    from ..preprocess.pipeline import preprocess_config
 
     geometry = preprocess_config(crops)
     s, a, c = int(geometry.sag_size), int(geometry.axial_size), geometry.channels

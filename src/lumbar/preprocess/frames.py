@@ -28,7 +28,7 @@ from ..data.catalog import Study
 from ..data.dicom import Volume
 from ..data.volumes import normalised, study_volumes
 from .crops import crop_resize, edges, find_spine_column, map_points
-from .stage_one import naive_selection
+from .pipeline import naive_selection
 
 FRAMES_VERSION = 5  # 3: axial frames per level across series and blocks; points through slice geometry;
 # 4: axial frame boxes centred exactly (mirror-symmetric); 5: sagittal frames placed by stage one (option)

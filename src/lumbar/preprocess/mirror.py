@@ -36,7 +36,7 @@ def _flip_x(points: np.ndarray, size: int) -> np.ndarray:
 
 
 def mirror_crops(e: dict) -> dict:
-    """A multitask input entry (stage_one.build_crops) of the mirrored patient: the fields the model
+    """A multitask input entry (pipeline.build_crops) of the mirrored patient: the fields the model
     reads (images, points, presence); the rest (boxes, slices) is the study's own."""
     out = dict(e)
     out["sag_image"] = e["sag_image"][_SAG_ORDER][:, ::-1]

@@ -9,7 +9,7 @@ has no sagittal T2, no positions or implausible points, their choice stands.
 The sagittal T1 crops of a side take each level's slice on its own (the foramina of one side do not lie
 in one plane: a spine turned a few degrees moves them a slice between L1 and S1), so a choice may carry
 five slices and the row of each level on them: (series, slice, centre x, centre y, s1..s5, y1..y5); the
-crop's rows around a level come from that level's slice (stage_one.build_crops).
+crop's rows around a level come from that level's slice (pipeline.build_crops).
 """
 from __future__ import annotations
 

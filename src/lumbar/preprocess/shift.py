@@ -16,7 +16,7 @@ def shift_offsets(px: int) -> list[tuple[int, int]]:
 
 
 def shift_crops(e: dict, dx: int, dy: int) -> dict:
-    """A multitask input entry (stage_one.build_crops) whose every crop is centred (dx, dy) pixels away
+    """A multitask input entry (pipeline.build_crops) whose every crop is centred (dx, dy) pixels away
     from where stage one put it: the images' contents move by (-dx, -dy), and their points with them
     (NaN stays NaN); the rest (boxes, presence) is the study's own."""
     out = dict(e)

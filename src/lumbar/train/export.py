@@ -183,7 +183,7 @@ def _probe_inputs(out: Path, data, configs: dict) -> bool:
     from ..infer.inputs import StudyInputs
     from ..models.registry import model_inputs
     from ..preprocess.crops import CropRegions
-    from ..preprocess.stage_one import read_preprocess_config
+    from ..preprocess.pipeline import read_preprocess_config
 
     W = WeightsLayout
     if not configs:

@@ -19,7 +19,7 @@ from ..models.multitask import MultitaskConfig, fill_missing
 from ..models.registry import create_model
 from ..preprocess.crops import slice_window
 from ..preprocess.mirror import mirror_crops, mirror_labels
-from ..preprocess.stage_one import read_preprocess_config
+from ..preprocess.pipeline import read_preprocess_config
 from ..preprocess.shift import shift_crops
 from ..layout import Run
 from .datasets import EpochSeeded, collate, cutout, random_affine
@@ -27,7 +27,7 @@ from .folds import cross_validate, study_inputs
 from .loop import is_main
 from .oof import write_oof
 from .runner import RunConfig, register
-from .stage_one import load_crop_entries
+from .crops import load_crop_entries
 from .superres import superres_config
 
 

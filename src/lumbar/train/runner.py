@@ -100,6 +100,22 @@ def finished(model: str, data: str | Path, run: str | Path, rc: RunConfig, overr
     return None if newer else done
 
 
+def load_train(data: str | Path, run: str | Path, rc: RunConfig, cache_dir: str):
+    """The run's training studies (each with its fold) and the per-study cache the stages share."""
+    import warnings
+
+    from ..data.cache import StudyCache
+    from ..data.catalog import load_studies
+    from ..preprocess.pipeline import cache_version
+
+    ids, y, fold = run_folds(data, run, rc)
+    folds = dict(zip(ids.tolist(), fold.tolist()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        studies = load_studies(data, "train", folds)
+    return studies, StudyCache(cache_dir, cache_version())
+
+
 def train(model: str, data: str | Path, run: str | Path, rc: RunConfig | None = None,
           overrides: list[str] | None = None) -> dict:
     if model == "all":

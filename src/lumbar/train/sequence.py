@@ -20,7 +20,8 @@ from ..files import write_json
 from ..layout import Run
 from .datasets import EpochSeeded, cutout, random_affine
 from .oof import write_oof
-from .stage_one import load_train, read_oof_selection
+from .runner import load_train
+from .selection import read_oof_selection
 from .runner import RunConfig, register
 from .folds import cross_validate, study_inputs
 from .loop import is_main

@@ -15,7 +15,7 @@ from ..models.superres import SuperResConfig, downscale, psnr
 from .datasets import collate
 from .loop import TrainConfig, atomic_torch_save, fit
 from .runner import RunConfig, register
-from .stage_one import load_crop_entries
+from .crops import load_crop_entries
 
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import write_figure
+from ..files import write_figure
 
 
 def pyplot():
@@ -18,8 +18,8 @@ def pyplot():
 def show_study(study, vols, entry: dict, out: str | Path, predicted: dict | None = None) -> Path:
     """Per crop: the chosen slice with its crop box and the labelled points (green), then the crop with
     the points mapped into it (green) and predicted points if given (red, crop pixels)."""
-    from .data.volumes import normalise
-    from .preprocess.crops import CROP_NAMES, unmap_points
+    from ..data.volumes import normalise
+    from ..preprocess.crops import CROP_NAMES, unmap_points
 
     plt = pyplot()
     by_id = {sid: v for items in vols.values() for sid, v in items}

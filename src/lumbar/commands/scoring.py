@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import schema
-from .data.catalog import find_root, read_labels
-from .metric import (labels_to_array, labels_to_solution, score_from_terms, score_groups, study_terms,
+from .. import schema
+from ..data.catalog import find_root, read_labels
+from ..metric import (labels_to_array, labels_to_solution, score_from_terms, score_groups, study_terms,
                      submission_to_probs, term_scores)
-from .layout import Run
-from .train.oof import list_oof
+from ..layout import Run
+from ..train.oof import list_oof
 
 COLUMNS = [*schema.GROUPS, "any_severe_spinal", "overall"]
 INTERVAL = ["ci_low", "ci_high", "vs_best", "vs_best_low", "vs_best_high"]

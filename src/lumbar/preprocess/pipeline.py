@@ -1,4 +1,5 @@
-"""Stage one of the multitask model, per study: features -> chosen slices -> crops of a few neighbouring slices.
+"""Stage one per study, what inference runs (and training caches): features -> chosen slices -> crops of a
+few neighbouring slices. Its trainers (the selector, the crop regions) are train/selector.py and train/crops.py.
 
 Everything goes through the per-study cache. A study's crops are keyed by a hash of the config, its
 selection and the crop regions, so a second run over the same data is a file read per study.

@@ -15,19 +15,19 @@ import sys
 import time
 from pathlib import Path
 
-from .files import write_json
+from ..files import write_json
 
 REAL_TRAIN = 1975
 HIDDEN_TEST = 700
 KAGGLE_WORKERS = 3  # the notebook's input workers on Kaggle's 4 CPUs
 STAGES = ("prior", "slice_select", "crops", "superres", "multitask", "sequence", "ensemble")
 REHEARSAL_EPOCHS = {"superres": 2, "multitask": 2, "sequence": 2}
-SCALING_SIZES = (1000, 2000, 4000, 8000)  # selector rows timed per member (lumbar.scaling)
+SCALING_SIZES = (1000, 2000, 4000, 8000)  # selector rows timed per member (lumbar.commands.scaling)
 
 
 def full_epochs() -> dict[str, int]:
     """Each rehearsed torch stage's epochs in its config (what `make train` runs)."""
-    from .train.runner import CONFIGS
+    from ..train.runner import CONFIGS
 
     return {stage: CONFIGS[stage]().epochs for stage in REHEARSAL_EPOCHS}
 
@@ -85,7 +85,7 @@ def rehearse(out: str | Path, studies: int = 40, test_studies: int | None = None
         print(f"rehearsal: {stage:<12} {wall:7.1f}s  peak RSS {peak:.2f} GB", flush=True)
     m["cache_MB_per_study"] = folder_size(cache) / 2 ** 20 / studies
     # The selector's fits grow faster than its rows: their time at the real size comes from the measured
-    # exponent of each member (lumbar.scaling), not from this folder's seconds per study.
+    # exponent of each member (lumbar.commands.scaling), not from this folder's seconds per study.
     from .scaling import report as scaling_report
     numbers, _ = scaling_report(data, cache, sizes=SCALING_SIZES, workers=workers)
     m["selector_scaling"] = numbers["projection"]

@@ -22,10 +22,11 @@ REAL_TRAIN = 1975
 
 def training_matrix(data: str | Path, cache_dir: str | Path, workers: int = 2) -> tuple[dict, dict, int]:
     """(X per series type, y per series type, labelled studies) of a folder's training studies."""
-    from .data.cache import StudyCache
-    from .data.catalog import load_studies
-    from .preprocess.stage_one import cache_version, study_features, training_rows
-    from .train.stage_one import stack_rows, warm_cache
+    from ..data.cache import StudyCache
+    from ..data.catalog import load_studies
+    from ..preprocess.pipeline import cache_version, study_features, training_rows
+    from ..train.selection import stack_rows
+    from ..train.selector import warm_cache
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -53,7 +54,7 @@ def grown(X: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator) -> tup
 
 
 def fit_seconds(stype: str, X: np.ndarray, y: np.ndarray, member: str, svm_rows: int, n_jobs: int) -> float:
-    from .preprocess.slice_select import SliceSelector
+    from ..preprocess.slice_select import SliceSelector
 
     t = time.perf_counter()
     SliceSelector(svm_rows=svm_rows, n_jobs=n_jobs).fit({stype: X}, {stype: y}, (member,))
@@ -64,7 +65,7 @@ def measure(X: dict, Y: dict, sizes: tuple[int, ...], members: tuple[str, ...], 
             seed: int = 0, repeats: int = 2) -> list[dict]:
     """One row per (series type, member, size): seconds of one fit, the best of `repeats` (the least
     disturbed by whatever else the machine runs)."""
-    from .progress import bar
+    from ..progress import bar
 
     rng = np.random.default_rng(seed)
     out = []
@@ -111,8 +112,8 @@ def project(records: list[dict], rows_per_study: dict[str, float], n_folds: int 
 def report(data: str | Path, cache_dir: str | Path, sizes=(2500, 5000, 10000, 20000), members=None,
            svm_rows: int | None = None, n_jobs: int = 0, workers: int = 2, n_folds: int = 5) -> tuple[dict, str]:
     """Measure and project; (the numbers, a markdown table)."""
-    from .preprocess.slice_select import MEMBERS, cpu_jobs
-    from .train.stage_one import SliceSelectConfig
+    from ..preprocess.slice_select import MEMBERS, cpu_jobs
+    from ..train.selector import SliceSelectConfig
 
     members = tuple(members or MEMBERS)
     svm_rows = SliceSelectConfig.svm_rows if svm_rows is None else svm_rows

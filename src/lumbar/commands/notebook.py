@@ -21,9 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .files import write_json
+from ..files import write_json
 
-PKG = Path(__file__).resolve().parent
+PKG = Path(__file__).resolve().parents[1]  # src/lumbar (this module is in its commands/)
 ROOT = PKG.parents[1]  # the repository (for the commit recorded in the notebook)
 ENTRY = "lumbar.infer.engine"
 COMPETITION = "rsna-2024-lumbar-spine-degenerative-classification"
@@ -71,7 +71,7 @@ def _imports(name: str, path: Path) -> tuple[list[str], set[str]]:
                 parts = parts[:len(parts) - node.level + 1]
                 base = ".".join(parts + ([node.module] if node.module else []))
             inner.append(base)
-            for a in node.names:  # `from . import config`: a module, not a name
+            for a in node.names:  # `from .. import config`: a module, not a name
                 if module_path(f"{base}.{a.name}") is not None:
                     inner.append(f"{base}.{a.name}")
     return inner, outer
@@ -282,7 +282,7 @@ def dataset_id(weights: Path, given: str = "", ask: bool | None = None) -> str:
     placeholder, the Kaggle user name where it is known, or asked for on a terminal. When it becomes
     known here, the weights folder's dataset-metadata.json is corrected too (the dataset is created
     from it). Otherwise the placeholder stays, with a warning saying how to set it."""
-    from .train.export import PLACEHOLDER_USER, kaggle_user
+    from ..train.export import PLACEHOLDER_USER, kaggle_user
 
     meta_path = weights / "dataset-metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

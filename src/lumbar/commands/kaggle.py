@@ -22,7 +22,7 @@ nbformat.write(nb, sys.argv[2])
 def kaggle_layout(data: str | Path, weights: str | Path, root: str | Path) -> tuple[Path, Path]:
     """root/input/<competition>/ (the test split of `data`, linked) and root/input/lumbar-weights/ (a copy),
     plus an empty root/working/. Returns (input, working)."""
-    from .data.catalog import find_root
+    from ..data.catalog import find_root
 
     data, root = find_root(data), Path(root)
     comp = root / "input" / COMPETITION

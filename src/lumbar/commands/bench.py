@@ -14,9 +14,9 @@ import time
 import warnings
 from pathlib import Path
 
-from .data.cache import StudyCache
-from .data.catalog import load_studies
-from .data.dicom import DicomError, read_series
+from ..data.cache import StudyCache
+from ..data.catalog import load_studies
+from ..data.dicom import DicomError, read_series
 
 
 def bench_decode(studies, max_series: int = 40) -> dict:
@@ -40,7 +40,7 @@ def bench_decode(studies, max_series: int = 40) -> dict:
 
 
 def bench_preprocess(studies, run) -> dict:
-    from .preprocess.stage_one import cache_version, load_stage_one, preprocess_study
+    from ..preprocess.pipeline import cache_version, load_stage_one, preprocess_study
 
     selector, sel_id, regions, cfg = load_stage_one(run)
     root = Path(tempfile.mkdtemp(prefix="lumbar-bench-"))
@@ -63,7 +63,7 @@ def bench_preprocess(studies, run) -> dict:
 
 def stages() -> tuple[str, ...]:
     """The engine's timing names: decode, then each registered predictor's input preparation and folds."""
-    from .models.registry import predictors
+    from ..models.registry import predictors
 
     names = [s.name for s in predictors()]
     return ("decode", *(f"preprocess {m}" for m in names), *(f"model {m}" for m in names))
@@ -72,7 +72,7 @@ def stages() -> tuple[str, ...]:
 def bench_inference(data, weights, device: str = "cpu", amp: bool = False, batch_size: int = 8) -> dict:
     """Seconds per study of each inference stage, serially (workers=0, so stages do not overlap), cold
     cache; a first pass warms up the device and is not counted."""
-    from .infer.engine import PredictConfig, predict
+    from ..infer.engine import PredictConfig, predict
 
     root = Path(tempfile.mkdtemp(prefix="lumbar-bench-"))
     try:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .files import write_figure, write_json, write_text
-from .layout import Run
+from ..files import write_figure, write_json, write_text
+from ..layout import Run
 from .scaling import REAL_TRAIN, exponent
 
 ENSEMBLE = "ensemble"
@@ -129,7 +129,7 @@ class Curve:
     """One curve's work folder: per size its data view, run, weights and submissions."""
 
     def __init__(self, data: str | Path, test: str | Path | None, work: str | Path, cfg: CurveConfig):
-        from .data.catalog import find_root
+        from ..data.catalog import find_root
 
         self.data, self.test = find_root(data), find_root(test or data)
         self.work, self.cfg = Path(work), cfg
@@ -139,13 +139,13 @@ class Curve:
         return self.work / f"n{n:05d}"
 
     def subsets(self) -> dict[int, list[int]]:
-        from .data.catalog import read_labels
+        from ..data.catalog import read_labels
 
         return nested_subsets(read_labels(self.data)["study_id"], self.cfg.sizes, self.cfg.seed)
 
     def train_size(self, n: int, ids: list[int]) -> dict[str, float]:
         """Every stage on the view of `ids`; {stage: seconds} (a stage trained before keeps its seconds)."""
-        from .train.runner import RunConfig, stages, takes, train
+        from ..train.runner import RunConfig, stages, takes, train
 
         d = self.size_dir(n)
         view = write_view(self.data, self.test, ids, d / "data")
@@ -167,9 +167,9 @@ class Curve:
 
     def predict_size(self, n: int) -> Path:
         """The size's weights on the test studies: submission.csv (the ensemble) and per_model/<model>.csv."""
-        from .infer.engine import predict
-        from .infer.settings import PredictConfig
-        from .train.export import export_weights
+        from ..infer.engine import predict
+        from ..infer.settings import PredictConfig
+        from ..train.export import export_weights
 
         d = self.size_dir(n)
         sub = d / "submission.csv"
@@ -183,10 +183,10 @@ class Curve:
 
     def terms(self, n: int) -> dict[str, np.ndarray]:
         """{model or 'ensemble', plus 'prior' and 'oracle': per-study metric terms [studies, 4, 2]} on the test labels."""
-        from .infer.submission import submission_frame
-        from .metric import labels_to_array, study_terms, submission_to_probs
-        from .models.prior import load_prior
-        from .layout import WeightsLayout
+        from ..infer.submission import submission_frame
+        from ..metric import labels_to_array, study_terms, submission_to_probs
+        from ..models.prior import load_prior
+        from ..layout import WeightsLayout
 
         d = self.size_dir(n)
         labels = pd.read_csv(self.test / "test_labels.csv")
@@ -211,7 +211,7 @@ class Curve:
 
     def fit(self) -> dict:
         """Scores with intervals per size, the fitted curves and their projections, the stage exponents."""
-        from .metric import score_from_terms
+        from ..metric import score_from_terms
         from .scoring import interval, resamples
 
         sizes = [n for n in sorted(self.cfg.sizes) if (self.size_dir(n) / "submission.csv").exists()]

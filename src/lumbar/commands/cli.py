@@ -11,7 +11,7 @@ from pathlib import Path
 
 def _typed(typ: type, key: str):
     """An argparse type that parses like `key=value` overrides do (config.coerce)."""
-    from .config import ConfigError, coerce
+    from ..config import ConfigError, coerce
 
     def parse(value: str):
         try:
@@ -24,7 +24,7 @@ def _typed(typ: type, key: str):
 def dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One `--field-name` option per plain field of a config dataclass, typed and defaulted by it, so
     the command line restates no default."""
-    from .config import field_docs
+    from ..config import field_docs
 
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -43,10 +43,10 @@ def stage_options() -> str:
     with the field, as `--help` says it for the other commands)."""
     from importlib import import_module
 
-    from .config import field_docs
+    from ..config import field_docs
 
     import_module(".train", __package__)  # the trainers register their configs
-    from .train.runner import CONFIGS, stages
+    from ..train.runner import CONFIGS, stages
 
     lines = []
     for name in stages():
@@ -78,7 +78,7 @@ def dataclass_from(cls: type, a: argparse.Namespace):
 
 
 def _cmd_synth(a) -> int:
-    from .data.synth import SynthConfig, generate
+    from ..data.synth import SynthConfig, generate
     cfg = dataclass_from(SynthConfig, a)
     t = time.time()
     out = generate(cfg)
@@ -87,7 +87,7 @@ def _cmd_synth(a) -> int:
 
 
 def _cmd_validate(a) -> int:
-    from .data.catalog import validate
+    from ..data.catalog import validate
     problems = validate(a.dir)
     for p in problems:
         print(p.text())
@@ -96,8 +96,8 @@ def _cmd_validate(a) -> int:
 
 
 def _cmd_train(a) -> int:
-    from .config import file_overrides
-    from .train.runner import RunConfig, finished, takes, train
+    from ..config import file_overrides
+    from ..train.runner import RunConfig, finished, takes, train
     t = time.time()
     overrides = (file_overrides(a.config) if a.config else []) + a.overrides
     if a.device and takes(a.model, "device"):  # the crops, the prior and the ensemble have no device
@@ -117,7 +117,7 @@ def _cmd_train(a) -> int:
 
 def _cmd_preset(a) -> int:
     """Which preset `make train` uses, and whether this machine can run it (before any stage starts)."""
-    from .train.preset import check_preset
+    from ..train.preset import check_preset
     for line in check_preset(a.dir, a.device):
         print(f"train: {line}")
     return 0
@@ -129,9 +129,9 @@ def write_presets(folder: str | Path = "configs") -> list[Path]:
     always holds every field, so a file says everything the stage will run with."""
     import json
 
-    from . import config as cfgmod
-    from .files import write_json
-    from .train.runner import CONFIGS
+    from .. import config as cfgmod
+    from ..files import write_json
+    from ..train.runner import CONFIGS
 
     folder, written = Path(folder), []
     for stage, cls in sorted(CONFIGS.items()):
@@ -152,7 +152,7 @@ def _cmd_configs(a) -> int:
 
 
 def _cmd_export(a) -> int:
-    from .train.export import export_weights
+    from ..train.export import export_weights
     m = export_weights(a.run, a.data, a.out)
     models = ", ".join(f"{k} ({v['folds']} folds, OOF {v['oof_score']})" for k, v in m["models"].items()) or "prior only"
     print(f"export: {len(m['artefacts'])} files to {a.out} with manifest.json; models: {models}")
@@ -160,15 +160,15 @@ def _cmd_export(a) -> int:
 
 
 def _cmd_predict(a) -> int:
-    from .infer.engine import predict
-    from .infer.settings import PredictConfig
+    from ..infer.engine import predict
+    from ..infer.settings import PredictConfig
     cfg = dataclass_from(PredictConfig, a)
     res = predict(a.data, a.weights, a.out, cfg)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in res["timings"].items())
     print(f"predict: {res['predicted']}/{res['studies']} studies in {res['seconds']:.1f}s on {res['device']} "
           f"({stages}); {res['failed']} with errors; wrote {a.out}")
     if a.score:
-        from .data.catalog import find_root
+        from ..data.catalog import find_root
         from .demo import format_test_scores, test_scores
 
         if not (find_root(a.data) / "test_labels.csv").exists():
@@ -188,7 +188,7 @@ def _cmd_curve(a) -> int:
 
 
 def _cmd_scaling(a) -> int:
-    from .files import write_json, write_text
+    from ..files import write_json, write_text
     from .scaling import report
     numbers, text = report(a.data, a.cache, tuple(a.sizes), a.members or None, a.svm_rows, a.n_jobs, a.workers)
     print(text)
@@ -199,8 +199,8 @@ def _cmd_scaling(a) -> int:
 
 
 def _cmd_backbones(a) -> int:
-    from .models.backbones import save_backbones
-    from .train.preset import read_preset
+    from ..models.backbones import save_backbones
+    from ..train.preset import read_preset
     names = a.names or sorted({c.backbone for c in read_preset(a.preset).values() if hasattr(c, "backbone")})
     for path in save_backbones(names, a.out):
         print(f"backbones: {path}")
@@ -247,11 +247,11 @@ def _cmd_score(a) -> int:
 
 
 def _cmd_show(a) -> int:
-    from .data.cache import StudyCache
-    from .data.catalog import CatalogError, load_studies
-    from .data.volumes import study_volumes
+    from ..data.cache import StudyCache
+    from ..data.catalog import CatalogError, load_studies
+    from ..data.volumes import study_volumes
     from .plots import show_study
-    from .preprocess.stage_one import cache_version, load_stage_one, preprocess_study
+    from ..preprocess.pipeline import cache_version, load_stage_one, preprocess_study
 
     study = None
     for split in ("train", "test"):
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lumbar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    from .data.synth import SynthConfig
+    from ..data.synth import SynthConfig
     s = sub.add_parser("synth", help="write a synthetic competition folder (options: SynthConfig's fields)")
     dataclass_options(s, SynthConfig)
     s.set_defaults(fn=_cmd_synth)
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir", help="the competition folder to check")
     v.set_defaults(fn=_cmd_validate)
 
-    from .cv import RunConfig
+    from ..cv import RunConfig
     t = sub.add_parser("train", help="train one model on every fold, writing OOF predictions")
     t.add_argument("--model", required=True, help="a stage (prior, slice_select, crops, superres, multitask, "
                                                   "sequence, ensemble) or all")
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="weights", help="the weights folder to write (a Kaggle dataset)")
     e.set_defaults(fn=_cmd_export)
 
-    from .infer.settings import PredictConfig
+    from ..infer.settings import PredictConfig
     pr = sub.add_parser("predict", help="submission.csv for a folder's test studies from a weights folder "
                                         "(options: PredictConfig's fields)")
     pr.add_argument("--data", default="data/synthetic", help="competition folder whose test studies to predict")

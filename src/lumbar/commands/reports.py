@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import schema
-from .data.catalog import read_labels
-from .metric import labels_to_array
-from .layout import Run
-from .files import write_figure
+from .. import schema
+from ..data.catalog import read_labels
+from ..metric import labels_to_array
+from ..layout import Run
+from ..files import write_figure
 from .plots import pyplot
 from .scoring import format_table, local_score
-from .train.oof import list_oof, read_oof
+from ..train.oof import list_oof, read_oof
 
 GROUP_COLS = schema.GROUP_COLUMNS
 
@@ -160,13 +160,13 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
     registered model that predicts points on the crops, from the fold that did not train on them."""
     import torch
 
-    from . import config as cfgmod
-    from .data.cache import StudyCache
-    from .data.catalog import load_studies
-    from .data.volumes import study_volumes
-    from .models.registry import create_model, for_inference, predictors
+    from .. import config as cfgmod
+    from ..data.cache import StudyCache
+    from ..data.catalog import load_studies
+    from ..data.volumes import study_volumes
+    from ..models.registry import create_model, for_inference, predictors
     from .plots import show_study
-    from .preprocess.stage_one import cache_version, load_stage_one, preprocess_study
+    from ..preprocess.pipeline import cache_version, load_stage_one, preprocess_study
 
     try:
         selector, sel_id, regions, pcfg = load_stage_one(run)

@@ -23,18 +23,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import config as cfgmod
-from .cv import read_folds
-from .data.cache import StudyCache
-from .data.catalog import find_root, load_studies, read_labels
-from .files import write_figure, write_json, write_text
-from .layout import Run
-from .metric import TERMS, labels_to_array, study_terms, submission_to_probs, term_scores
-from .models.prior import fit_prior
-from .preprocess.placement import centre_of, make_choice, per_level
-from .preprocess.stage_one import (build_crops, cache_version, labels_for, read_preprocess_config, study_crops,
+from .. import config as cfgmod
+from ..cv import read_folds
+from ..data.cache import StudyCache
+from ..data.catalog import find_root, load_studies, read_labels
+from ..files import write_figure, write_json, write_text
+from ..layout import Run
+from ..metric import TERMS, labels_to_array, study_terms, submission_to_probs, term_scores
+from ..models.prior import fit_prior
+from ..preprocess.placement import centre_of, make_choice, per_level
+from ..preprocess.pipeline import (build_crops, cache_version, labels_for, read_preprocess_config, study_crops,
                                    study_features, true_selection)
-from .progress import bar
+from ..progress import bar
 from .scoring import interval, resamples, with_overall
 
 VARIANTS = ("shipped", "true_slices", "true_points", "true_patches")
@@ -67,7 +67,7 @@ def labelled_centres(study, vols, selection) -> dict[str, np.ndarray]:
 
 def selections(study, cache, shipped: dict) -> dict[str, dict]:
     """The study's slice selection per variant: shipped, and shipped overridden by the labelled slices."""
-    from .data.volumes import study_volumes
+    from ..data.volumes import study_volumes
 
     vols = study_volumes(study, cache)
     true = true_selection(study, study_features(study, cache, vols))
@@ -81,7 +81,7 @@ def selections(study, cache, shipped: dict) -> dict[str, dict]:
 
 
 def _load_fold(name: str, run: Run, cfg, k: int):
-    from .models.registry import create_model, for_inference
+    from ..models.registry import create_model, for_inference
 
     net = create_model(name, for_inference(cfg))
     state = torch.load(run.fold_weights(name, k), map_location="cpu", weights_only=True)
@@ -94,8 +94,8 @@ def _predict(spec, net, entries: list[dict], force: bool, views=None, batch_size
     spec's batch keys, plus the labelled points where the entries hold them, for `force`), averaged over
     the test-time views (models/views.py; as they are if None), as the held-out predictions and the
     engine are."""
-    from .infer.engine import stack_batch
-    from .models.views import AS_IS, average
+    from ..infer.engine import stack_batch
+    from ..models.views import AS_IS, average
 
     keys = [*spec.batch_keys, *[k for k in ("points",) if k not in spec.batch_keys and k in entries[0]]]
     views = list(views or [AS_IS])
@@ -117,7 +117,7 @@ def _predict(spec, net, entries: list[dict], force: bool, views=None, batch_size
 
 def _inputs(kind: str, study, sel: dict, regions, pcfg, fcfg, cache) -> dict[str, dict]:
     """Variant -> the study's input entry for a model reading `kind` ("crops" or "frames")."""
-    from .preprocess.frames import study_frames
+    from ..preprocess.frames import study_frames
 
     if kind == "frames":  # whole slices: no crop box to centre
         shipped = study_frames(study, fcfg, cache, sel["shipped"])
@@ -132,11 +132,11 @@ def _inputs(kind: str, study, sel: dict, regions, pcfg, fcfg, cache) -> dict[str
 
 def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dict[str, np.ndarray]]:
     """(study ids, variant -> held-out probabilities [n, 25, 3]) of one torch model of a run."""
-    from .models.registry import get_spec
-    from .preprocess.crops import CropRegions
-    from .train.runner import CONFIGS
-    from .train.stage_one import read_oof_selection
-    from .train.folds import held_out_views
+    from ..models.registry import get_spec
+    from ..preprocess.crops import CropRegions
+    from ..train.runner import CONFIGS
+    from ..train.selection import read_oof_selection
+    from ..train.folds import held_out_views
 
     spec, r = get_spec(name), Run(run)
     if spec.inputs not in ("crops", "frames"):
@@ -202,7 +202,7 @@ def attribution(data, run, out, cache_dir: str = "cache", models: tuple[str, ...
                 n_boot: int = 1000) -> dict:
     """attribution.json (per model: shipped, true_slices, true_points, true_patches, oracle,
     stage_one_share and the intervals), attribution.md and attribution.png in `out`."""
-    from .models.registry import predictors
+    from ..models.registry import predictors
 
     root = find_root(data)
     labels = read_labels(root)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .layout import Run, WeightsLayout
+from ..layout import Run, WeightsLayout
 
 def _summary(stage: str, run: Path, result: dict) -> str:
     """A stage's headline numbers: the scalars of its report.json, else of what its trainer returned."""
@@ -27,10 +27,10 @@ def _summary(stage: str, run: Path, result: dict) -> str:
 def test_scores(data, submission: Path, weights) -> dict:
     """The submission's score on the synthetic test labels, with the prior's and the oracle's, and the
     share of their gap it closes with its bootstrap interval over the test studies."""
-    from .data.catalog import find_root
-    from .infer.submission import submission_frame
-    from .metric import labels_to_array, labels_to_solution, score, submission_to_probs
-    from .models.prior import load_prior
+    from ..data.catalog import find_root
+    from ..infer.submission import submission_frame
+    from ..metric import labels_to_array, labels_to_solution, score, submission_to_probs
+    from ..models.prior import load_prior
     from .scoring import gap_closed
 
     root = find_root(data)
@@ -56,8 +56,8 @@ def format_test_scores(s: dict) -> str:
 def run_demo(data, run, weights, kernel, cache: str = "cache") -> dict:
     from .kaggle import kaggle_layout, offline_prefix, run_notebook
     from .scoring import format_table, local_score
-    from .train.export import export_weights
-    from .train.runner import RunConfig, stages, takes, train
+    from ..train.export import export_weights
+    from ..train.runner import RunConfig, stages, takes, train
 
     run, t0 = Path(run), time.time()
     for name in stages():
