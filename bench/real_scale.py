@@ -198,6 +198,44 @@ def run_step(root: Path, name: str, cmd: list[str], env: dict, folders: dict[str
     return rec
 
 
+# What was projected for 1,975 studies before this run (docs/rehearsal.md: `make rehearsal` at 40 and 160
+# full-size studies, tiny presets; bench/results/learning-curve: the curve's stage times, 2 folds, fitted
+# a n^c from 25-400 studies). Peak RSS: the largest process, linear in n from 40 to 160 studies.
+PROJECTED = {
+    "prior": {"rehearsal_h": 0.05, "rss_gb": 0.75},
+    "slice_select": {"rehearsal_h": 0.44, "curve_2fold_s": 1822, "rss_gb": 3.9},
+    "crops": {"rehearsal_h": 0.23, "curve_2fold_s": 142, "rss_gb": 4.3},
+    "superres": {"rehearsal_h": 0.92, "rss_gb": 1.0},
+    "multitask": {"rehearsal_h": 3.13, "curve_2fold_s": 1498, "rss_gb": 2.1},
+    "sequence": {"rehearsal_h": 2.39, "curve_2fold_s": 1159, "rss_gb": 1.6},
+    "ensemble": {"rehearsal_h": 0.10, "rss_gb": 0.8},
+}
+
+
+def report(root: Path) -> str:
+    """measure.json as a table: every attempt of every stage, beside what was projected."""
+    m = json.loads((root / "measure.json").read_text()) if (root / "measure.json").exists() else {}
+    rows = ["| step | stage | attempt | wall s | CPU s | the run's share of the machine's busy CPU | peak RSS GB "
+            "(largest process / all) | projected: rehearsal h, curve 2-fold s, RSS GB | measured ÷ rehearsal (time, RSS) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for step, attempts in m.items():
+        for i, rec in enumerate(attempts, 1):
+            ended = "killed" if rec["rc"] == -9 else ("ok" if rec["rc"] == 0 else f"exit {rec['rc']}")
+            for name, st in rec["stages"].items():
+                p = PROJECTED.get(name, {})
+                proj = ", ".join(str(p[k]) if k in p else "-" for k in ("rehearsal_h", "curve_2fold_s", "rss_gb"))
+                ratio = (f"{st['seconds'] / 3600 / p['rehearsal_h']:.2f}, {st['peak_rss_gb'] / p['rss_gb']:.2f}"
+                         if p and ended == "ok" else "-")
+                rows.append(f"| {step} | {name} | {i} ({ended}) | {st['seconds']:.0f} | {st.get('cpu_s', 0):.0f} | "
+                            f"{st.get('run_share_of_busy_cpu') or '-'} | {st['peak_rss_gb']:.2f} / {st['peak_rss_sum_gb']:.2f} | "
+                            f"{proj} | {ratio} |")
+            if not rec["stages"]:
+                rows.append(f"| {step} | | {i} ({ended}) | {rec['seconds']:.0f} | | | | | |")
+    last = next((rec["disk_after"] for attempts in reversed(list(m.values())) for rec in reversed(attempts)), {})
+    disk = ", ".join(f"{k} {v / 2 ** 30:.2f} GB" for k, v in last.items())
+    return "\n".join(rows) + (f"\n\nDisk after the last step: {disk}\n" if disk else "\n")
+
+
 NOTEBOOK = """
 import sys, time
 from pathlib import Path
@@ -232,8 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--studies", type=int, nargs=2, default=(TRAIN, TEST), metavar=("TRAIN", "TEST"),
                     help="the folder's training and test studies (a smaller run: tests)")
     ap.add_argument("--until", default="", help="stop after this step (data, train, score, kernel, notebook)")
+    ap.add_argument("--report", action="store_true", help="print measure.json as a table (measured beside projected)")
     a = ap.parse_args(argv)
     root = Path(a.root)
+    if a.report:
+        print(report(root))
+        return 0
     (root / "log").mkdir(parents=True, exist_ok=True)
     st = State(root)
     repo, py = root / "repo", Path(a.venv) / "bin" / "python"

@@ -46,6 +46,8 @@ def test_each_stage_is_timed_and_its_memory_and_disk_measured(tmp_path):
     saved = json.loads((tmp_path / "measure.json").read_text())
     assert saved["train"][0]["stages"]["beta"]["seconds"] == beta["seconds"]
     assert "train: done" in (tmp_path / "events.log").read_text()
+    table = rs.report(tmp_path)
+    assert "| train | alpha | 1 (ok) |" in table and "| train | beta | 1 (ok) |" in table and "out 0.00 GB" in table
 
 
 def test_a_stage_killed_on_purpose_stops_the_step_and_says_how_to_resume(tmp_path):

@@ -47,7 +47,7 @@ from .inputs import StudyInputs
 from .ensemble import Ensemble
 from . import probes
 from .submission import required_row_ids, submission_frame, write_atomic
-from .weights import PREPROCESSING_LIBRARIES, Weights, version_report, versions_said
+from .weights import Weights, version_report, versions_said
 from .workers import StudyPool
 
 
@@ -315,7 +315,7 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
         for line in bundle.describe():
             _say(cfg, f"loaded: {line}")
     drift = bundle.check_inputs() if bundle is not None else {}
-    for line in input_lines(drift, w.manifest.get("libraries", {}) if w is not None else {}):
+    for line in probes.input_lines(drift, w.manifest.get("libraries", {}) if w is not None else {}):
         _say(cfg, line)
     folds = {m: sorted(nets) for m, nets in bundle.models.items()} if bundle else {}
     views = {m: view_levels(bundle.views[m]) for m in folds} if cfg.tta else {}
@@ -353,22 +353,6 @@ def predict(data: str | Path, weights: str | Path, out: str | Path, cfg: Predict
             "loaded": bundle.describe() if bundle else [], "probed": list(bundle.probed) if bundle else [],
             "input_probe": drift}
 
-
-def input_lines(drift: dict[str, dict], exported_with: dict) -> list[str]:
-    """The input probe's report, a line per model; a drift over tolerance said plainly."""
-    lines = []
-    for model, r in drift.items():
-        if "message" in r:
-            lines.append(f"input probe: {r['message']}")
-        elif r["ok"]:
-            lines.append(f"input probe: {model}'s inputs as at export (largest difference {r['max_abs']:.3g} in "
-                         f"'{r['array']}', tolerance {r['tolerance']:g})")
-        else:
-            lines.append(f"INPUT DRIFT: {model}'s inputs differ from those made at export by up to {r['max_abs']:.3g} "
-                         f"in '{r['array']}' (tolerance {r['tolerance']:g}): preprocessing computes otherwise in "
-                         f"this image; it cannot be repaired here, and its predictions may move. "
-                         f"{versions_said(exported_with, names=PREPROCESSING_LIBRARIES)}")
-    return lines
 
 
 def _run(studies, bundle: Bundle, plan: Plan, cache, cfg: PredictConfig, probs, timings, failures, done,

@@ -280,3 +280,22 @@ def input_drift(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> 
             r["max_abs"], r["array"] = worst, name
         r["ok"] &= ok
     return out
+
+
+def input_lines(drift: dict[str, dict], exported_with: dict) -> list[str]:
+    """The input probe's report, a line per model; a drift over tolerance said plainly."""
+    from .weights import PREPROCESSING_LIBRARIES, versions_said
+
+    lines = []
+    for model, r in drift.items():
+        if "message" in r:
+            lines.append(f"input probe: {r['message']}")
+        elif r["ok"]:
+            lines.append(f"input probe: {model}'s inputs as at export (largest difference {r['max_abs']:.3g} in "
+                         f"'{r['array']}', tolerance {r['tolerance']:g})")
+        else:
+            lines.append(f"INPUT DRIFT: {model}'s inputs differ from those made at export by up to {r['max_abs']:.3g} "
+                         f"in '{r['array']}' (tolerance {r['tolerance']:g}): preprocessing computes otherwise in "
+                         f"this image; it cannot be repaired here, and its predictions may move. "
+                         f"{versions_said(exported_with, names=PREPROCESSING_LIBRARIES)}")
+    return lines
