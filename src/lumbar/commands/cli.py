@@ -41,11 +41,8 @@ def dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[st
 def stage_options() -> str:
     """Every trainable stage's `key=value` overrides: name, default and what it does (the comment written
     with the field, as `--help` says it for the other commands)."""
-    from importlib import import_module
-
+    from .. import train  # noqa: F401  (importing the package registers every trainer's config)
     from ..config import field_docs
-
-    import_module(".train", __package__)  # the trainers register their configs
     from ..train.runner import CONFIGS, stages
 
     lines = []
