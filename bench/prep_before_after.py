@@ -5,6 +5,8 @@ with the working tree, on the same data and weights, one after the other in one 
 
 REV's source is checked out into a temporary git worktree; each side runs `bench_inference` (cold cache,
 workers=0, a warm-up pass not counted) in its own process with PYTHONPATH pointing at its `src/`.
+`--repeats N` alternates the sides N times and reports each figure's median: on a machine shared with
+other work (2 cores), one pass each moves by 10-20% between runs.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from statistics import median
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +40,20 @@ def main() -> int:
     ap.add_argument("rev")
     ap.add_argument("--data", default="runs/rehearsal/data")
     ap.add_argument("--weights", default="runs/rehearsal/weights")
+    ap.add_argument("--repeats", type=int, default=1, help="alternate the sides this many times; medians")
     a = ap.parse_args()
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="lumbar-before-") as tmp:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, a.rev], check=True,
                        capture_output=True)
         try:
-            before = measure(Path(tmp) / "src", a.data, a.weights)
+            for _ in range(a.repeats):
+                runs["before"].append(measure(Path(tmp) / "src", a.data, a.weights))
+                runs["after"].append(measure(ROOT / "src", a.data, a.weights))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True)
-    after = measure(ROOT / "src", a.data, a.weights)
-    print(f"| s per study ({a.data}) | {a.rev} | working tree | before / after |")
+    before, after = ({k: median(r[k] for r in runs[side]) for k in runs[side][0]} for side in ("before", "after"))
+    print(f"| s per study ({a.data}, median of {a.repeats}) | {a.rev} | working tree | before / after |")
     print("|---|---|---|---|")
     for k in (*PREP, "model multitask", "model sequence"):
         print(f"| {k} | {before[k]:.3f} | {after[k]:.3f} | {before[k] / max(after[k], 1e-9):.2f}x |")
