@@ -93,6 +93,41 @@ def test_imports_point_one_way_and_form_no_circle():
     assert not cycle, "import circle: " + " -> ".join(cycle)
 
 
+
+def test_no_lumbar_module_is_imported_by_name_at_run_time():
+    """`import_module(".x", __package__)` hides an import from the walk above (and broke when the commands
+    moved into commands/): package modules are imported by import statements only."""
+    hits = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in
+                    ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)
+                    and str(node.args[0].value).startswith((".", "lumbar"))):
+                hits.append(f"{name}:{node.lineno}: {node.args[0].value}")
+    assert not hits, hits
+
+
+def test_the_kernel_amalgamates_the_inference_closure_and_nothing_above_it():
+    """The notebook's modules: the engine's imports, transitively; base, data, preprocess, models and infer,
+    never train/ or commands/ (the kernel ships no training code)."""
+    from lumbar.commands.notebook import closure
+
+    mods = closure()
+    assert mods[-1] == "lumbar.infer.engine" and len(set(mods)) == len(mods)
+    layers = {_rank(m) for m in mods}
+    assert max(layers) == LAYERS["infer"] and {0, 1, 2, 3, 4} <= layers
+    graph = {m: _imports(m, p, _modules()) for m, p in _modules().items()}
+    reached, todo = set(), ["lumbar.infer.engine"]
+    while todo:  # the closure is what the engine reaches, parent packages included, nothing more
+        m = todo.pop()
+        if m in reached:
+            continue
+        reached.add(m)
+        parts = m.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))] + sorted(graph[m])
+    assert set(mods) == reached
+
+
 def _named_in_code(path: Path, words: set[str]) -> list[str]:
     """Identifiers and string constants (not docstrings or comments) containing one of `words`."""
     tree = ast.parse(path.read_text())
