@@ -8,6 +8,7 @@ A run folder (`runs/default`) holds what training writes, one folder per stage:
     <model>/fold<k>/                  one fold's training: last.pt (resume), weights.pt, log.csv, curves.png
     prior/all.json, prior/fold<k>.json
     slice_select/model/               the fitted selector; slice_select/oof_selection.json
+    slice_select/tasks/<fold k|all>.pkl  a finished task of the selector's cross-fit (resume), until the stage is done
     crops/regions.json, crops/regions_fold<k>.json
     superres/net.pt
     ensemble/ensemble.json
@@ -69,6 +70,9 @@ class Run:
     @property
     def selector(self) -> Path:
         return self.stage("slice_select") / "model"
+
+    def selector_task(self, name: str) -> Path:
+        return self.stage("slice_select") / "tasks" / f"{name}.pkl"
 
     @property
     def oof_selection(self) -> Path:

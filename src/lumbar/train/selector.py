@@ -2,6 +2,8 @@
 scorers and rankers, and the held-out selection each later stage reads (oof selection, reports)."""
 from __future__ import annotations
 
+import pickle
+import shutil
 import warnings
 from dataclasses import dataclass, replace
 
@@ -11,7 +13,7 @@ import pandas as pd
 from .. import config as cfgmod, schema
 from ..data.cache import StudyCache
 from ..data.volumes import pixels_reader, series_pixels, study_volumes
-from ..files import write_json
+from ..files import write_bytes, write_json
 from ..layout import Run
 from ..preprocess.crops import CROPS
 from ..preprocess.evidence import candidates, features, Scorer
@@ -23,7 +25,7 @@ from ..preprocess.slice_select import MEMBERS, SliceSelector
 from ..progress import bar
 from .levels import (fine_sample, fit_levels, format_levels, level_errors, level_example, level_points_figure,
                      level_report, level_samples)
-from .runner import load_train, register, RunConfig
+from .runner import load_train, register, request_of, RunConfig
 from .selection import (_compare, choose_methods, format_report, pick_sigma, selection_report, shipped,
                         SHIPPED_METHOD, SIGMAS, stack_rows)
 
@@ -90,7 +92,8 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
                cfg=cfg, methods=methods, cache=cache)
     records, errors, oof, examples = [], [], {}, []
     held: dict[int, tuple] = {}  # study -> (fold, probas, level points, fold's geometry): the local scorer's inputs
-    folds, full = _cross_fit(ctx, rc.n_folds, fold_workers(cfg))
+    tasks = FinishedTasks(Run(run), {**request_of(data, rc, overrides), "cache": cache_version()})
+    folds, full = _cross_fit(ctx, rc.n_folds, fold_workers(cfg), tasks)
     for res in folds:
         records += res["records"]
         errors += res["errors"]
@@ -144,7 +147,35 @@ def train_slice_select(data, run, rc: RunConfig, overrides: list[str]) -> dict:
         result["levels_median_mm"] = round(float(pd.DataFrame(errors)["error_mm"].median()), 2)
     if examples:
         level_points_figure(examples, out / "levels.png")
+    tasks.clear()  # the stage's own files now hold everything (done.json follows)
     return result
+
+
+class FinishedTasks:
+    """The cross-fit's finished tasks (each fold, and the fit on every study) in the run folder, each
+    written atomically as it returns, with the request it answered (data, folds, seed, overrides, the
+    cache's version): a run killed in the middle of the stage (an hour of CPU at the competition's size)
+    loads those on resume and fits only the rest. Pickled, as the fold workers return them: they are read
+    back only by the run that wrote them, and removed when the stage is done (weights carry no pickle)."""
+
+    def __init__(self, run: Run, request: dict):
+        self.run, self.request = run, request
+
+    def load(self, name: str):
+        path = self.run.selector_task(name)
+        if not path.exists():
+            return None
+        try:
+            saved = pickle.loads(path.read_bytes())
+        except Exception:  # a file from other code or damaged: fit that task again
+            return None
+        return saved["result"] if saved.get("request") == self.request else None
+
+    def save(self, name: str, result) -> None:
+        write_bytes(self.run.selector_task(name), pickle.dumps({"request": self.request, "result": result}))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.run.selector_task("all").parent, ignore_errors=True)
 
 
 # The folds' shared inputs, set before the fold workers fork (they read it, copy-on-write; nothing is pickled in).
@@ -228,29 +259,48 @@ def _fit_all(n_jobs: int | None = None) -> SliceSelector:
     return full
 
 
-def _cross_fit(inputs: dict, n_folds: int, workers: int) -> tuple[list[dict], SliceSelector]:
+def _cross_fit(inputs: dict, n_folds: int, workers: int, tasks: FinishedTasks | None = None
+               ) -> tuple[list[dict], SliceSelector]:
     """(each fold's held-out results in fold order, the selector fitted on every study): in this process,
     or (workers > 1) in that many forked processes of one thread each, so the single-threaded parts of a
     fold (the SVM, the MLP, placing the held-out studies) use every core; the final fit is one more task
-    among the folds (five folds and it fill three rounds of two)."""
+    among the folds (five folds and it fill three rounds of two). With `tasks`, each task is saved as it
+    returns and one saved for the same request is not fitted again."""
+    names = [f"fold{k}" for k in range(n_folds)] + ["all"]
+    got = {n: r for n in names if tasks is not None and (r := tasks.load(n)) is not None}
+    if got:
+        print(f"slice selector: {', '.join(got)} reused from an earlier run of this stage "
+              f"({tasks.run.selector_task('all').parent}); fitting {', '.join(n for n in names if n not in got) or 'nothing'}")
+
+    def finished(name: str, result) -> None:
+        got[name] = result
+        if tasks is not None:
+            tasks.save(name, result)
+
     _FOLD_INPUTS.clear()
     _FOLD_INPUTS.update(inputs)
     try:
-        workers = min(workers, n_folds + 1)
+        todo = [n for n in names if n not in got]
+        workers = min(workers, len(todo))
         if workers <= 1:
-            folds = list(bar((_held_out_fold(k) for k in range(n_folds)), total=n_folds, desc="slice selector folds"))
-            return folds, _fit_all()
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+            for n in bar(todo, desc="slice selector folds"):
+                finished(n, _fit_all() if n == "all" else _held_out_fold(int(n[4:])))
+        else:
+            import multiprocessing
+            from concurrent.futures import as_completed, ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_fold_worker_init) as pool:
-            full = pool.submit(_fit_all, 1)
-            futures = [pool.submit(_held_out_fold, k, 1) for k in range(n_folds)]
-            folds = [f.result() for f in bar(futures, total=n_folds, desc=f"slice selector folds ({workers} processes)")]
-            return folds, full.result()
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                     initializer=_fold_worker_init) as pool:
+                # the fit on every study, the longest task, first: it runs beside the folds, not after them
+                futures = {(pool.submit(_fit_all, 1) if n == "all" else pool.submit(_held_out_fold, int(n[4:]), 1)): n
+                           for n in sorted(todo, key=lambda n: n != "all")}
+                for f in bar(as_completed(futures), total=len(futures),
+                             desc=f"slice selector folds ({workers} processes)"):
+                    finished(futures[f], f.result())
+        return [got[f"fold{k}"] for k in range(n_folds)], got["all"]
     finally:
         _FOLD_INPUTS.clear()
+
 
 def evidence_groups(study, f, P: np.ndarray, probas: dict, geo: Geometry, pixels_of, patches: bool = False) -> dict[str, list]:
     """The local scorer's examples from a study with level points: per labelled axial and sagittal T1
