@@ -99,7 +99,7 @@ def stage_of(cmd: str) -> str | None:
     parts = cmd.split()
     if "lumbar" in parts and "train" in parts and "--model" in parts:
         return parts[parts.index("--model") + 1]
-    for name in ("preset", "export", "score", "predict"):
+    for name in ("synth", "preset", "export", "score", "predict"):
         if "lumbar" in parts and name in parts:
             return name
     if "build_kernel.py" in cmd:
