@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the run's folder, outside the work tree (found again by the next session)")
     ap.add_argument("--venv", default=str(HERE / ".venv"), help="the venv whose Python runs every step")
     ap.add_argument("--commit", default="HEAD", help="the commit a new run pins (a resumed run keeps its own)")
+    ap.add_argument("--repin", default="", help="COMMIT: move a run's code to this commit (data, cache and the "
+                    "run folder kept; make train retrains a stage whose request changed, resumes the rest)")
     ap.add_argument("--kill", default="", help="STAGE:SECONDS: kill the run that long into STAGE, on purpose")
     ap.add_argument("--studies", type=int, nargs=2, default=(TRAIN, TEST), metavar=("TRAIN", "TEST"),
                     help="the folder's training and test studies (a smaller run: tests)")
@@ -293,6 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         st.save()
         event(root, f"new run at {commit} in {root} (no earlier run found there)")
     else:
+        if a.repin:  # a fix the run needs to get through (say why in events.log): the clone moves, nothing else
+            new = subprocess.run(["git", "-C", str(HERE), "rev-parse", a.repin], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            subprocess.run(["git", "-C", str(repo), "fetch", "-q", str(HERE)], check=True)
+            subprocess.run(["git", "-C", str(repo), "checkout", "-q", new], check=True)
+            st.d.setdefault("pins", []).append({"from": st.d["commit"], "to": new, "at": now()})
+            event(root, f"re-pinned from {st.d['commit'][:10]} to {new[:10]}: data, cache and run folder kept")
+            st.d["commit"] = new
+            st.save()
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         if head != st.d["commit"]:
             raise SystemExit(f"{repo} is at {head}, the run is pinned to {st.d['commit']}")

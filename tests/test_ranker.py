@@ -122,3 +122,22 @@ def test_the_ranked_method_uses_the_ranker_and_without_one_takes_the_nearest_pla
     assert out["axial_l1_l2"][:2] == (3, labelled)
     plain = placement.place({}, {schema.AXIAL: [(3, v)]}, {}, P, Geometry(choice={schema.AXIAL: "ranked"}, max_gap_mm=12.0))
     assert plain["axial_l1_l2"][:2] == (3, int(np.argmin(v.project(target)[0])))
+
+
+def test_the_rankers_step_cap_bounds_its_training_and_changes_nothing_below_it(monkeypatch):
+    """At 1,975 studies 20 epochs were 13,460 steps per fit: `max_steps` bounds them; at or above the steps
+    the epochs make, the fit is the same to the bit."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    groups, _ = _groups(rng, 40)  # 40 levels: 2 steps of 16 an epoch
+    steps: list[int] = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), step(self, *a, **k))[1])
+    free = Ranker.fit(groups, epochs=3).to_dict()
+    assert len(steps) == 6
+    steps.clear()
+    assert Ranker.fit(groups, epochs=3, max_steps=6).to_dict() == free and len(steps) == 6
+    steps.clear()
+    capped = Ranker.fit(groups, epochs=3, max_steps=3).to_dict()
+    assert len(steps) == 3 and capped["state"] != free["state"]

@@ -89,10 +89,12 @@ class Ranker:
 
     @classmethod
     def fit(cls, groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], epochs: int = 20, width: int = 16,
-            seed: int = 0, device: str = "cpu", desc: str = "slice ranker") -> "Ranker | None":
+            seed: int = 0, device: str = "cpu", desc: str = "slice ranker", max_steps: int = 0) -> "Ranker | None":
         """groups: (features [c, F], patches [c, 3, PATCH, PATCH], which candidate is the labelled slice
         [c] bool), one per labelled level; those without the labelled slice among their candidates, or
-        with one candidate, teach nothing. None with fewer than 10 left."""
+        with one candidate, teach nothing. None with fewer than 10 left. `max_steps` (0: none) caps the
+        optimiser steps: `epochs` over more studies stop there, the last epoch cut short (below the cap
+        the steps, their order and the result are those of `epochs` epochs)."""
         import torch
         from torch import nn
 
@@ -111,10 +113,11 @@ class Ranker:
         batch = 16
         per_epoch = max(1, len(groups) // batch)
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * per_epoch, pct_start=0.1)
-        for _ in bar(range(epochs), desc=desc, leave=False):
+        steps = epochs * per_epoch if max_steps <= 0 else min(epochs * per_epoch, max_steps)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+        for e in bar(range(-(-steps // per_epoch)), desc=desc, leave=False):
             order = rng.permutation(len(groups))
-            for b in range(per_epoch):
+            for b in range(min(per_epoch, steps - e * per_epoch)):
                 chosen = [groups[i] for i in order[b * batch:(b + 1) * batch]]
                 P = torch.from_numpy(np.concatenate([_augment(g[1].astype(np.float32), rng) for g in chosen])).to(dev)
                 P = P.contiguous(memory_format=torch.channels_last)

@@ -43,6 +43,8 @@ class SliceSelectConfig:
     device: str = "auto"  # where the level network trains (auto: a working GPU, else the CPU; the members: CPU)
     levels_fine: bool = True  # a second look at a finer patch around each level point
     rank_epochs: int = 20  # the axial slice ranker's epochs (a CNN over each candidate plane's patch); 0 = none
+    rank_steps: int = 3000  # its optimiser steps at most, whatever the number of studies (20 epochs at 1,975 studies
+    # were 13,460 steps, 6 fits of 25-40 min on a CPU core; up to ~400 studies 20 epochs stay under the cap); 0 = no cap
     fold_workers: int = 0  # folds fitted at once, in forked processes of one thread each; 0: one per core when
     # the level network trains on the CPU, none (in this process) when it has a GPU
 
@@ -346,7 +348,7 @@ def local_scorers(studies, feats: dict, held: dict, oof: dict, cache: StudyCache
                 scorers[stype] = sc.to_dict()
         if rank:
             r = Ranker.fit([(X, P, y) for s in studies_ids for X, y, P in groups[s][schema.AXIAL]], cfg.rank_epochs,
-                           seed=cfg.seed, device=cfg.device, desc=desc)
+                           seed=cfg.seed, device=cfg.device, desc=desc, max_steps=cfg.rank_steps)
             if r is not None:
                 rankers[schema.AXIAL] = r.to_dict()
         return scorers, rankers
