@@ -93,7 +93,6 @@ def test_imports_point_one_way_and_form_no_circle():
     assert not cycle, "import circle: " + " -> ".join(cycle)
 
 
-
 def test_no_lumbar_module_is_imported_by_name_at_run_time():
     """`import_module(".x", __package__)` hides an import from the walk above (and broke when the commands
     moved into commands/): package modules are imported by import statements only."""

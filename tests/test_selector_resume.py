@@ -47,7 +47,7 @@ def test_a_killed_cross_fit_resumes_with_the_tasks_it_finished(tmp_path, monkeyp
     fake_tasks(monkeypatch, calls, kill_at="fold2")
     with pytest.raises(Killed):
         selector._cross_fit({}, 3, workers, selector.FinishedTasks(run, request))
-    saved = {p.stem for p in run.selector_task("all").parent.glob("*.pkl")}
+    saved = {p.stem for p in run.selector_tasks.glob("*.pkl")}
     assert {"fold0", "fold1"} <= saved and "fold2" not in saved  # each saved as it returned
 
     calls.clear()
@@ -66,7 +66,7 @@ def test_a_killed_cross_fit_resumes_with_the_tasks_it_finished(tmp_path, monkeyp
     assert all(other.load(n) is not None for n in names)
     assert all(selector.FinishedTasks(run, request).load(n) is None for n in names)
     other.clear()
-    assert not run.selector_task("all").parent.exists()
+    assert not run.selector_tasks.exists()
 
 
 def test_a_damaged_task_file_is_fitted_again(tmp_path, monkeypatch):
@@ -84,4 +84,4 @@ def test_a_damaged_task_file_is_fitted_again(tmp_path, monkeypatch):
 def test_the_trained_stage_leaves_no_task_files(stage_one):
     run, _, result = stage_one
     assert (Run(run).selector / "manifest.json").exists() or Run(run).selector.exists()
-    assert not Run(run).selector_task("all").parent.exists()
+    assert not Run(run).selector_tasks.exists()

@@ -71,8 +71,12 @@ class Run:
     def selector(self) -> Path:
         return self.stage("slice_select") / "model"
 
+    @property
+    def selector_tasks(self) -> Path:
+        return self.stage("slice_select") / "tasks"
+
     def selector_task(self, name: str) -> Path:
-        return self.stage("slice_select") / "tasks" / f"{name}.pkl"
+        return self.selector_tasks / f"{name}.pkl"
 
     @property
     def oof_selection(self) -> Path:

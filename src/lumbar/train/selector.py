@@ -177,7 +177,7 @@ class FinishedTasks:
         write_bytes(self.run.selector_task(name), pickle.dumps({"request": self.request, "result": result}))
 
     def clear(self) -> None:
-        shutil.rmtree(self.run.selector_task("all").parent, ignore_errors=True)
+        shutil.rmtree(self.run.selector_tasks, ignore_errors=True)
 
 
 # The folds' shared inputs, set before the fold workers fork (they read it, copy-on-write; nothing is pickled in).
@@ -272,7 +272,7 @@ def _cross_fit(inputs: dict, n_folds: int, workers: int, tasks: FinishedTasks | 
     got = {n: r for n in names if tasks is not None and (r := tasks.load(n)) is not None}
     if got:
         print(f"slice selector: {', '.join(got)} reused from an earlier run of this stage "
-              f"({tasks.run.selector_task('all').parent}); fitting {', '.join(n for n in names if n not in got) or 'nothing'}")
+              f"({tasks.run.selector_tasks}); fitting {', '.join(n for n in names if n not in got) or 'nothing'}")
 
     def finished(name: str, result) -> None:
         got[name] = result
