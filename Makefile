@@ -122,11 +122,14 @@ BACKBONES ?=
 # A stage that finished for the same data, folds and overrides (after the stages before it) is reused: make
 # train run again resumes where it stopped. RETRAIN=1 trains every stage again.
 RETRAIN ?=
+# FOLDS=N: study-level CV folds of every stage (default 5, RunConfig.n_folds; 2 halves the fits' cost and the
+# ensemble's models)
+FOLDS ?=
 # The stages in the order the data flows (a test keeps this list equal to the trainers' registry).
 STAGES := prior slice_select crops superres multitask sequence ensemble
 TRAIN_STAGES := $(if $(filter all,$(MODEL)),$(STAGES),$(MODEL))
 define train_stage
-	$(PY) -m lumbar train --model $(1) --data $(DATA) --run $(RUN)$(if $(RETRAIN), --retrain)$(if $(wildcard $(PRESET_DIR)/$(1).json), --config $(PRESET_DIR)/$(1).json)$(if $(DEVICE), --device $(DEVICE))$(if $(BACKBONES), --backbones $(BACKBONES))$(if $(filter all,$(MODEL)),, $(ARGS))
+	$(PY) -m lumbar train --model $(1) --data $(DATA) --run $(RUN)$(if $(RETRAIN), --retrain)$(if $(FOLDS), --folds $(FOLDS))$(if $(wildcard $(PRESET_DIR)/$(1).json), --config $(PRESET_DIR)/$(1).json)$(if $(DEVICE), --device $(DEVICE))$(if $(BACKBONES), --backbones $(BACKBONES))$(if $(filter all,$(MODEL)),, $(ARGS))
 
 endef
 train: data

@@ -8,7 +8,8 @@ Steps, each done once and recorded in ROOT/state.json (a rerun skips what is don
              so that moving code in the work tree cannot change what a resumed run trains)
   data       ROOT/data/real1975 (synth --profile real --size-scale 0.5, 1,975 + 700 studies, seed 21) and
              ROOT/data/rtest100 (the learning curve's 100 unseen studies, seed 11)
-  train      make train DATA=ROOT/data/real1975 (its defaults: 5 folds, every stage, tiny presets) in ROOT/repo
+  train      make train DATA=ROOT/data/real1975 (its defaults: 5 folds, every stage, tiny presets) in ROOT/repo;
+             `--folds 2` (kept in state.json) is the issue's fallback when 5 folds cannot finish
   score      make local-score
   kernel     make kernel
   notebook   the built notebook run offline on the 700 test studies as Kaggle runs it, then on rtest100;
@@ -260,6 +261,11 @@ s = test_scores(sys.argv[1], sys.argv[2], sys.argv[3]); print(format_test_scores
 """
 
 
+def train_args(state: dict) -> list[str]:
+    """make train's arguments beyond the data: the folds the run was told (the fallback), else its defaults."""
+    return [f"FOLDS={state['folds']}"] if state.get("folds") else []
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=str(HERE.parent / "lumbar-real-scale"),
@@ -271,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kill", default="", help="STAGE:SECONDS: kill the run that long into STAGE, on purpose")
     ap.add_argument("--studies", type=int, nargs=2, default=(TRAIN, TEST), metavar=("TRAIN", "TEST"),
                     help="the folder's training and test studies (a smaller run: tests)")
+    ap.add_argument("--folds", type=int, default=0, help="N: make train FOLDS=N from now on (kept in state.json; "
+                    "the issue's fallback is 2 when 5 folds cannot finish in the sessions there are)")
     ap.add_argument("--until", default="", help="stop after this step (data, train, score, kernel, notebook)")
     ap.add_argument("--report", action="store_true", help="print measure.json as a table (measured beside projected)")
     a = ap.parse_args(argv)
@@ -309,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{repo} is at {head}, the run is pinned to {st.d['commit']}")
         done = [k for k, v in st.d["steps"].items() if v == "done"]
         event(root, f"resuming the run pinned at {st.d['commit'][:10]}; done: {', '.join(done) or 'nothing yet'}")
+    if a.folds and a.folds != st.d.get("folds"):
+        event(root, f"folds: {st.d.get('folds', 'the default')} -> {a.folds} (make train FOLDS={a.folds}; a stage "
+                    "done with other folds is trained again)")
+        st.d["folds"] = a.folds
+        st.save()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update({"PYTHONPATH": str(repo / "src"), "PYTHONUNBUFFERED": "1", "LUMBAR_PROGRESS": "0"})
     data, rtest = root / "data" / "real1975", root / "data" / "rtest100"
@@ -337,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         part.rename(out)
 
     step("data", lambda: (synth(data, *a.studies, SEED, "data"), synth(rtest, 8, 100, 11, "rtest100")))
-    step("train", lambda: run_step(root, "train", make + ["train"], env, folders, repo, kill))
+    step("train", lambda: run_step(root, "train", make + ["train", *train_args(st.d)], env, folders, repo, kill))
     step("score", lambda: run_step(root, "score", make + ["local-score"], env, folders, repo))
     step("kernel", lambda: run_step(root, "kernel", make + ["kernel"], env, folders, repo))
 

@@ -60,3 +60,11 @@ def test_a_stage_killed_on_purpose_stops_the_step_and_says_how_to_resume(tmp_pat
     assert "killed on purpose (beta after" in events and "run the same command again to resume" in events
     rec = json.loads((tmp_path / "measure.json").read_text())["train"][0]
     assert rec["stages"]["beta"]["seconds"] < 2.5  # it did not finish its sleep
+
+
+def test_the_folds_fallback_is_kept_in_the_state_and_reaches_make_train(tmp_path):
+    assert rs.train_args({"steps": {}}) == []  # make train's defaults: 5 folds
+    st = rs.State(tmp_path)
+    st.d["folds"] = 2
+    st.save()
+    assert rs.train_args(rs.State(tmp_path).d) == ["FOLDS=2"]  # a resume without --folds keeps them

@@ -45,6 +45,9 @@ def test_make_train_with_the_gpu_preset_runs_every_stage_with_its_file():
     assert out.index(" -m lumbar preset ") < out.index(" -m lumbar train ") < out.index(" -m lumbar export ")
     cpu = _make_n("train", "PRESET=gpu", "DEVICE=cpu")
     assert all("--device cpu" in line for line in cpu.splitlines() if " -m lumbar train " in line)
+    two = _make_n("train", "FOLDS=2")  # the folds reach every stage (a run's stages share its folds.csv)
+    assert all(" --folds 2" in line for line in two.splitlines() if " -m lumbar train " in line)
+    assert " --folds" not in out
     one = _make_n("train", "PRESET=gpu", "MODEL=multitask", "ARGS=epochs=3")
     assert [line for line in one.splitlines() if " -m lumbar train " in line][0].endswith(
         "--config configs/gpu/multitask.json epochs=3")

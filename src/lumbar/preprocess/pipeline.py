@@ -16,7 +16,7 @@ from ..data.cache import StudyCache, config_hash
 from ..data.catalog import Study
 from ..data.dicom import Volume
 from ..layout import Run
-from ..data.volumes import DECODE_VERSION, normalised, study_volumes
+from ..data.volumes import cached_geometry, DECODE_VERSION, keep_geometry, normalised, study_volumes
 from .crops import CROP_NAMES, CROPS, CropRegions, crop_resize, map_points
 from .levels import thumbnails
 from .placement import N_LEVELS, canal_points, centre_of, make_choice, per_level, place, with_levels
@@ -89,7 +89,16 @@ def study_features(study: Study, cache: StudyCache | None,
     """Series type -> per-series slice features (cached), computed on the study's decoded volumes.
     keep_pixels=False keeps each volume's geometry only (its pixels a zero-size broadcast of the same
     shape): what slice selection and its training read, at a few kB per study."""
-    vols = volumes if volumes is not None else study_volumes(study, cache)
+    vols = volumes
+    if vols is None and not keep_pixels and cache is not None:
+        # geometry and cached features: no decode (the slice selector's training over every study)
+        geo = cached_geometry(study, cache)
+        if geo is not None and all(cache.path(study.study_id, f"feat_{sid}").exists()
+                                   for items in geo.values() for sid, _ in items):
+            vols = geo
+    if vols is None:
+        vols = study_volumes(study, cache)
+    keep_geometry(study, cache, vols)
     extent = _reference_extent(vols)
     out: dict[str, list[SeriesFeatures]] = {}
     for stype, items in vols.items():
@@ -116,6 +125,16 @@ def sagittal_thumbs(study: Study, cache: StudyCache | None, vols=None) -> dict[i
         if len(t):
             out[rec.series_id] = t
     return out
+
+
+def features_cached(study: Study, cache: StudyCache | None) -> bool:
+    """Whether the study's geometry, slice features and thumbnails are all in the cache (nothing to decode)."""
+    geo = cached_geometry(study, cache)
+    if geo is None:
+        return False
+    names = [f"feat_{sid}" for items in geo.values() for sid, _ in items]
+    names += [f"thumb_{rec.series_id}" for rec in study.series.get(schema.SAG_T2, [])]
+    return all(cache.path(study.study_id, n).exists() for n in names)
 
 
 def training_rows(study: Study, feats: dict[str, list[SeriesFeatures]]):

@@ -17,8 +17,9 @@ from ..files import write_bytes, write_json
 from ..layout import Run
 from ..preprocess.crops import CROPS
 from ..preprocess.evidence import candidates, features, Scorer
-from ..preprocess.pipeline import (cache_version, geometric, labelled_slices, level_points, sagittal_thumbs, select,
-                                   series_items, series_probas, study_features, training_rows)
+from ..preprocess.pipeline import (cache_version, features_cached, geometric, labelled_slices, level_points,
+                                   sagittal_thumbs, select, series_items, series_probas, study_features,
+                                   training_rows)
 from ..preprocess.placement import Geometry, labelled_points, METHODS, place
 from ..preprocess.ranker import candidate_patches, Ranker
 from ..preprocess.slice_select import MEMBERS, SliceSelector
@@ -55,6 +56,8 @@ def _features_job(args):
 
 
 def _featurise(study, cache: StudyCache) -> None:
+    if features_cached(study, cache):  # a resumed stage: nothing to decode
+        return
     vols = study_volumes(study, cache)
     study_features(study, cache, vols)
     sagittal_thumbs(study, cache, vols)
