@@ -14,6 +14,9 @@ Steps, each done once and recorded in ROOT/state.json (a rerun skips what is don
   kernel     make kernel
   notebook   the built notebook run offline on the 700 test studies as Kaggle runs it, then on rtest100;
              its temporary folder (TMPDIR) polled every second for the peak disk
+  accuracy   each model's own submission (predict --per-model-dir) on rtest100 and the 700, then every model's
+             score and share of the gap with intervals, ensemble - multitask paired (ROOT/accuracy.json), and
+             the learning curve's point at this n (ROOT/curve_point.json: lumbar curve --refit-with)
 Every step and every training stage gets: wall seconds, CPU seconds of its processes (sampled), peak RSS
 (largest process, and all of its processes together), the machine's CPU share that was the run's (other
 jobs on the 2 cores show here), and the disk of each folder after it. ROOT/measure.json holds them,
@@ -260,6 +263,37 @@ except ImportError:
 s = test_scores(sys.argv[1], sys.argv[2], sys.argv[3]); print(format_test_scores(s)); print(json.dumps(s))
 """
 
+ACCURACY = """
+import json, sys
+from pathlib import Path
+import numpy as np, pandas as pd
+from lumbar.commands.scoring import test_accuracy
+from lumbar.infer.submission import submission_frame
+from lumbar.layout import WeightsLayout
+from lumbar.models.prior import load_prior
+root, weights, n, folds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out = {}
+for name, folder in json.loads(sys.argv[5]).items():
+    where = root / "accuracy" / name
+    nb = pd.read_csv(root / "notebook" / f"notebook{name}" / "working" / "submission.csv")
+    mine = pd.read_csv(where / "submission.csv")
+    frames = {"ensemble": nb, **{p.stem: pd.read_csv(p) for p in sorted((where / "per_model").glob("*.csv"))}}
+    prior = submission_frame(list(nb["row_id"]), {}, load_prior(weights / WeightsLayout.PRIOR))
+    r = test_accuracy(folder, frames, prior)
+    cols = ["normal_mild", "moderate", "severe"]
+    both = nb.merge(mine, on="row_id", suffixes=("", "_predict"))
+    r["notebook_vs_predict_max_abs_dp"] = float(np.abs(both[cols].to_numpy() - both[[c + "_predict" for c in cols]].to_numpy()).max())
+    out[name] = r
+    for m, v in r["models"].items():
+        d = f", minus multitask {v['minus_multitask']:+.4f} {v['minus_multitask_interval']}" if "minus_multitask" in v else ""
+        print(f"{name} {m}: {v['score']:.4f} {v['interval']} gap {v['gap_closed']:.3f} {v['gap_closed_interval']}{d}")
+(root / "accuracy.json").write_text(json.dumps(out, indent=1))
+if "_rtest100" in out:  # the learning curve's own test studies: its point at this n
+    pt = {"n": n, "folds": folds, "models": {m: {"score": v["score"], "interval": v["interval"]}
+                                             for m, v in out["_rtest100"]["models"].items()}}
+    (root / "curve_point.json").write_text(json.dumps(pt, indent=1))
+"""
+
 
 def train_args(state: dict) -> list[str]:
     """make train's arguments beyond the data: the folds the run was told (the fallback), else its defaults."""
@@ -365,6 +399,19 @@ def main(argv: list[str] | None = None) -> int:
             run_step(root, f"{name}_score", [str(py), "-c", SCORE, str(folder), str(where / "working" / "submission.csv"),
                                              str(repo / "weights")], env, folders, repo)
     step("notebook", notebook)
+
+    def accuracy() -> None:  # each model's own submission (predict --per-model-dir), then every score
+        tests = {"_rtest100": rtest, "700": data}
+        for name, folder in tests.items():
+            where = root / "accuracy" / name
+            run_step(root, f"per_model{name}", [str(py), "-m", "lumbar", "predict", "--data", str(folder), "--weights",
+                                                 str(repo / "weights"), "--out", str(where / "submission.csv"),
+                                                 "--per-model-dir", str(where / "per_model"), "--workers", "2"],
+                     env, folders, repo)
+        run_step(root, "accuracy_scores", [str(py), "-c", ACCURACY, str(root), str(repo / "weights"), str(a.studies[0]),
+                                           str(st.d.get("folds", 5)), json.dumps({k: str(v) for k, v in tests.items()})],
+                 env, folders, repo)
+    step("accuracy", accuracy)
     event(root, "the run is complete: measure.json, log/")
     return 0
 

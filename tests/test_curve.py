@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar.commands.curve import Curve, CurveConfig, fit_power, figure, nested_subsets, power, table, write_view
+from lumbar.commands.curve import (Curve, CurveConfig, fit_power, figure, nested_subsets, power, refit_with_point, table,
+                                  write_view)
 from lumbar.data.catalog import load_studies
 from test_inference import assert_complete
 from tiny_stack import TINY_MULTITASK
@@ -123,3 +124,44 @@ def test_recipe_scores_a_variant_against_the_base_or_another_variant(synth_dir, 
     same = json.loads((tmp_path / "out" / "same_vs_base.json").read_text())
     assert [(r["difference"], r["low"], r["high"]) for r in same["rows"]] == [(0.0, 0.0, 0.0)] * 2
     assert "scored against" in same["head"]
+
+
+def _curve_result(p=(0.36, 4.4, 0.65), sizes=(25, 50, 100, 200, 400), half=0.02) -> dict:
+    scores = [float(power(p, n)) for n in sizes]
+    return {"config": {"folds": 2, "target": 1975, "target_folds": 5, "fit_from": 0}, "sizes": list(sizes),
+            "prior": 0.81, "oracle": 0.36,
+            "models": {"ensemble": {"score": scores, "interval": [[s - half, s + half] for s in scores],
+                                    "fit": dict(zip("abc", p))}}}
+
+
+def test_a_measured_point_refits_the_curve_where_it_was_measured():
+    res, p = _curve_result(), (0.36, 4.4, 0.65)
+    on = refit_with_point(res, "ensemble", 1975, 2, float(power(p, 1975)), (0.38, 0.40), n_boot=200)
+    assert on["run"]["curve_n"] == 1975  # the curve's own folds: its own n
+    assert abs(on["measured_minus_projected"]) < 1e-3  # on the curve: nothing to move
+    assert abs(on["with"]["projected"] - on["without"]["projected"]) < 1e-3
+    lo, hi = on["with"]["projected_interval"]
+    assert lo < on["with"]["projected"] < hi
+    # worse than projected at 1,975: the projection rises toward it, and the gap closed falls
+    off = refit_with_point(res, "ensemble", 1975, 2, float(power(p, 1975)) + 0.05, (0.42, 0.44), n_boot=200)
+    assert off["measured_minus_projected"] > 0.04
+    assert off["with"]["projected"] > off["without"]["projected"] + 0.02
+    assert off["with"]["projected_gap_closed"] < off["without"]["projected_gap_closed"]
+    # a 5-fold run's fold models saw 4/5 of its studies: it sits at the 2-fold curve's n = 1975 * 0.8 / 0.5
+    five = refit_with_point(res, "ensemble", 1975, 5, float(power(p, 3160)), (0.37, 0.39), n_boot=50)
+    assert five["run"]["curve_n"] == 3160 and abs(five["measured_minus_projected"]) < 1e-3
+
+
+def test_the_refit_command_writes_its_table_beside_the_curve(tmp_path):
+    from lumbar.commands.cli import main
+
+    res = _curve_result()
+    (tmp_path / "curve.json").write_text(json.dumps(res))
+    run = {"n": 1975, "folds": 2, "models": {"ensemble": {"score": 0.45, "interval": [0.43, 0.47]},
+                                             "not_on_the_curve": {"score": 0.5, "interval": [0.4, 0.6]}}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    assert main(["curve", "--out", str(tmp_path), "--refit-with", str(tmp_path / "run.json")]) == 0
+    md = (tmp_path / "refit.md").read_text()
+    assert "| ensemble | 0.4500 [0.4300, 0.4700] |" in md and "not_on_the_curve" not in md
+    refit = json.loads((tmp_path / "refit.json").read_text())["ensemble"]
+    assert refit["measured_minus_projected"] > 0.05  # 0.45 against ~0.39 on the curve

@@ -221,3 +221,27 @@ def test_the_share_of_the_gap_closed_and_its_interval_over_studies():
     assert 0.2 < share < 0.8 and low < share < high
     wider = gap_closed(y[:10], mixed[:10], prior[:10], oracle[:10], n_boot=500)
     assert wider[2] - wider[1] > high - low  # fewer studies, a wider interval
+
+
+def test_test_accuracy_scores_each_submission_with_its_gap_and_paired_difference(synth_dir):
+    import pandas as pd
+
+    from lumbar.commands.scoring import test_accuracy
+    from lumbar.metric import labels_to_solution, score
+
+    oracle = pd.read_csv(synth_dir / "oracle.csv")
+    labels = pd.read_csv(synth_dir / "test_labels.csv")
+    flat = oracle.copy()
+    flat[["normal_mild", "moderate", "severe"]] = [0.7, 0.2, 0.1]  # a constant "prior"
+    half = oracle.copy()
+    cols = ["normal_mild", "moderate", "severe"]
+    half[cols] = 0.5 * oracle[cols].to_numpy() + 0.5 * flat[cols].to_numpy()
+    r = test_accuracy(synth_dir, {"multitask": half, "ensemble": oracle}, flat, n_boot=200)
+    assert r["test_studies"] == labels["study_id"].nunique()
+    assert abs(r["oracle"] - score(labels_to_solution(labels), oracle)) < 1e-9  # the competition's metric
+    ens, mt = r["models"]["ensemble"], r["models"]["multitask"]
+    assert abs(ens["gap_closed"] - 1) < 1e-9 and 0 < mt["gap_closed"] < 1
+    assert ens["interval"][0] <= ens["score"] <= ens["interval"][1]
+    assert abs(ens["minus_multitask"] - (ens["score"] - mt["score"])) < 1e-9 and ens["minus_multitask"] < 0
+    lo, hi = ens["minus_multitask_interval"]
+    assert lo <= ens["minus_multitask"] <= hi and "minus_multitask" not in mt

@@ -176,7 +176,12 @@ def _cmd_predict(a) -> int:
 
 
 def _cmd_curve(a) -> int:
-    from .curve import CurveConfig, main, stage_overrides
+    from .curve import CurveConfig, main, refit_main, stage_overrides
+    if a.refit_with:
+        refit_main(a.out, a.refit_with)
+        return 0
+    if not a.data:
+        raise SystemExit("curve: --data is required (the folder whose training studies are subset)")
     overrides = stage_overrides(a.set)
     main(a.data, a.test, a.work, a.out, CurveConfig(sizes=a.sizes, folds=a.folds, seed=a.seed, target=a.target,
                                                     workers=a.workers, overrides=overrides, fit_from=a.fit_from),
@@ -308,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cu = sub.add_parser("curve", help="the learning curve: every stage on nested training subsets, scored on the same "
                                       "unseen test studies, fitted a + b n^-c and projected to 1,975 studies")
-    cu.add_argument("--data", required=True, help="the folder whose training studies are subset (a real-profile synthetic one)")
+    cu.add_argument("--data", default=None, help="the folder whose training studies are subset (a real-profile "
+                                                 "synthetic one; required but with --refit-with)")
     cu.add_argument("--test", default=None, help="the folder whose test studies score every size (default: --data)")
     cu.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 400], help="training studies per size")
     cu.add_argument("--folds", type=int, default=2, help="CV folds of every stage")
@@ -322,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",
                     help="a stage's config override (repeatable), e.g. multitask:epochs=3")
     cu.add_argument("--fit-only", action="store_true", help="refit and redraw from the sizes already predicted")
+    cu.add_argument("--refit-with", default="", metavar="FILE", help="refit --out's curve.json with a run's measured "
+                    "scores (JSON: n, folds, models: {model: {score, interval}}): refit.json, refit.md")
     cu.set_defaults(fn=_cmd_curve)
 
     bb = sub.add_parser("backbones", help="download the presets' pretrained backbones into a folder (needs "

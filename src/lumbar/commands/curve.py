@@ -270,6 +270,90 @@ class Curve:
         return out
 
 
+def refit_with_point(res: dict, model: str, n: int, folds: int, score: float, interval: tuple[float, float],
+                     n_boot: int = 1000, seed: int = 0) -> dict:
+    """The curve's fit of `model` again with one more measured point (a run of n studies and `folds` folds,
+    scored on the curve's test studies with its 95% interval), beside the same fit without it.
+
+    The curve's own intervals resample the test studies of every size at once; its per-study predictions
+    live in its work folder, which a later machine may not have. Here both fits draw each point from a
+    normal of its interval's width instead (independent points: the shared test studies' correlation is
+    lost), so the two are compared on the same footing; the study-resampled original stays in `res`."""
+    from .scoring import interval as span
+
+    cfg, m = res["config"], res["models"][model]
+    floor, prior = res.get("oracle") or 0.0, res["prior"]
+    n_at = equivalent_n(n, folds, cfg["folds"])  # the curve's n whose fold models saw as many studies
+    n_eq = equivalent_n(cfg["target"], cfg.get("target_folds", 5), cfg["folds"])
+    keep = [i for i, k in enumerate(res["sizes"]) if k >= cfg.get("fit_from", 0)]
+    pts = [(float(res["sizes"][i]), m["score"][i], m["interval"][i]) for i in keep]
+    rng = np.random.default_rng(seed)
+
+    def fitted(points) -> dict:
+        ns = np.array([p[0] for p in points])
+        mean = np.array([p[1] for p in points])
+        sd = np.array([(p[2][1] - p[2][0]) / 3.92 for p in points])
+        p0 = fit_power(ns, mean, floor)
+        if p0 is None:
+            raise ValueError(f"curve {model}: the power law does not fit its points {list(zip(ns, mean))}")
+        fits = [q for q in (fit_power(ns, mean + sd * rng.standard_normal(len(ns)), floor) for _ in range(n_boot))
+                if q is not None]
+        out = {"fit": dict(zip("abc", p0)), "fits_converged": len(fits)}
+        for key, at in (("at_run", n_at), ("projected", cfg["target"]), ("projected_equivalent", n_eq)):
+            lo, hi = span(np.array([power(q, at) for q in fits]))
+            out[key] = float(power(p0, at))
+            out[f"{key}_interval"] = [lo, hi]
+            if floor and prior > floor:
+                out[f"{key}_gap_closed"] = (prior - out[key]) / (prior - floor)
+                out[f"{key}_gap_closed_interval"] = [(prior - hi) / (prior - floor), (prior - lo) / (prior - floor)]
+        return out
+
+    before = fitted(pts)
+    after = fitted(pts + [(n_at, float(score), tuple(interval))])
+    residual = float(score) - before["at_run"]
+    return {"model": model, "run": {"n": n, "folds": folds, "curve_n": n_at, "score": float(score),
+                                    "interval": list(interval)},
+            "without": before, "with": after, "measured_minus_projected": residual}
+
+
+def refit_main(out: str | Path, measured: str | Path) -> dict:
+    """`lumbar curve --refit-with FILE`: the curve in `out` (curve.json) refitted with a run's measured scores
+    ({"n", "folds", "models": {model: {"score", "interval"}}}); writes refit.json and refit.md beside it."""
+    out = Path(out)
+    res = json.loads((out / "curve.json").read_text())
+    run = json.loads(Path(measured).read_text())
+    refits = {m: refit_with_point(res, m, run["n"], run["folds"], v["score"], tuple(v["interval"]))
+              for m, v in run["models"].items() if m in res["models"] and "fit" in res["models"][m]}
+    if not refits:
+        raise SystemExit(f"{measured}: none of its models ({', '.join(run['models'])}) has a fitted curve in "
+                         f"{out / 'curve.json'}")
+
+    def cell(d: dict, key: str) -> str:
+        lo, hi = d[f"{key}_interval"]
+        gap = d.get(f"{key}_gap_closed")
+        g = f" ({100 * gap:.0f}% [{100 * d[f'{key}_gap_closed_interval'][0]:.0f}%, " \
+            f"{100 * d[f'{key}_gap_closed_interval'][1]:.0f}%])" if gap is not None else ""
+        return f"{d[key]:.4f} [{lo:.4f}, {hi:.4f}]{g}"
+
+    target, k = res["config"]["target"], res["config"].get("target_folds", 5)
+    lines = [f"| model | measured at n={run['n']} ({run['folds']} folds) | the curve there | measured − curve "
+             f"| projected at {target} ({res['config']['folds']} folds): without, with the point "
+             f"| at {target} with {k} folds: without, with |", "|---|---|---|---|---|---|"]
+    for m, r in refits.items():
+        lo, hi = r["run"]["interval"]
+        lines.append(f"| {m} | {r['run']['score']:.4f} [{lo:.4f}, {hi:.4f}] | {cell(r['without'], 'at_run')} | "
+                     f"{r['measured_minus_projected']:+.4f} | {cell(r['without'], 'projected')}; "
+                     f"{cell(r['with'], 'projected')} | {cell(r['without'], 'projected_equivalent')}; "
+                     f"{cell(r['with'], 'projected_equivalent')} |")
+    lines.append("\nBoth fits draw each point from a normal of its 95% interval (the curve's per-study predictions "
+                 "are not needed): compare 'without' and 'with', not either with curve.json's study-resampled "
+                 "intervals.")
+    write_json(out / "refit.json", refits)
+    write_text(out / "refit.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return refits
+
+
 def table(res: dict) -> str:
     """results.md: scores per size with intervals, the fits and projections, stage seconds."""
     sizes, target = res["sizes"], res["config"]["target"]

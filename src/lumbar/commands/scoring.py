@@ -90,6 +90,33 @@ def gap_closed(y: np.ndarray, probs: np.ndarray, prior: np.ndarray, oracle: np.n
     return (p0 - a0) / (p0 - o0), low, high
 
 
+def test_accuracy(data: str | Path, frames: dict[str, pd.DataFrame], prior: pd.DataFrame, base: str = "multitask",
+                  n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """Submissions scored on a synthetic folder's test labels: per model its score and the share of the
+    prior-oracle gap it closes, each with its interval over test studies, and (for every model but `base`)
+    its paired difference to `base` where `base` is among the frames."""
+    root = find_root(data)
+    labels = pd.read_csv(root / "test_labels.csv")
+    ids = labels["study_id"].astype(int).tolist()
+    y = labels_to_array(labels)
+    oracle = pd.read_csv(root / "oracle.csv")
+    probs = {m: submission_to_probs(f, ids) for m, f in frames.items()}
+    ref = {k: submission_to_probs(f, ids) for k, f in (("prior", prior), ("oracle", oracle))}
+    counts = resamples(len(ids), n_boot, seed)
+    out: dict = {"test_studies": len(ids), "models": {},
+                 **{k: float(score_from_terms(study_terms(y, p))) for k, p in ref.items()}}
+    for m, p in probs.items():
+        t = study_terms(y, p)
+        share = gap_closed(y, p, ref["prior"], ref["oracle"], n_boot, seed)
+        rec = {"score": float(score_from_terms(t)), "interval": list(interval(score_from_terms(t, counts))),
+               "gap_closed": share[0], "gap_closed_interval": list(share[1:])}
+        if base in probs and m != base:
+            d = paired_difference(y, p, probs[base], n_boot, seed)
+            rec[f"minus_{base}"], rec[f"minus_{base}_interval"] = d[0], list(d[1:])
+        out["models"][m] = rec
+    return out
+
+
 def local_score(data: str | Path, run: str | Path, n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per OOF model of the run (and 'oracle' where the folder has oracle.csv): the score per
     condition group, overall, its 95% interval, and the paired difference to the best single model."""
