@@ -271,26 +271,25 @@ from lumbar.commands.scoring import test_accuracy
 from lumbar.infer.submission import submission_frame
 from lumbar.layout import WeightsLayout
 from lumbar.models.prior import load_prior
-root, weights, n, folds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-out = {}
-for name, folder in json.loads(sys.argv[5]).items():
-    where = root / "accuracy" / name
-    nb = pd.read_csv(root / "notebook" / f"notebook{name}" / "working" / "submission.csv")
-    mine = pd.read_csv(where / "submission.csv")
-    frames = {"ensemble": nb, **{p.stem: pd.read_csv(p) for p in sorted((where / "per_model").glob("*.csv"))}}
-    prior = submission_frame(list(nb["row_id"]), {}, load_prior(weights / WeightsLayout.PRIOR))
-    r = test_accuracy(folder, frames, prior)
-    cols = ["normal_mild", "moderate", "severe"]
-    both = nb.merge(mine, on="row_id", suffixes=("", "_predict"))
-    r["notebook_vs_predict_max_abs_dp"] = float(np.abs(both[cols].to_numpy() - both[[c + "_predict" for c in cols]].to_numpy()).max())
-    out[name] = r
-    for m, v in r["models"].items():
-        d = f", minus multitask {v['minus_multitask']:+.4f} {v['minus_multitask_interval']}" if "minus_multitask" in v else ""
-        print(f"{name} {m}: {v['score']:.4f} {v['interval']} gap {v['gap_closed']:.3f} {v['gap_closed_interval']}{d}")
-(root / "accuracy.json").write_text(json.dumps(out, indent=1))
-if "_rtest100" in out:  # the learning curve's own test studies: its point at this n
-    pt = {"n": n, "folds": folds, "models": {m: {"score": v["score"], "interval": v["interval"]}
-                                             for m, v in out["_rtest100"]["models"].items()}}
+root, weights, n, folds, name, folder = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:7]
+where = root / "accuracy" / name
+nb = pd.read_csv(root / "notebook" / f"notebook{name}" / "working" / "submission.csv")
+mine = pd.read_csv(where / "submission.csv")
+frames = {"ensemble": nb, **{p.stem: pd.read_csv(p) for p in sorted((where / "per_model").glob("*.csv"))}}
+prior = submission_frame(list(nb["row_id"]), {}, load_prior(weights / WeightsLayout.PRIOR))
+r = test_accuracy(folder, frames, prior)
+cols = ["normal_mild", "moderate", "severe"]
+both = nb.merge(mine, on="row_id", suffixes=("", "_predict"))
+r["notebook_vs_predict_max_abs_dp"] = float(np.abs(both[cols].to_numpy() - both[[c + "_predict" for c in cols]].to_numpy()).max())
+for m, v in r["models"].items():
+    d = f", minus multitask {v['minus_multitask']:+.4f} {v['minus_multitask_interval']}" if "minus_multitask" in v else ""
+    print(f"{name} {m}: {v['score']:.4f} {v['interval']} gap {v['gap_closed']:.3f} {v['gap_closed_interval']}{d}")
+path = root / "accuracy.json"
+out = json.loads(path.read_text()) if path.exists() else {}
+out[name] = r
+path.write_text(json.dumps(out, indent=1))
+if name == "_rtest100":  # the learning curve's own test studies: its point at this n
+    pt = {"n": n, "folds": folds, "models": {m: {"score": v["score"], "interval": v["interval"]} for m, v in r["models"].items()}}
     (root / "curve_point.json").write_text(json.dumps(pt, indent=1))
 """
 
@@ -400,18 +399,17 @@ def main(argv: list[str] | None = None) -> int:
                                              str(repo / "weights")], env, folders, repo)
     step("notebook", notebook)
 
-    def accuracy() -> None:  # each model's own submission (predict --per-model-dir), then every score
-        tests = {"_rtest100": rtest, "700": data}
-        for name, folder in tests.items():
-            where = root / "accuracy" / name
-            run_step(root, f"per_model{name}", [str(py), "-m", "lumbar", "predict", "--data", str(folder), "--weights",
-                                                 str(repo / "weights"), "--out", str(where / "submission.csv"),
-                                                 "--per-model-dir", str(where / "per_model"), "--workers", "2"],
-                     env, folders, repo)
-        run_step(root, "accuracy_scores", [str(py), "-c", ACCURACY, str(root), str(repo / "weights"), str(a.studies[0]),
-                                           str(st.d.get("folds", 5)), json.dumps({k: str(v) for k, v in tests.items()})],
+    def accuracy(name: str, folder: Path) -> None:  # each model's own submission (predict --per-model-dir), scored
+        where = root / "accuracy" / name
+        run_step(root, f"per_model{name}", [str(py), "-m", "lumbar", "predict", "--data", str(folder), "--weights",
+                                             str(repo / "weights"), "--out", str(where / "submission.csv"),
+                                             "--per-model-dir", str(where / "per_model"), "--workers", "2"],
                  env, folders, repo)
-    step("accuracy", accuracy)
+        run_step(root, f"accuracy{name}", [str(py), "-c", ACCURACY, str(root), str(repo / "weights"), str(a.studies[0]),
+                                           str(st.d.get("folds", 5)), name, str(folder)], env, folders, repo)
+    # the curve's 100 studies first (its point and the paired difference), then the 700 (as long again as the notebook)
+    step("accuracy_rtest100", lambda: accuracy("_rtest100", rtest))
+    step("accuracy_700", lambda: accuracy("700", data))
     event(root, "the run is complete: measure.json, log/")
     return 0
 
