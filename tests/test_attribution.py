@@ -89,3 +89,20 @@ def test_attribution_writes_its_files(run_copy, synth_dir, tmp_path):
     assert abs(saved["multitask"]["shipped"] - oof) < 2e-3  # shipped is the OOF, rebuilt
     assert (tmp_path / "rep" / "attribution.png").stat().st_size > 1000
     assert "stage one's share" in (tmp_path / "rep" / "attribution.md").read_text()
+
+
+def test_the_attributed_studies_are_a_seeded_draw_capped_whatever_the_number_of_studies():
+    from lumbar.commands.attribution import sample_studies
+
+    ids = list(range(1000, 3000, 2))  # 1,000 studies
+    pick = sample_studies(ids, 400)
+    assert len(pick) == 400 and len(set(pick.tolist())) == 400 and (np.diff(pick) > 0).all()
+    shuffled = ids[::-1]  # the draw is of studies, not of positions in a list
+    assert sorted(shuffled[i] for i in sample_studies(shuffled, 400)) == sorted(ids[i] for i in pick)
+    assert sample_studies(ids, 0).tolist() == list(range(1000)) and len(sample_studies(ids[:50], 400)) == 50
+
+
+def test_attribution_over_a_sample_of_the_held_out_studies(run_copy, synth_dir, tmp_path):
+    run, cache = run_copy
+    res = attribution(synth_dir, run, tmp_path / "rep", str(cache), ("multitask",), n_boot=50, max_studies=4)
+    assert res["multitask"]["studies"] == 4

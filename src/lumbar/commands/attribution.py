@@ -130,8 +130,24 @@ def _inputs(kind: str, study, sel: dict, regions, pcfg, fcfg, cache) -> dict[str
     return {"shipped": shipped, "true_slices": true, "true_points": centred, "true_patches": centred}
 
 
-def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dict[str, np.ndarray]]:
-    """(study ids, variant -> held-out probabilities [n, 25, 3]) of one torch model of a run."""
+# Every variant rebuilds a study's inputs from its decoded series and holds a fold's inputs at once: at 1,975
+# studies that is hours and gigabytes for shares whose intervals a few hundred studies already make narrow.
+MAX_STUDIES = 400
+
+
+def sample_studies(study_ids: list[int], max_studies: int, seed: int = 0) -> np.ndarray:
+    """The indices (sorted) of at most max_studies of the studies, drawn by their ids (0: all of them)."""
+    n = len(study_ids)
+    if max_studies <= 0 or n <= max_studies:
+        return np.arange(n)
+    order = np.argsort(np.asarray(study_ids, np.int64), kind="stable")  # the draw does not depend on file order
+    return np.sort(order[np.random.default_rng(seed).choice(n, max_studies, replace=False)])
+
+
+def model_variants(name: str, data, run, cache_dir: str, max_studies: int = MAX_STUDIES
+                   ) -> tuple[list[int], dict[str, np.ndarray]]:
+    """(study ids, variant -> held-out probabilities [n, 25, 3]) of one torch model of a run, on at most
+    max_studies of its held-out studies (a seeded draw, the same for every model; 0: all)."""
     from ..models.registry import get_spec
     from ..preprocess.crops import CropRegions
     from ..train.runner import CONFIGS
@@ -145,6 +161,7 @@ def model_variants(name: str, data, run, cache_dir: str) -> tuple[list[int], dic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         studies = [s for s in load_studies(data, "train", folds) if s.fold >= 0]
+    studies = [studies[i] for i in sample_studies([s.study_id for s in studies], max_studies)]
     cache = StudyCache(cache_dir, cache_version())
     shipped_sel = read_oof_selection(run)
     y = np.stack([s.labels for s in studies])
@@ -199,9 +216,10 @@ def summarise(probs: dict[str, np.ndarray], y: np.ndarray, oracle: np.ndarray | 
 
 
 def attribution(data, run, out, cache_dir: str = "cache", models: tuple[str, ...] | None = None,
-                n_boot: int = 1000) -> dict:
+                n_boot: int = 1000, max_studies: int = MAX_STUDIES) -> dict:
     """attribution.json (per model: shipped, true_slices, true_points, true_patches, oracle,
-    stage_one_share and the intervals), attribution.md and attribution.png in `out`."""
+    stage_one_share and the intervals, over at most max_studies held-out studies), attribution.md and
+    attribution.png in `out`."""
     from ..models.registry import predictors
 
     root = find_root(data)
@@ -211,7 +229,7 @@ def attribution(data, run, out, cache_dir: str = "cache", models: tuple[str, ...
                                and r.config(s.name).exists() and r.fold_weights(s.name, 0).exists()])
     result: dict = {}
     for name in models:
-        ids, probs = model_variants(name, data, run, cache_dir)
+        ids, probs = model_variants(name, data, run, cache_dir, max_studies)
         index = labels.set_index(labels["study_id"].astype(int))
         y = labels_to_array(index.loc[ids].reset_index(drop=True))
         oracle = None

@@ -212,7 +212,8 @@ def _cmd_backbones(a) -> int:
 
 def _cmd_attribution(a) -> int:
     from .attribution import attribution, format_markdown
-    result = attribution(a.data, a.run, a.out, a.cache, tuple(a.models) or None, a.n_boot)
+    result = attribution(a.data, a.run, a.out, a.cache, tuple(a.models) or None, a.n_boot,
+                         **({} if a.max_studies is None else {"max_studies": a.max_studies}))
     print(format_markdown(result))
     print(f"attribution: {Path(a.out) / 'attribution.json'}, attribution.md, attribution.png")
     return 0
@@ -416,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--cache", default="cache", help="the per-study cache the run was trained with")
     at.add_argument("--models", nargs="*", default=[], help="models to attribute (default: every torch model of the run)")
     at.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of studies for the intervals")
+    at.add_argument("--max-studies", type=int, default=None, help="held-out studies attributed at most (a seeded "
+                    "draw; 0 = all; default attribution.MAX_STUDIES, 400): each costs a decode and four sets of inputs")
     at.set_defaults(fn=_cmd_attribution)
 
     sh = sub.add_parser("show", help="figure of a study's chosen slices, crop boxes, points and crops")
