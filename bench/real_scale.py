@@ -12,11 +12,11 @@ Steps, each done once and recorded in ROOT/state.json (a rerun skips what is don
              `--folds 2` (kept in state.json) is the issue's fallback when 5 folds cannot finish
   score      make local-score
   kernel     make kernel
-  notebook   the built notebook run offline on the 700 test studies as Kaggle runs it, then on rtest100;
-             its temporary folder (TMPDIR) polled every second for the peak disk
-  accuracy   each model's own submission (predict --per-model-dir) on rtest100 and the 700, then every model's
+  notebook   the built notebook run offline as Kaggle runs it, on rtest100 then on the 700 test studies; its
+             temporary folder (TMPDIR) polled every second for the peak disk
+  accuracy   after each notebook: each model's own submission (predict --per-model-dir), then every model's
              score and share of the gap with intervals, ensemble - multitask paired (ROOT/accuracy.json), and
-             the learning curve's point at this n (ROOT/curve_point.json: lumbar curve --refit-with)
+             on rtest100 the learning curve's point at this n (ROOT/curve_point.json: lumbar curve --refit-with)
 Every step and every training stage gets: wall seconds, CPU seconds of its processes (sampled), peak RSS
 (largest process, and all of its processes together), the machine's CPU share that was the run's (other
 jobs on the 2 cores show here), and the disk of each folder after it. ROOT/measure.json holds them,
@@ -387,17 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     step("score", lambda: run_step(root, "score", make + ["local-score"], env, folders, repo))
     step("kernel", lambda: run_step(root, "kernel", make + ["kernel"], env, folders, repo))
 
-    def notebook() -> None:
-        for name, folder in (("notebook700", data), ("notebook_rtest100", rtest)):
-            where, tmp = root / "notebook" / name, root / "notebook" / f"{name}.tmp"
-            subprocess.run(["rm", "-rf", str(where), str(tmp)], check=True)
-            tmp.mkdir(parents=True)
-            e = dict(env, TMPDIR=str(tmp))
-            run_step(root, name, [str(py), "-c", NOTEBOOK, str(folder), str(repo / "weights"), str(where),
-                                  str(repo / "kernel")], e, folders, repo, poll=tmp)
-            run_step(root, f"{name}_score", [str(py), "-c", SCORE, str(folder), str(where / "working" / "submission.csv"),
-                                             str(repo / "weights")], env, folders, repo)
-    step("notebook", notebook)
+    def notebook(name: str, folder: Path) -> None:
+        where, tmp = root / "notebook" / name, root / "notebook" / f"{name}.tmp"
+        subprocess.run(["rm", "-rf", str(where), str(tmp)], check=True)
+        tmp.mkdir(parents=True)
+        e = dict(env, TMPDIR=str(tmp))
+        run_step(root, name, [str(py), "-c", NOTEBOOK, str(folder), str(repo / "weights"), str(where),
+                              str(repo / "kernel")], e, folders, repo, poll=tmp)
+        run_step(root, f"{name}_score", [str(py), "-c", SCORE, str(folder), str(where / "working" / "submission.csv"),
+                                         str(repo / "weights")], env, folders, repo)
 
     def accuracy(name: str, folder: Path) -> None:  # each model's own submission (predict --per-model-dir), scored
         where = root / "accuracy" / name
@@ -407,8 +405,10 @@ def main(argv: list[str] | None = None) -> int:
                  env, folders, repo)
         run_step(root, f"accuracy{name}", [str(py), "-c", ACCURACY, str(root), str(repo / "weights"), str(a.studies[0]),
                                            str(st.d.get("folds", 5)), name, str(folder)], env, folders, repo)
-    # the curve's 100 studies first (its point and the paired difference), then the 700 (as long again as the notebook)
+    # the curve's 100 studies first (its point at this n, the paired difference: minutes), then the 700
+    step("notebook_rtest100", lambda: notebook("notebook_rtest100", rtest))
     step("accuracy_rtest100", lambda: accuracy("_rtest100", rtest))
+    step("notebook700", lambda: notebook("notebook700", data))
     step("accuracy_700", lambda: accuracy("700", data))
     event(root, "the run is complete: measure.json, log/")
     return 0
