@@ -205,22 +205,35 @@ def run_step(root: Path, name: str, cmd: list[str], env: dict, folders: dict[str
 # What was projected for 1,975 studies before this run (docs/rehearsal.md: `make rehearsal` at 40 and 160
 # full-size studies, tiny presets; bench/results/learning-curve: the curve's stage times, 2 folds, fitted
 # a n^c from 25-400 studies). Peak RSS: the largest process, linear in n from 40 to 160 studies.
+# (superres's curve times are erratic, 136 s at 200 studies and 23 s at 400, its patches capped: its fit is loose.)
 PROJECTED = {
-    "prior": {"rehearsal_h": 0.05, "rss_gb": 0.75},
+    "prior": {"rehearsal_h": 0.05, "curve_2fold_s": 0.1, "rss_gb": 0.75},
     "slice_select": {"rehearsal_h": 0.44, "curve_2fold_s": 1822, "rss_gb": 3.9},
     "crops": {"rehearsal_h": 0.23, "curve_2fold_s": 142, "rss_gb": 4.3},
-    "superres": {"rehearsal_h": 0.92, "rss_gb": 1.0},
+    "superres": {"rehearsal_h": 0.92, "curve_2fold_s": 63, "rss_gb": 1.0},
     "multitask": {"rehearsal_h": 3.13, "curve_2fold_s": 1498, "rss_gb": 2.1},
     "sequence": {"rehearsal_h": 2.39, "curve_2fold_s": 1159, "rss_gb": 1.6},
-    "ensemble": {"rehearsal_h": 0.10, "rss_gb": 0.8},
+    "ensemble": {"rehearsal_h": 0.10, "curve_2fold_s": 4.4, "rss_gb": 0.8},
 }
+
+
+def projected_seconds(stage: str, folds: int) -> float | None:
+    """What was projected for a stage at 1,975 studies with these folds: the learning curve's 2-fold fit for
+    2 folds, the rehearsal's (5 folds, `make train`'s default) otherwise."""
+    p = PROJECTED.get(stage, {})
+    if folds == 2:
+        return p.get("curve_2fold_s")
+    return p["rehearsal_h"] * 3600 if "rehearsal_h" in p else None
 
 
 def report(root: Path) -> str:
     """measure.json as a table: every attempt of every stage, beside what was projected."""
     m = json.loads((root / "measure.json").read_text()) if (root / "measure.json").exists() else {}
-    rows = ["| step | stage | attempt | wall s | CPU s | the run's share of the machine's busy CPU | peak RSS GB "
-            "(largest process / all) | projected: rehearsal h, curve 2-fold s, RSS GB | measured ÷ rehearsal (time, RSS) |",
+    folds = State(root).d.get("folds", 5)
+    basis = "the curve's 2-fold fit" if folds == 2 else "the rehearsal"
+    rows = [f"The run's folds: {folds}; measured ÷ projected takes {basis}'s time.", "",
+            "| step | stage | attempt | wall s | CPU s | the run's share of the machine's busy CPU | peak RSS GB "
+            "(largest process / all) | projected: rehearsal h, curve 2-fold s, RSS GB | measured ÷ projected (time, RSS) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for step, attempts in m.items():
         for i, rec in enumerate(attempts, 1):
@@ -228,8 +241,9 @@ def report(root: Path) -> str:
             for name, st in rec["stages"].items():
                 p = PROJECTED.get(name, {})
                 proj = ", ".join(str(p[k]) if k in p else "-" for k in ("rehearsal_h", "curve_2fold_s", "rss_gb"))
-                ratio = (f"{st['seconds'] / 3600 / p['rehearsal_h']:.2f}, {st['peak_rss_gb'] / p['rss_gb']:.2f}"
-                         if p and ended == "ok" else "-")
+                t = projected_seconds(name, folds)
+                ratio = (f"{st['seconds'] / t:.2f}, {st['peak_rss_gb'] / p['rss_gb']:.2f}"
+                         if p and t and ended == "ok" else "-")
                 rows.append(f"| {step} | {name} | {i} ({ended}) | {st['seconds']:.0f} | {st.get('cpu_s', 0):.0f} | "
                             f"{st.get('run_share_of_busy_cpu') or '-'} | {st['peak_rss_gb']:.2f} / {st['peak_rss_sum_gb']:.2f} | "
                             f"{proj} | {ratio} |")

@@ -68,3 +68,9 @@ def test_the_folds_fallback_is_kept_in_the_state_and_reaches_make_train(tmp_path
     st.d["folds"] = 2
     st.save()
     assert rs.train_args(rs.State(tmp_path).d) == ["FOLDS=2"]  # a resume without --folds keeps them
+
+
+def test_a_two_fold_run_is_set_beside_the_two_fold_projection():
+    assert rs.projected_seconds("multitask", 2) == rs.PROJECTED["multitask"]["curve_2fold_s"]
+    assert rs.projected_seconds("multitask", 5) == rs.PROJECTED["multitask"]["rehearsal_h"] * 3600
+    assert rs.projected_seconds("no_such_stage", 2) is None
