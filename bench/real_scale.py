@@ -365,9 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         done = [k for k, v in st.d["steps"].items() if v == "done"]
         event(root, f"resuming the run pinned at {st.d['commit'][:10]}; done: {', '.join(done) or 'nothing yet'}")
     if a.folds and a.folds != st.d.get("folds"):
-        event(root, f"folds: {st.d.get('folds', 'the default')} -> {a.folds} (make train FOLDS={a.folds}; a stage "
-                    "done with other folds is trained again)")
+        # every stage of a run shares its split (runs/default/folds.csv): another split is another run folder
+        runs = repo / "runs"
+        event(root, f"folds: {st.d.get('folds', 'the default')} -> {a.folds} (make train FOLDS={a.folds}); "
+                    f"{'the run folder trained with the others removed, ' if runs.exists() else ''}data and cache kept")
+        subprocess.run(["rm", "-rf", str(runs)], check=True)
         st.d["folds"] = a.folds
+        st.d["steps"] = {k: v for k, v in st.d["steps"].items() if k in ("checkout", "data")}
         st.save()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update({"PYTHONPATH": str(repo / "src"), "PYTHONUNBUFFERED": "1", "LUMBAR_PROGRESS": "0"})

@@ -148,3 +148,12 @@ def test_train_again_reuses_a_finished_stage_until_its_request_or_an_earlier_sta
     os.utime(later, ns=(time.time_ns() + 10 ** 9,) * 2)
     assert finished("slice_select", synth_dir, run, RunConfig(n_folds=2), []) == later
     assert finished("slice_select", synth_dir, run, RunConfig(n_folds=2, seed=1), []) is None
+
+
+def test_a_run_split_into_other_folds_is_refused_with_what_to_do(tmp_path):
+    ids = np.arange(100, 140)
+    y = np.zeros((40, 25), np.int64)
+    ensure_folds(tmp_path, ids, y, 5)
+    with pytest.raises(ValueError, match=r"split into 5 folds and 2 were asked for.*RUN=\.\.\."):
+        ensure_folds(tmp_path, ids, y, 2)
+    assert len(set(ensure_folds(tmp_path, ids, y, 5).values())) == 5

@@ -77,6 +77,11 @@ def ensure_folds(run_dir: str | Path, study_ids, y: np.ndarray, n_folds: int = 5
         if missing:
             raise ValueError(f"{path}: {len(missing)} studies of the data have no fold (e.g. {missing[0]}); "
                              "this run was split on other data; use a new run directory")
+        k = len(set(folds.values()))
+        if k != n_folds:  # else the folds past k would be trained on nothing, or never predicted
+            raise ValueError(f"{path}: this run is split into {k} folds and {n_folds} were asked for (--folds, "
+                             f"make train FOLDS=); every stage of a run shares its split: use a new run directory "
+                             f"(RUN=...), or remove {path.parent} to train every stage again with {n_folds}")
         return folds
     folds = make_folds(study_ids, y, n_folds, seed)
     write_folds(run_dir, folds)
