@@ -141,6 +141,16 @@ class Monitor(threading.Thread):
         s["run_share_of_busy_cpu"] = round(s["cpu_s"] / busy, 3) if busy > 0 else None
         s["disk_after"] = {k: du(p) for k, p in self.folders.items()}
 
+    def snapshot(self) -> dict[str, dict]:
+        """The stages so far, the one running with its seconds and CPU up to now (its record is cut there)."""
+        out = {k: dict(v) for k, v in self.stages.items()}
+        if self.current in out and "seconds" not in out[self.current]:
+            s = out[self.current]
+            s["seconds"] = round(time.time() - s["start"], 1)
+            s["cpu_s"] = round(sum(c for st, c in list(self.cpu_seen.values()) if st == self.current), 1)
+            s.pop("busy0", None)
+        return out
+
     def run(self) -> None:
         while not self.stop.is_set():
             t = time.time()
@@ -178,20 +188,32 @@ def run_step(root: Path, name: str, cmd: list[str], env: dict, folders: dict[str
                              start_new_session=True)
         mon = Monitor(p.pid, folders, poll, kill)
         mon.start()
-        rc = p.wait()
+        measure = root / "measure.json"
+        before = json.loads(measure.read_text()) if measure.exists() else {}
+
+        def save(rc, disk: bool) -> dict:
+            # written every minute while the step runs (rc None): a step cut off with its session (hours of
+            # train) keeps the stages it measured
+            rec = {"command": " ".join(cmd), "rc": rc, "seconds": round(time.time() - t0, 1),
+                   "machine_busy_cpu_s": round(machine_busy() - busy0, 1), "stages": mon.snapshot(),
+                   "disk_after": {k: du(p) for k, p in folders.items()} if disk else {}, "finished": now()}
+            if poll is not None:
+                rec["peak_tmp_bytes"] = mon.peak_poll
+            m = dict(before)
+            m[name] = [*before.get(name, []), rec]
+            tmp = measure.with_suffix(".tmp")
+            tmp.write_text(json.dumps(m, indent=1))
+            os.replace(tmp, measure)
+            return rec
+        while True:
+            try:
+                rc = p.wait(timeout=60)
+                break
+            except subprocess.TimeoutExpired:
+                save(None, disk=False)
         mon.stop.set()
         mon.join()
-    rec = {"command": " ".join(cmd), "rc": rc, "seconds": round(time.time() - t0, 1),
-           "machine_busy_cpu_s": round(machine_busy() - busy0, 1), "stages": mon.stages,
-           "disk_after": {k: du(p) for k, p in folders.items()}, "finished": now()}
-    if poll is not None:
-        rec["peak_tmp_bytes"] = mon.peak_poll
-    measure = root / "measure.json"
-    m = json.loads(measure.read_text()) if measure.exists() else {}
-    m.setdefault(name, []).append(rec)
-    tmp = measure.with_suffix(".tmp")
-    tmp.write_text(json.dumps(m, indent=1))
-    os.replace(tmp, measure)
+    rec = save(rc, disk=True)
     if mon.killed:
         event(root, f"{name}: killed on purpose ({mon.killed}); run the same command again to resume")
         raise SystemExit(3)
@@ -237,7 +259,8 @@ def report(root: Path) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for step, attempts in m.items():
         for i, rec in enumerate(attempts, 1):
-            ended = "killed" if rec["rc"] == -9 else ("ok" if rec["rc"] == 0 else f"exit {rec['rc']}")
+            ended = ("running, or cut off" if rec["rc"] is None else "killed" if rec["rc"] == -9
+                     else "ok" if rec["rc"] == 0 else f"exit {rec['rc']}")
             for name, st in rec["stages"].items():
                 p = PROJECTED.get(name, {})
                 proj = ", ".join(str(p[k]) if k in p else "-" for k in ("rehearsal_h", "curve_2fold_s", "rss_gb"))

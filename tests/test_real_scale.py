@@ -74,3 +74,24 @@ def test_a_two_fold_run_is_set_beside_the_two_fold_projection():
     assert rs.projected_seconds("multitask", 2) == rs.PROJECTED["multitask"]["curve_2fold_s"]
     assert rs.projected_seconds("multitask", 5) == rs.PROJECTED["multitask"]["rehearsal_h"] * 3600
     assert rs.projected_seconds("no_such_stage", 2) is None
+
+
+def test_a_step_cut_off_keeps_what_it_measured_so_far(tmp_path, monkeypatch):
+    # the record is saved while the step runs: here every 0.5 s instead of every minute
+    real_wait = rs.subprocess.Popen.wait
+    monkeypatch.setattr(rs.subprocess.Popen, "wait", lambda self, timeout=None: real_wait(self, 0.5 if timeout else None))
+    (tmp_path / "log").mkdir()
+    seen = []
+    real_save = rs.os.replace
+
+    def spy(src, dst):
+        real_save(src, dst)
+        if str(dst).endswith("measure.json"):
+            seen.append(json.loads(open(dst).read())["train"][-1])
+    monkeypatch.setattr(rs.os, "replace", spy)
+    rs.run_step(tmp_path, "train", fake_train(10), {"PATH": "/usr/bin:/bin"}, {}, tmp_path)
+    partial = [r for r in seen if r["rc"] is None]
+    assert partial and partial[-1]["stages"]  # in flight: rc None, the stages so far with their seconds
+    assert all("seconds" in st for st in partial[-1]["stages"].values())
+    assert seen[-1]["rc"] == 0 and list(seen[-1]["stages"]) == ["alpha", "beta"]
+    assert "running, or cut off" not in rs.report(tmp_path)  # the final record replaced the partial ones
