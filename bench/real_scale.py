@@ -261,13 +261,15 @@ def report(root: Path) -> str:
         for i, rec in enumerate(attempts, 1):
             ended = ("running, or cut off" if rec["rc"] is None else "killed" if rec["rc"] == -9
                      else "ok" if rec["rc"] == 0 else f"exit {rec['rc']}")
+            last = list(rec["stages"])[-1] if rec["stages"] else None
             for name, st in rec["stages"].items():
+                ended_here = ended if name == last else "ok"  # the stages before the last one finished
                 p = PROJECTED.get(name, {})
                 proj = ", ".join(str(p[k]) if k in p else "-" for k in ("rehearsal_h", "curve_2fold_s", "rss_gb"))
                 t = projected_seconds(name, folds)
                 ratio = (f"{st['seconds'] / t:.2f}, {st['peak_rss_gb'] / p['rss_gb']:.2f}"
-                         if p and t and ended == "ok" else "-")
-                rows.append(f"| {step} | {name} | {i} ({ended}) | {st['seconds']:.0f} | {st.get('cpu_s', 0):.0f} | "
+                         if p and t and ended_here == "ok" else "-")
+                rows.append(f"| {step} | {name} | {i} ({ended_here}) | {st['seconds']:.0f} | {st.get('cpu_s', 0):.0f} | "
                             f"{st.get('run_share_of_busy_cpu') or '-'} | {st['peak_rss_gb']:.2f} / {st['peak_rss_sum_gb']:.2f} | "
                             f"{proj} | {ratio} |")
             if not rec["stages"]:

@@ -60,6 +60,8 @@ def test_a_stage_killed_on_purpose_stops_the_step_and_says_how_to_resume(tmp_pat
     assert "killed on purpose (beta after" in events and "run the same command again to resume" in events
     rec = json.loads((tmp_path / "measure.json").read_text())["train"][0]
     assert rec["stages"]["beta"]["seconds"] < 2.5  # it did not finish its sleep
+    table = rs.report(tmp_path)  # the stage before the killed one had finished: it is set beside its projection
+    assert "| train | alpha | 1 (ok) |" in table and "| train | beta | 1 (killed) |" in table
 
 
 def test_the_folds_fallback_is_kept_in_the_state_and_reaches_make_train(tmp_path):
