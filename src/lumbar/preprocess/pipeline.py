@@ -93,8 +93,7 @@ def study_features(study: Study, cache: StudyCache | None,
     if vols is None and not keep_pixels and cache is not None:
         # geometry and cached features: no decode (the slice selector's training over every study)
         geo = cached_geometry(study, cache)
-        if geo is not None and all(cache.path(study.study_id, f"feat_{sid}").exists()
-                                   for items in geo.values() for sid, _ in items):
+        if geo is not None and _all_cached(study, cache, _feature_names(geo)):
             vols = geo
     if vols is None:
         vols = study_volumes(study, cache)
@@ -130,10 +129,16 @@ def sagittal_thumbs(study: Study, cache: StudyCache | None, vols=None) -> dict[i
 def features_cached(study: Study, cache: StudyCache | None) -> bool:
     """Whether the study's geometry, slice features and thumbnails are all in the cache (nothing to decode)."""
     geo = cached_geometry(study, cache)
-    if geo is None:
-        return False
-    names = [f"feat_{sid}" for items in geo.values() for sid, _ in items]
-    names += [f"thumb_{rec.series_id}" for rec in study.series.get(schema.SAG_T2, [])]
+    thumbs = [f"thumb_{rec.series_id}" for rec in study.series.get(schema.SAG_T2, [])]
+    return geo is not None and _all_cached(study, cache, _feature_names(geo) + thumbs)
+
+
+def _feature_names(geo: dict[str, list]) -> list[str]:
+    """The slice-feature cache entries of a study's series."""
+    return [f"feat_{sid}" for items in geo.values() for sid, _ in items]
+
+
+def _all_cached(study: Study, cache: StudyCache, names: list[str]) -> bool:
     return all(cache.path(study.study_id, n).exists() for n in names)
 
 
