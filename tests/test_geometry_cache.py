@@ -60,3 +60,18 @@ def test_a_study_whose_features_are_missing_is_decoded(real_studies, tmp_path):
     assert not features_cached(st, cache)
     selector._featurise(st, cache)  # decodes again and writes the missing entry
     assert feat.exists() and features_cached(st, cache)
+
+
+def test_only_a_geometry_reader_leaves_the_geometry_entry(real_studies, tmp_path):
+    """Inference (pixels kept: crops follow) writes no geometry entry into its temporary cache; the
+    selector's training, which reads geometry only, does."""
+    from lumbar.data.volumes import GEOMETRY_ENTRY
+
+    st = real_studies[0]
+    kernel = StudyCache(tmp_path / "kernel", cache_version())
+    study_features(st, kernel)
+    assert any(n.startswith("feat_") for n in (p.name for p in kernel.path(st.study_id, "x").parent.iterdir()))
+    assert not kernel.path(st.study_id, GEOMETRY_ENTRY).exists()
+    reader = StudyCache(tmp_path / "reader", cache_version())
+    study_features(st, reader, keep_pixels=False)
+    assert reader.path(st.study_id, GEOMETRY_ENTRY).exists()

@@ -97,7 +97,8 @@ def study_features(study: Study, cache: StudyCache | None,
             vols = geo
     if vols is None:
         vols = study_volumes(study, cache)
-    keep_geometry(study, cache, vols)
+    if not keep_pixels:  # a geometry-only reader comes back: spare its next decode (inference never does)
+        keep_geometry(study, cache, vols)
     extent = _reference_extent(vols)
     out: dict[str, list[SeriesFeatures]] = {}
     for stype, items in vols.items():

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import config as cfgmod, schema
 from ..data.cache import StudyCache
-from ..data.volumes import pixels_reader, series_pixels, study_volumes
+from ..data.volumes import keep_geometry, pixels_reader, series_pixels, study_volumes
 from ..files import write_bytes, write_json
 from ..layout import Run
 from ..preprocess.crops import CROPS
@@ -61,6 +61,7 @@ def _featurise(study, cache: StudyCache) -> None:
     vols = study_volumes(study, cache)
     study_features(study, cache, vols)
     sagittal_thumbs(study, cache, vols)
+    keep_geometry(study, cache, vols)  # what load_features reads instead of decoding again
 
 
 def warm_cache(studies, cache: StudyCache, workers: int = 2) -> None:
