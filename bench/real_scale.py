@@ -328,7 +328,8 @@ out = json.loads(path.read_text()) if path.exists() else {}
 out[name] = r
 path.write_text(json.dumps(out, indent=1))
 if name == "_rtest100":  # the learning curve's own test studies: its point at this n
-    pt = {"n": n, "folds": folds, "models": {m: {"score": v["score"], "interval": v["interval"]} for m, v in r["models"].items()}}
+    pt = {"n": n, "folds": folds, "oracle": r["oracle"], "prior": r["prior"],
+          "models": {m: {"score": v["score"], "interval": v["interval"]} for m, v in r["models"].items()}}
     (root / "curve_point.json").write_text(json.dumps(pt, indent=1))
 """
 

@@ -162,6 +162,26 @@ def test_the_refit_command_writes_its_table_beside_the_curve(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(run))
     assert main(["curve", "--out", str(tmp_path), "--refit-with", str(tmp_path / "run.json")]) == 0
     md = (tmp_path / "refit.md").read_text()
-    assert "| ensemble | 0.4500 [0.4300, 0.4700] |" in md and "not_on_the_curve" not in md
+    assert "| ensemble | 0.4500 [0.4300, 0.4700] (80%) |" in md and "not_on_the_curve" not in md  # (0.81-0.45)/(0.81-0.36)
     refit = json.loads((tmp_path / "refit.json").read_text())["ensemble"]
     assert refit["measured_minus_projected"] > 0.05  # 0.45 against ~0.39 on the curve
+    assert refit["oracle"] == 0.36 and "the curve's oracle 0.3600" in md
+
+
+def test_a_point_that_carries_the_metrics_bound_refits_above_it_not_above_the_posterior(tmp_path):
+    """A curve fitted above the posterior's score (0.36) cannot follow a run that beats it; the point's
+    own bound (0.30, the weighted optimum on the same studies) becomes the floor and the gap's end."""
+    from lumbar.commands.cli import main
+
+    (tmp_path / "curve.json").write_text(json.dumps(_curve_result()))
+    run = {"n": 1975, "folds": 2, "oracle": 0.30, "models": {"ensemble": {"score": 0.34, "interval": [0.33, 0.35]}}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    assert main(["curve", "--out", str(tmp_path), "--refit-with", str(tmp_path / "run.json")]) == 0
+    refit = json.loads((tmp_path / "refit.json").read_text())["ensemble"]
+    assert refit["oracle"] == 0.30
+    assert refit["with"]["projected"] < 0.36 <= refit["without"]["projected"] + 1e-9  # below the old floor now
+    assert refit["with"]["fit"]["a"] >= 0.30 - 1e-9
+    md = (tmp_path / "refit.md").read_text()
+    assert "| ensemble | 0.3400 [0.3300, 0.3500] (92%) |" in md and "the metric's bound on the same test studies, 0.3000" in md
+    held = refit_with_point(_curve_result(), "ensemble", 1975, 2, 0.34, (0.33, 0.35), n_boot=100)  # no bound given
+    assert held["with"]["projected"] >= 0.36 - 1e-9

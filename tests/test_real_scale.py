@@ -97,3 +97,40 @@ def test_a_step_cut_off_keeps_what_it_measured_so_far(tmp_path, monkeypatch):
     assert all("seconds" in st for st in partial[-1]["stages"].values())
     assert seen[-1]["rc"] == 0 and list(seen[-1]["stages"]) == ["alpha", "beta"]
     assert "running, or cut off" not in rs.report(tmp_path)  # the final record replaced the partial ones
+
+
+def test_the_accuracy_step_scores_each_submission_against_the_metrics_bound(synth_dir, tmp_path):
+    """The driver's accuracy step on a synthetic folder: every model's score and gap (the gap ends at the
+    weighted optimum of oracle.csv, which scores its own 100%), the notebook against predict, and the curve's
+    point with the bound and prior that refit it."""
+    import subprocess
+
+    import pandas as pd
+
+    from lumbar.data.catalog import read_labels
+    from lumbar.metric import labels_to_array, oracle_frame
+    from lumbar.models.prior import fit_prior, save_prior
+
+    root, weights = tmp_path / "run", tmp_path / "weights"
+    save_prior(fit_prior(labels_to_array(read_labels(synth_dir))), weights / "prior.json")
+    bound = oracle_frame(pd.read_csv(synth_dir / "oracle.csv"))
+    labels = pd.read_csv(synth_dir / "test_labels.csv")
+    bound = bound[bound["row_id"].str.split("_").str[0].astype(int).isin(labels["study_id"])]
+    flat = bound.copy()
+    flat[["normal_mild", "moderate", "severe"]] = [0.6, 0.25, 0.15]
+    for path, frame in {root / "notebook" / "notebook_rtest100" / "working" / "submission.csv": bound,
+                        root / "accuracy" / "_rtest100" / "submission.csv": bound,
+                        root / "accuracy" / "_rtest100" / "per_model" / "multitask.csv": flat}.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+    out = subprocess.run([sys.executable, "-c", rs.ACCURACY, str(root), str(weights), "1975", "2", "_rtest100",
+                          str(synth_dir)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads((root / "accuracy.json").read_text())["_rtest100"]
+    assert r["notebook_vs_predict_max_abs_dp"] == 0.0
+    assert abs(r["models"]["ensemble"]["gap_closed"] - 1) < 1e-6  # the bound closes its own gap
+    assert abs(r["models"]["ensemble"]["score"] - r["oracle"]) < 1e-6 and r["prior"] > r["oracle"]
+    assert r["models"]["ensemble"]["minus_multitask"] < 0 and "minus_multitask" not in r["models"]["multitask"]
+    pt = json.loads((root / "curve_point.json").read_text())
+    assert (pt["n"], pt["folds"], pt["oracle"], pt["prior"]) == (1975, 2, r["oracle"], r["prior"])
+    assert set(pt["models"]) == {"ensemble", "multitask"}

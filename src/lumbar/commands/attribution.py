@@ -35,7 +35,7 @@ from ..preprocess.placement import centre_of, make_choice, per_level
 from ..preprocess.pipeline import (build_crops, cache_version, labels_for, read_preprocess_config, study_crops,
                                    study_features, true_selection)
 from ..progress import bar
-from .scoring import interval, resamples, with_overall
+from .scoring import interval, read_oracle, resamples, with_overall
 
 VARIANTS = ("shipped", "true_slices", "true_points", "true_patches")
 COLUMNS = [*TERMS, "overall"]
@@ -232,9 +232,8 @@ def attribution(data, run, out, cache_dir: str = "cache", models: tuple[str, ...
         ids, probs = model_variants(name, data, run, cache_dir, max_studies)
         index = labels.set_index(labels["study_id"].astype(int))
         y = labels_to_array(index.loc[ids].reset_index(drop=True))
-        oracle = None
-        if (root / "oracle.csv").exists():
-            oracle = submission_to_probs(pd.read_csv(root / "oracle.csv"), ids)
+        bound = read_oracle(root)
+        oracle = submission_to_probs(bound, ids) if bound is not None else None
         s = summarise(probs, y, oracle, n_boot)
         result[name] = {v: s["variants"][v]["overall"] for v in VARIANTS}
         result[name].update({"oracle": s.get("oracle"), "stage_one_share": s.get("stage_one_share"),

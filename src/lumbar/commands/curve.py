@@ -187,6 +187,7 @@ class Curve:
         from ..metric import labels_to_array, study_terms, submission_to_probs
         from ..models.prior import load_prior
         from ..layout import WeightsLayout
+        from .scoring import read_oracle
 
         d = self.size_dir(n)
         labels = pd.read_csv(self.test / "test_labels.csv")
@@ -194,8 +195,9 @@ class Curve:
         sub = pd.read_csv(d / "submission.csv")
         frames = {ENSEMBLE: sub, **{p.stem: pd.read_csv(p) for p in sorted((d / "per_model").glob("*.csv"))}}
         frames["prior"] = submission_frame(list(sub["row_id"]), {}, load_prior(d / "weights" / WeightsLayout.PRIOR))
-        if (self.test / "oracle.csv").exists():
-            frames["oracle"] = pd.read_csv(self.test / "oracle.csv")
+        oracle = read_oracle(self.test)
+        if oracle is not None:
+            frames["oracle"] = oracle
         return {m: study_terms(y, submission_to_probs(f, ids)) for m, f in frames.items()}
 
     def run(self) -> dict:
@@ -271,18 +273,20 @@ class Curve:
 
 
 def refit_with_point(res: dict, model: str, n: int, folds: int, score: float, interval: tuple[float, float],
-                     n_boot: int = 1000, seed: int = 0) -> dict:
+                     n_boot: int = 1000, seed: int = 0, oracle: float | None = None) -> dict:
     """The curve's fit of `model` again with one more measured point (a run of n studies and `folds` folds,
     scored on the curve's test studies with its 95% interval), beside the same fit without it.
 
     The curve's own intervals resample the test studies of every size at once; its per-study predictions
     live in its work folder, which a later machine may not have. Here both fits draw each point from a
     normal of its interval's width instead (independent points: the shared test studies' correlation is
-    lost), so the two are compared on the same footing; the study-resampled original stays in `res`."""
+    lost), so the two are compared on the same footing; the study-resampled original stays in `res`.
+    `oracle`: the floor and the gap's end instead of the curve's own (the metric's bound on the same test
+    studies, where the curve was fitted above the posterior's score: before issue 42's fix)."""
     from .scoring import interval as span
 
     cfg, m = res["config"], res["models"][model]
-    floor, prior = res.get("oracle") or 0.0, res["prior"]
+    floor, prior = (oracle if oracle is not None else res.get("oracle")) or 0.0, res["prior"]
     n_at = equivalent_n(n, folds, cfg["folds"])  # the curve's n whose fold models saw as many studies
     n_eq = equivalent_n(cfg["target"], cfg.get("target_folds", 5), cfg["folds"])
     keep = [i for i, k in enumerate(res["sizes"]) if k >= cfg.get("fit_from", 0)]
@@ -311,8 +315,8 @@ def refit_with_point(res: dict, model: str, n: int, folds: int, score: float, in
     before = fitted(pts)
     after = fitted(pts + [(n_at, float(score), tuple(interval))])
     residual = float(score) - before["at_run"]
-    return {"model": model, "run": {"n": n, "folds": folds, "curve_n": n_at, "score": float(score),
-                                    "interval": list(interval)},
+    return {"model": model, "oracle": floor, "run": {"n": n, "folds": folds, "curve_n": n_at, "score": float(score),
+                                                     "interval": list(interval)},
             "without": before, "with": after, "measured_minus_projected": residual}
 
 
@@ -322,7 +326,8 @@ def refit_main(out: str | Path, measured: str | Path) -> dict:
     out = Path(out)
     res = json.loads((out / "curve.json").read_text())
     run = json.loads(Path(measured).read_text())
-    refits = {m: refit_with_point(res, m, run["n"], run["folds"], v["score"], tuple(v["interval"]))
+    refits = {m: refit_with_point(res, m, run["n"], run["folds"], v["score"], tuple(v["interval"]),
+                                  oracle=run.get("oracle"))
               for m, v in run["models"].items() if m in res["models"] and "fit" in res["models"][m]}
     if not refits:
         raise SystemExit(f"{measured}: none of its models ({', '.join(run['models'])}) has a fitted curve in "
@@ -339,15 +344,20 @@ def refit_main(out: str | Path, measured: str | Path) -> dict:
     lines = [f"| model | measured at n={run['n']} ({run['folds']} folds) | the curve there | measured − curve "
              f"| projected at {target} ({res['config']['folds']} folds): without, with the point "
              f"| at {target} with {k} folds: without, with |", "|---|---|---|---|---|---|"]
+    prior, floor = res["prior"], next(iter(refits.values()))["oracle"]
     for m, r in refits.items():
         lo, hi = r["run"]["interval"]
-        lines.append(f"| {m} | {r['run']['score']:.4f} [{lo:.4f}, {hi:.4f}] | {cell(r['without'], 'at_run')} | "
+        g = f" ({(prior - r['run']['score']) / (prior - floor):.0%})" if floor and prior > floor else ""
+        lines.append(f"| {m} | {r['run']['score']:.4f} [{lo:.4f}, {hi:.4f}]{g} | {cell(r['without'], 'at_run')} | "
                      f"{r['measured_minus_projected']:+.4f} | {cell(r['without'], 'projected')}; "
                      f"{cell(r['with'], 'projected')} | {cell(r['without'], 'projected_equivalent')}; "
                      f"{cell(r['with'], 'projected_equivalent')} |")
     lines.append("\nBoth fits draw each point from a normal of its 95% interval (the curve's per-study predictions "
                  "are not needed): compare 'without' and 'with', not either with curve.json's study-resampled "
                  "intervals.")
+    lines.append(f"The gap: from the curve's prior {prior:.4f} to " + (
+        f"the metric's bound on the same test studies, {floor:.4f} (given with the point; it is also the fits' floor)"
+        if run.get("oracle") is not None else f"the curve's oracle {floor:.4f} (its fits' floor)") + ".")
     write_json(out / "refit.json", refits)
     write_text(out / "refit.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -31,14 +31,14 @@ def test_scores(data, submission: Path, weights) -> dict:
     from ..infer.submission import submission_frame
     from ..metric import labels_to_array, labels_to_solution, score, submission_to_probs
     from ..models.prior import load_prior
-    from .scoring import gap_closed
+    from .scoring import gap_closed, read_oracle
 
     root = find_root(data)
     labels = pd.read_csv(root / "test_labels.csv")
     sol = labels_to_solution(labels)
     sub = pd.read_csv(submission)
     prior = submission_frame(list(sub["row_id"]), {}, load_prior(Path(weights) / WeightsLayout.PRIOR))
-    oracle = pd.read_csv(root / "oracle.csv")
+    oracle = read_oracle(root)
     oracle = oracle[oracle["row_id"].isin(sub["row_id"])]
     ids = labels["study_id"].tolist()
     share, low, high = gap_closed(labels_to_array(labels), *(submission_to_probs(f, ids) for f in (sub, prior, oracle)))

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import schema
 from ..data.catalog import find_root, read_labels
-from ..metric import (labels_to_array, labels_to_solution, score_from_terms, score_groups, study_terms,
+from ..metric import (labels_to_array, oracle_frame, labels_to_solution, score_from_terms, score_groups, study_terms,
                      submission_to_probs, term_scores)
 from ..layout import Run
 from ..train.oof import list_oof
@@ -90,6 +90,14 @@ def gap_closed(y: np.ndarray, probs: np.ndarray, prior: np.ndarray, oracle: np.n
     return (p0 - a0) / (p0 - o0), low, high
 
 
+def read_oracle(root: Path) -> pd.DataFrame | None:
+    """A synthetic folder's oracle as the metric's bound: oracle.csv holds each row's exact posterior,
+    whose weighted optimum (metric.weighted_optimum) is what no prediction beats; None where the folder
+    has none (real data)."""
+    path = Path(root) / "oracle.csv"
+    return oracle_frame(pd.read_csv(path)) if path.exists() else None
+
+
 def test_accuracy(data: str | Path, frames: dict[str, pd.DataFrame], prior: pd.DataFrame, base: str = "multitask",
                   n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Submissions scored on a synthetic folder's test labels: per model its score and the share of the
@@ -99,7 +107,9 @@ def test_accuracy(data: str | Path, frames: dict[str, pd.DataFrame], prior: pd.D
     labels = pd.read_csv(root / "test_labels.csv")
     ids = labels["study_id"].astype(int).tolist()
     y = labels_to_array(labels)
-    oracle = pd.read_csv(root / "oracle.csv")
+    oracle = read_oracle(root)
+    if oracle is None:
+        raise FileNotFoundError(f"{root}: no oracle.csv (test accuracy needs a synthetic folder's oracle)")
     probs = {m: submission_to_probs(f, ids) for m, f in frames.items()}
     ref = {k: submission_to_probs(f, ids) for k, f in (("prior", prior), ("oracle", oracle))}
     counts = resamples(len(ids), n_boot, seed)
@@ -127,9 +137,9 @@ def local_score(data: str | Path, run: str | Path, n_boot: int = N_BOOT) -> pd.D
     y = labels_to_array(labels)
     rows, probs = {}, {}
     frames = {m: pd.read_csv(Run(run).oof(m)) for m in list_oof(run)}
-    oracle = root / "oracle.csv"
-    if oracle.exists():
-        frames["oracle"] = pd.read_csv(oracle)
+    oracle = read_oracle(root)
+    if oracle is not None:
+        frames["oracle"] = oracle
     if not frames:
         raise FileNotFoundError(f"{run}: no OOF predictions in {Run(run).oof_dir}; run `make train` first")
     for m, frame in frames.items():
