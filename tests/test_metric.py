@@ -280,3 +280,17 @@ def test_the_weighted_optimum_of_the_posterior_is_the_metrics_bound_not_the_post
             assert b[g] <= other[g] + 2e-3, (power, g)  # the optimum up to the sample's noise
     frame = oracle_frame(probs_to_submission(ids, post))  # the frame form scoring reads
     np.testing.assert_allclose(submission_to_probs(frame, ids), best, atol=1e-6)
+
+
+def test_the_oracle_bound_bench_prints_the_bound_below_the_posterior(synth_dir, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "oracle_bound.py"
+    spec = importlib.util.spec_from_file_location("oracle_bound", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(synth_dir)]) == 0
+    rows = {line.split(" | ")[0].strip("| "): float(line.rstrip(" |").split(" | ")[-1])
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| posterior") or line.startswith("| the bound")}
+    assert rows["the bound: posterior x (1, 2, 4)"] < rows["posterior (oracle.csv)"]
