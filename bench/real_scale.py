@@ -39,6 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 TRAIN, TEST, SEED = 1975, 700, 21
+STEPS = ("data", "train", "score", "kernel", "notebook_rtest100", "accuracy_rtest100", "notebook700", "accuracy_700")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -334,6 +335,20 @@ if name == "_rtest100":  # the learning curve's own test studies: its point at t
 """
 
 
+def redo_steps(st: State, root: Path, redo: str) -> None:
+    """--redo STEP[,STEP]: those steps count as not done (said in events.log); the others keep their state."""
+    names = [s for s in redo.split(",") if s]
+    unknown = [s for s in names if s not in STEPS]
+    if unknown:
+        raise SystemExit(f"--redo {redo}: no step {', '.join(unknown)} (the steps: {', '.join(STEPS)})")
+    if names:
+        done = [s for s in names if st.d["steps"].get(s) == "done"]
+        event(root, f"redo: {', '.join(names)} (done before: {', '.join(done) or 'none'})")
+        for s in names:
+            st.d["steps"].pop(s, None)
+        st.save()
+
+
 def train_args(state: dict) -> list[str]:
     """make train's arguments beyond the data: the folds the run was told (the fallback), else its defaults."""
     return [f"FOLDS={state['folds']}"] if state.get("folds") else []
@@ -352,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the folder's training and test studies (a smaller run: tests)")
     ap.add_argument("--folds", type=int, default=0, help="N: make train FOLDS=N from now on (kept in state.json; "
                     "the issue's fallback is 2 when 5 folds cannot finish in the sessions there are)")
+    ap.add_argument("--redo", default="", help="STEP[,STEP]: run these finished steps again (with --repin: a scoring "
+                    "fix; what they wrote is replaced, the steps before them kept)")
     ap.add_argument("--until", default="", help="stop after this step (data, train, score, kernel, notebook)")
     ap.add_argument("--report", action="store_true", help="print measure.json as a table (measured beside projected)")
     a = ap.parse_args(argv)
@@ -399,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         st.d["folds"] = a.folds
         st.d["steps"] = {k: v for k, v in st.d["steps"].items() if k in ("checkout", "data")}
         st.save()
+    redo_steps(st, root, a.redo)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update({"PYTHONPATH": str(repo / "src"), "PYTHONUNBUFFERED": "1", "LUMBAR_PROGRESS": "0"})
     data, rtest = root / "data" / "real1975", root / "data" / "rtest100"

@@ -134,3 +134,16 @@ def test_the_accuracy_step_scores_each_submission_against_the_metrics_bound(synt
     pt = json.loads((root / "curve_point.json").read_text())
     assert (pt["n"], pt["folds"], pt["oracle"], pt["prior"]) == (1975, 2, r["oracle"], r["prior"])
     assert set(pt["models"]) == {"ensemble", "multitask"}
+
+
+def test_redo_marks_only_the_named_steps_not_done(tmp_path):
+    st = rs.State(tmp_path)
+    st.d["steps"] = {s: "done" for s in rs.STEPS[:6]}
+    st.save()
+    rs.redo_steps(st, tmp_path, "score,accuracy_rtest100")
+    kept = rs.State(tmp_path).d["steps"]
+    assert set(kept) == {"data", "train", "kernel", "notebook_rtest100"}
+    assert "redo: score, accuracy_rtest100 (done before: score, accuracy_rtest100)" in (tmp_path / "events.log").read_text()
+    with pytest.raises(SystemExit, match="no step nope"):
+        rs.redo_steps(st, tmp_path, "score,nope")
+    assert rs.State(tmp_path).d["steps"] == kept  # a bad name changes nothing
