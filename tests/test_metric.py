@@ -294,3 +294,27 @@ def test_the_oracle_bound_bench_prints_the_bound_below_the_posterior(synth_dir, 
     rows = {line.split(" | ")[0].strip("| "): float(line.rstrip(" |").split(" | ")[-1])
             for line in capsys.readouterr().out.splitlines() if line.startswith("| posterior") or line.startswith("| the bound")}
     assert rows["the bound: posterior x (1, 2, 4)"] < rows["posterior (oracle.csv)"]
+
+
+def test_local_score_gives_each_model_its_share_of_the_gap_to_the_metrics_bound(synth_dir, tmp_path):
+    from lumbar.commands.scoring import format_table, local_score
+    from lumbar.data.catalog import read_labels
+    from lumbar.layout import Run
+    from lumbar.metric import oracle_frame
+
+    labels = read_labels(synth_dir)
+    ids = labels["study_id"].astype(int).tolist()
+    bound = submission_to_probs(oracle_frame(pd.read_csv(synth_dir / "oracle.csv")), ids)
+    prior = np.broadcast_to(np.array([0.6, 0.25, 0.15]), bound.shape)
+    oof = Run(tmp_path / "run").oof_dir
+    oof.mkdir(parents=True)
+    probs_to_submission(ids, prior).to_csv(oof / "prior.csv", index=False)
+    probs_to_submission(ids, 0.5 * prior + 0.5 * bound).to_csv(oof / "halfway.csv", index=False)
+    table = local_score(synth_dir, tmp_path / "run", n_boot=200)
+    o, p, h = (table.loc[m, "overall"] for m in ("oracle", "prior", "halfway"))
+    assert table.loc["halfway", "gap"] == pytest.approx((p - h) / (p - o), abs=1e-4) and 0 < table.loc["halfway", "gap"] < 1
+    assert table.loc["halfway", "gap_low"] <= table.loc["halfway", "gap"] <= table.loc["halfway", "gap_high"]
+    lines = format_table(table).splitlines()
+    assert lines[0].endswith("| share of the prior–oracle gap (95% CI) |")
+    assert next(x for x in lines if x.startswith("| prior |")).endswith("| — |")
+    assert f"| {table.loc['halfway', 'gap']:.1%} [" in next(x for x in lines if x.startswith("| halfway |"))

@@ -129,7 +129,8 @@ def test_accuracy(data: str | Path, frames: dict[str, pd.DataFrame], prior: pd.D
 
 def local_score(data: str | Path, run: str | Path, n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per OOF model of the run (and 'oracle' where the folder has oracle.csv): the score per
-    condition group, overall, its 95% interval, and the paired difference to the best single model."""
+    condition group, overall, its 95% interval, the paired difference to the best single model, and
+    (with a prior and an oracle) the share of their gap each row closes, with its interval."""
     root = find_root(data)
     labels = read_labels(root)
     solution = labels_to_solution(labels)
@@ -148,6 +149,10 @@ def local_score(data: str | Path, run: str | Path, n_boot: int = N_BOOT) -> pd.D
     table = pd.DataFrame.from_dict(rows, orient="index")[COLUMNS]
     boot = bootstrap(probs, y, n_boot)
     table = table.join(boot)
+    if "prior" in probs and "oracle" in probs:
+        shares = {m: gap_closed(y, p, probs["prior"], probs["oracle"], n_boot) for m, p in probs.items()
+                  if m not in ("prior", "oracle")}
+        table = table.join(pd.DataFrame.from_dict(shares, orient="index", columns=["gap", "gap_low", "gap_high"]))
     table.attrs["best_single"] = boot.attrs["best_single"]
     return table
 
@@ -160,6 +165,8 @@ def format_table(table: pd.DataFrame) -> str:
     head = ["model", *groups, "overall", "95% CI"]
     if "vs_best" in table.columns:
         head.append(f"minus {best} (95% CI)")
+    if "gap" in table.columns:
+        head.append("share of the prior–oracle gap (95% CI)")
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for name, row in table.iterrows():
         cells = [f"{row[c]:.4f} [{row[c + '_low']:.3f}, {row[c + '_high']:.3f}]" if f"{c}_low" in table.columns
@@ -168,5 +175,8 @@ def format_table(table: pd.DataFrame) -> str:
             cells.append(f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
         if "vs_best" in table.columns:
             cells.append("—" if name == best else f"{row['vs_best']:+.4f} [{row['vs_best_low']:+.4f}, {row['vs_best_high']:+.4f}]")
+        if "gap" in table.columns:
+            cells.append("—" if name in ("prior", "oracle") else
+                         f"{row['gap']:.1%} [{row['gap_low']:.1%}, {row['gap_high']:.1%}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
