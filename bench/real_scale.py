@@ -14,6 +14,8 @@ Steps, each done once and recorded in ROOT/state.json (a rerun skips what is don
   kernel     make kernel
   notebook   the built notebook run offline as Kaggle runs it, on rtest100 then on the 700 test studies; its
              temporary folder (TMPDIR) polled every second for the peak disk
+  fullsize   8 full-size test studies (ROOT/data/full8) and the notebook on them: the temporary disk's peak
+             at the real data's pixel size
   accuracy   after each notebook: each model's own submission (predict --per-model-dir), then every model's
              score and share of the gap with intervals, ensemble - multitask paired (ROOT/accuracy.json), and
              on rtest100 the learning curve's point at this n (ROOT/curve_point.json: lumbar curve --refit-with)
@@ -39,7 +41,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 TRAIN, TEST, SEED = 1975, 700, 21
-STEPS = ("data", "train", "score", "kernel", "notebook_rtest100", "accuracy_rtest100", "notebook700", "accuracy_700")
+STEPS = ("data", "train", "score", "kernel", "notebook_rtest100", "accuracy_rtest100", "notebook700", "accuracy_700",
+         "notebook_fullsize")
+FULL_TEST = 8  # full-size test studies: the kernel's temporary disk at the real data's pixel size
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -433,14 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         if a.until == name:
             raise SystemExit(0)
 
-    def synth(out: Path, train: int, test: int, seed: int, name: str) -> None:
+    def synth(out: Path, train: int, test: int, seed: int, name: str, scale: float = 0.5) -> None:
         if out.exists():  # renamed into place only when complete
             event(root, f"{name}: {out} exists (complete); kept")
             return
         part = out.with_name(out.name + ".partial")
         subprocess.run(["rm", "-rf", str(part)], check=True)
         run_step(root, name, [str(py), "-m", "lumbar", "synth", "--out", str(part), "--studies", str(train),
-                              "--test-studies", str(test), "--profile", "real", "--size-scale", "0.5",
+                              "--test-studies", str(test), "--profile", "real", "--size-scale", str(scale),
                               "--seed", str(seed)], env, folders, repo)
         part.rename(out)
 
@@ -472,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     step("accuracy_rtest100", lambda: accuracy("_rtest100", rtest))
     step("notebook700", lambda: notebook("notebook700", data))
     step("accuracy_700", lambda: accuracy("700", data))
+    # the temporary disk at full size, measured rather than scaled from half size (item 4)
+    full = root / "data" / f"full{FULL_TEST}"
+    step("notebook_fullsize", lambda: (synth(full, 2, FULL_TEST, 13, "fullsize", 1.0), notebook("notebook_fullsize", full)))
     event(root, "the run is complete: measure.json, log/")
     return 0
 
