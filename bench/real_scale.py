@@ -113,6 +113,8 @@ def stage_of(cmd: str) -> str | None:
             return name
     if "build_kernel.py" in cmd:
         return "build"
+    if "ipykernel_launcher" in cmd:  # the notebook's own kernel (its workers are in the same session)
+        return "notebook"
     return None
 
 
@@ -266,6 +268,7 @@ def report(root: Path) -> str:
         for i, rec in enumerate(attempts, 1):
             ended = ("running, or cut off" if rec["rc"] is None else "killed" if rec["rc"] == -9
                      else "ok" if rec["rc"] == 0 else f"exit {rec['rc']}")
+            tmp = f"; TMPDIR peak {rec['peak_tmp_bytes'] / 1e6:.2f} MB" if rec.get("peak_tmp_bytes") is not None else ""
             last = list(rec["stages"])[-1] if rec["stages"] else None
             for name, st in rec["stages"].items():
                 ended_here = ended if name == last else "ok"  # the stages before the last one finished
@@ -274,11 +277,11 @@ def report(root: Path) -> str:
                 t = projected_seconds(name, folds)
                 ratio = (f"{st['seconds'] / t:.2f}, {st['peak_rss_gb'] / p['rss_gb']:.2f}"
                          if p and t and ended_here == "ok" else "-")
-                rows.append(f"| {step} | {name} | {i} ({ended_here}) | {st['seconds']:.0f} | {st.get('cpu_s', 0):.0f} | "
+                rows.append(f"| {step} | {name} | {i} ({ended_here}{tmp}) | {st['seconds']:.0f} | {st.get('cpu_s', 0):.0f} | "
                             f"{st.get('run_share_of_busy_cpu') or '-'} | {st['peak_rss_gb']:.2f} / {st['peak_rss_sum_gb']:.2f} | "
                             f"{proj} | {ratio} |")
             if not rec["stages"]:
-                rows.append(f"| {step} | | {i} ({ended}) | {rec['seconds']:.0f} | | | | | |")
+                rows.append(f"| {step} | | {i} ({ended}{tmp}) | {rec['seconds']:.0f} | | | | | |")
     last = next((rec["disk_after"] for attempts in reversed(list(m.values())) for rec in reversed(attempts)), {})
     disk = ", ".join(f"{k} {v / 2 ** 30:.2f} GB" for k, v in last.items())
     return "\n".join(rows) + (f"\n\nDisk after the last step: {disk}\n" if disk else "\n")

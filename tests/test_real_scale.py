@@ -28,6 +28,7 @@ def test_stage_names_come_from_the_command_lines():
     assert rs.stage_of("/v/bin/python -m lumbar export --run r") == "export"
     assert rs.stage_of("python build_kernel.py --weights w --out k") == "build"
     assert rs.stage_of("make -o x train") is None
+    assert rs.stage_of("/v/bin/python -m ipykernel_launcher -f /r/notebook700.tmp/k.json") == "notebook"
     assert rs.stage_of("/v/bin/python -m lumbar synth --out d.partial --studies 1975") == "synth"  # the data step
 
 
