@@ -81,20 +81,32 @@ def du(path: Path) -> int:
 
 
 def proc_table(sid: int) -> list[tuple[int, str, int, float]]:
-    """(pid, cmdline, rss bytes, cpu seconds) of every process in session sid."""
-    out = []
+    """(pid, cmdline, rss bytes, cpu seconds) of every process in session sid, and of their descendants
+    in sessions of their own (a notebook's kernel: jupyter starts it in a new session)."""
+    every = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             stat = Path(f"/proc/{d}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[3]) != sid:  # field 6 (session) counted from after the name
-                continue
-            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            out.append((int(d), cmd, int(fields[21]) * PAGE, (int(fields[11]) + int(fields[12])) / TICK))
+            fields = stat[stat.rindex(")") + 2:].split()  # counted from after the name: ppid 1, session 3
+            every[int(d)] = (int(fields[1]), int(fields[3]), int(fields[21]) * PAGE,
+                             (int(fields[11]) + int(fields[12])) / TICK)
         except (OSError, ValueError, IndexError):
             continue
+    mine = {pid for pid, (_, s, _, _) in every.items() if s == sid}
+    grown = True
+    while grown:
+        more = {pid for pid, (ppid, _, _, _) in every.items() if ppid in mine and pid not in mine}
+        mine |= more
+        grown = bool(more)
+    out = []
+    for pid in sorted(mine):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out.append((pid, cmd, every[pid][2], every[pid][3]))
     return out
 
 
@@ -175,6 +187,11 @@ class Monitor(threading.Thread):
                 if self.kill and self.current == self.kill[0] and t - s["start_wall"] >= self.kill[1] and not self.killed:
                     self.killed = f"{self.current} after {t - s['start_wall']:.0f}s"
                     os.killpg(self.sid, signal.SIGKILL)
+                    for pid, _, _, _ in procs:  # descendants in sessions of their own
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
             if self.poll is not None:
                 self.peak_poll = max(self.peak_poll, du(self.poll))
             self.stop.wait(1.0)

@@ -148,3 +148,30 @@ def test_redo_marks_only_the_named_steps_not_done(tmp_path):
     with pytest.raises(SystemExit, match="no step nope"):
         rs.redo_steps(st, tmp_path, "score,nope")
     assert rs.State(tmp_path).d["steps"] == kept  # a bad name changes nothing
+
+
+def test_a_child_in_a_session_of_its_own_is_still_measured():
+    """Jupyter starts a notebook's kernel in a new session: the step's table follows it by parentage."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    child = "import time; time.sleep(30)  # the kernel"
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               f"subprocess.Popen([sys.executable, '-c', {child!r}], start_new_session=True); "
+                               "time.sleep(30)"], start_new_session=True)
+    try:
+        for _ in range(50):
+            table = rs.proc_table(parent.pid)
+            if len(table) >= 2:
+                break
+            time.sleep(0.1)
+        kernel = [pid for pid, cmd, _, _ in table if "# the kernel" in cmd and pid != parent.pid]
+        assert {pid for pid, *_ in table} >= {parent.pid} and len(kernel) == 1
+        assert os.getsid(kernel[0]) != parent.pid  # not in the step's session, measured all the same
+        assert all(rss > 0 for _, _, rss, _ in table)
+    finally:
+        for pid, *_ in rs.proc_table(parent.pid):
+            os.kill(pid, signal.SIGKILL)
+        parent.wait()
