@@ -102,9 +102,8 @@ def write_view(train_root: Path, test_root: Path, ids: list[int], out: Path) -> 
 
 
 def fit_power(n, s, floor: float = 0.0) -> tuple[float, float, float] | None:
-    """(a, b, c) of s = a + b n^-c by least squares, with a >= floor (the oracle's score where it is known:
-    no amount of data beats the Bayes-optimal prediction), b >= 0, 0.05 <= c <= 3; None if it does not
-    converge."""
+    """(a, b, c) of s = a + b n^-c by least squares, with a >= floor (the oracle's score where it is known,
+    the metric's bound: no amount of data beats it), b >= 0, 0.05 <= c <= 3; None if it does not converge."""
     from scipy.optimize import curve_fit
 
     n, s = np.asarray(n, np.float64), np.asarray(s, np.float64)
