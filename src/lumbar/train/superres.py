@@ -32,7 +32,7 @@ def _patches(entries, size: int, per_image: int, rng: np.random.Generator) -> to
                 for _ in range(per_image):
                     ch = rng.integers(0, c.shape[0])
                     y, x = rng.integers(0, h - size + 1, size=2)
-                    out.append(c[ch, y:y + size, x:x + size])
+                    out.append(c[ch, y:y + size, x:x + size].copy())  # a view would keep the whole crop alive
     return torch.from_numpy(np.stack(out)[:, None])
 
 
