@@ -125,7 +125,7 @@ def stage_of(cmd: str) -> str | None:
             return name
     if "build_kernel.py" in cmd:
         return "build"
-    if "ipykernel_launcher" in cmd:  # the notebook's own kernel (its workers are in the same session)
+    if "ipykernel_launcher" in cmd:  # the notebook's kernel (jupyter gives it a session of its own; its workers are its children)
         return "notebook"
     return None
 

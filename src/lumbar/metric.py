@@ -154,7 +154,6 @@ def submission_to_probs(frame: pd.DataFrame, study_ids) -> np.ndarray:
     return indexed.loc[ids, list(schema.PROB_COLUMNS)].to_numpy(dtype=np.float32).reshape(-1, 25, 3)
 
 
-
 def weighted_optimum(posterior: np.ndarray) -> np.ndarray:
     """The prediction that minimises the metric's expected loss given each row's true posterior p
     (probabilities [..., 3]): q proportional to p * SEVERITY_WEIGHTS. A weight that follows the true
@@ -172,6 +171,7 @@ def oracle_frame(posterior: pd.DataFrame) -> pd.DataFrame:
     cols = list(schema.PROB_COLUMNS)
     out[cols] = weighted_optimum(posterior[cols].to_numpy(dtype=np.float64))
     return out
+
 
 TERMS = (*schema.GROUPS, "any_severe_spinal")
 

@@ -240,7 +240,7 @@ def _cmd_score(a) -> int:
         Path(a.out).write_text(text + "\n")
     if a.reports:
         from .reports import write_reports
-        paths = write_reports(a.data, a.run, a.reports, a.cache)
+        paths = write_reports(a.data, a.run, a.reports, a.cache, table=table)
         print(f"score: {len(paths)} reports in {a.reports}/: " + ", ".join(p.name for p in paths))
         if a.attribution:
             from .attribution import attribution, format_markdown

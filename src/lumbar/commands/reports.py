@@ -194,10 +194,14 @@ def example_figures(data, run: Path, out: Path, cache_dir: str | None, n: int = 
     return paths
 
 
-def write_reports(data, run, out="reports", cache_dir: str | None = None, examples: int = 2) -> list[Path]:
+def write_reports(data, run, out="reports", cache_dir: str | None = None, examples: int = 2,
+                  table: pd.DataFrame | None = None) -> list[Path]:
+    """score.md and the figures in `out`; `table`: local_score's, where the caller has it (its bootstraps
+    are not redone)."""
     run, out = Path(run), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = local_score(data, run)
+    if table is None:
+        table = local_score(data, run)
     (out / "score.md").write_text(format_table(table) + "\n")
     paths = [out / "score.md", score_figure(table, out / "score.png")]
     labels = read_labels(data)

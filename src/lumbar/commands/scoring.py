@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import schema
 from ..data.catalog import find_root, read_labels
-from ..metric import (labels_to_array, oracle_frame, labels_to_solution, score_from_terms, score_groups, study_terms,
+from ..metric import (labels_to_array, labels_to_solution, oracle_frame, score_from_terms, score_groups, study_terms,
                      submission_to_probs, term_scores)
 from ..layout import Run
 from ..train.oof import list_oof
